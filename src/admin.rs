@@ -1,0 +1,167 @@
+//! The admin listener (`/metrics`, `/live`, `/ready`) and the loopback control API
+//! (`GET /v1/credentials`, `GET /v1/policy`). No endpoint ever returns a token.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::audit::timestamp;
+use crate::policy::{Inject, Policy};
+use crate::proxy::{full, Body};
+use crate::state::Shared;
+
+/// Which listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Metrics and probes.
+    Admin,
+    /// Credential status and the policy in force.
+    Control,
+}
+
+/// Serve one listener until shutdown.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, kind: Kind, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue; }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(route(&shared, kind, req)) }
+            });
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
+            let _ = b.serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn json_response(status: StatusCode, v: Value) -> Response<Body> {
+    respond(status, "application/json", v.to_string())
+}
+
+fn route(shared: &Shared, kind: Kind, req: Request<Incoming>) -> Response<Body> {
+    if req.method() != Method::GET {
+        return json_response(StatusCode::METHOD_NOT_ALLOWED, json!({"error": {"code": "method_not_allowed"}}));
+    }
+    match (kind, req.uri().path()) {
+        (Kind::Admin, "/metrics") => respond(StatusCode::OK, "text/plain; version=0.0.4", shared.metrics.encode()),
+        (Kind::Admin, "/live") => respond(StatusCode::OK, "text/plain", "ok\n"),
+        (Kind::Admin, "/ready") => {
+            let waiting = shared.not_ready();
+            if waiting.is_empty() {
+                respond(StatusCode::OK, "text/plain", "ready\n")
+            } else {
+                let names: Vec<&str> = waiting.iter().map(|n| &**n).collect();
+                json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"ready": false, "waiting_for": names}))
+            }
+        }
+        (Kind::Control, "/v1/credentials") => json_response(StatusCode::OK, credentials(shared)),
+        (Kind::Control, "/v1/policy") => json_response(StatusCode::OK, describe_policy(&shared.live.load().policy)),
+        _ => json_response(StatusCode::NOT_FOUND, json!({"error": {"code": "not_found"}})),
+    }
+}
+
+/// The control API's credential list (DESIGN §6).
+pub fn credentials(shared: &Shared) -> Value {
+    let live = shared.live.load();
+    let now = SystemTime::now();
+    let list: Vec<Value> = live
+        .policy
+        .tools
+        .iter()
+        .zip(&live.tools)
+        .filter_map(|(tool, rt)| {
+            let slot = rt.slot.as_ref()?;
+            let token = slot.current();
+            Some(json!({
+                "tool": tool.name,
+                "source": slot.source,
+                "state": slot.state().as_str(),
+                "credential_id": token.as_ref().map(|t| t.fingerprint.clone()),
+                "issued_at": token.as_ref().map(|t| timestamp(t.issued_at)),
+                "expires_at": token.as_ref().and_then(|t| t.expires_at).map(timestamp),
+                "age_seconds": token.as_ref().and_then(|t| now.duration_since(t.issued_at).ok()).map(|d| d.as_secs()),
+                "next_refresh_at": null,
+                "consecutive_failures": slot.consecutive_failures(),
+                "last_error": slot.last_error(),
+                "lease_id": null,
+                "required": tool.required,
+            }))
+        })
+        .collect();
+    json!({"instance": live.policy.instance_id, "credentials": list})
+}
+
+/// The policy in force, without secrets: tools, routes, limits.
+pub fn describe_policy(p: &Policy) -> Value {
+    let tools: Vec<Value> = p
+        .tools
+        .iter()
+        .map(|t| {
+            let inject = match &t.inject {
+                Inject::Header { name, prefix, suffix } => json!({"header": name.as_str(), "value": format!("{prefix}{{token}}{suffix}")}),
+                Inject::Query { param } => json!({"query": {"param": param}}),
+                Inject::Basic { username } => json!({"basic": {"username": username}}),
+            };
+            let routes: Vec<Value> = t
+                .routes
+                .iter()
+                .map(|r| {
+                    json!({
+                        "scheme": r.scheme.as_str(), "host": r.host.to_string(), "port": r.port,
+                        "methods": r.methods.as_ref().map(|m| m.iter().map(|m| m.as_str().to_string()).collect::<Vec<_>>()),
+                        "paths": r.paths.iter().map(|g| g.as_str().to_string()).collect::<Vec<_>>(),
+                        "allow_private": r.allow_private,
+                    })
+                })
+                .collect();
+            json!({
+                "name": t.name,
+                "credential": t.credential.as_ref().map(|c| c.source()),
+                "required": t.required,
+                "inject": inject,
+                "upstream": t.upstream.as_ref().map(|u| format!("{}://{}:{}{}", u.scheme.as_str(), u.host, u.port, u.path_prefix)),
+                "selected_by_header": t.selected_by_header,
+                "routes": routes,
+            })
+        })
+        .collect();
+    let l = &p.limits;
+    json!({
+        "instance": p.instance_id,
+        "listen": {"proxy": p.listen.proxy.to_string(), "admin": p.listen.admin.to_string(), "control": p.listen.control.to_string(),
+                   "proxy_auth": p.listen.proxy_auth.is_some()},
+        "limits": {
+            "header_read_timeout": humantime::format_duration(l.header_read_timeout).to_string(),
+            "max_header_bytes": l.max_header_bytes, "max_headers": l.max_headers,
+            "connect_timeout": humantime::format_duration(l.connect_timeout).to_string(),
+            "response_header_timeout": humantime::format_duration(l.response_header_timeout).to_string(),
+            "idle_timeout": humantime::format_duration(l.idle_timeout).to_string(),
+            "max_connections": l.max_connections,
+        },
+        "tools": tools,
+    })
+}

@@ -1,0 +1,181 @@
+//! The policy file (version 1) as written: serde structs, `deny_unknown_fields` everywhere.
+//!
+//! This file is the reference for the policy format: every field carries a `///` doc, and the
+//! README's policy reference is kept in step with it. Values are checked, `${VAR}`-expanded and
+//! turned into a [`crate::policy::Policy`] by [`validate`].
+
+pub mod validate;
+pub mod watch;
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+pub use validate::{load_file, parse, ConfigError, ConfigErrors};
+
+/// The whole policy file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    /// Format version; must be `1`.
+    pub version: u32,
+    /// Listener addresses.
+    #[serde(default)]
+    pub listen: RawListen,
+    /// Identifies this instance in audit events and the control API.
+    /// Default: the host name plus a random suffix.
+    pub instance_id: Option<String>,
+    /// Audit event output.
+    #[serde(default)]
+    pub audit: RawAudit,
+    /// Host name overrides, like curl's `--resolve`: `name` or `*.suffix` to an IP address.
+    #[serde(default)]
+    pub resolve: BTreeMap<String, String>,
+    /// Timeouts and size limits.
+    #[serde(default)]
+    pub limits: RawLimits,
+    /// Tools by name (`^[a-z][a-z0-9-]{0,62}$`).
+    #[serde(default)]
+    pub tools: BTreeMap<String, RawTool>,
+}
+
+/// `listen:` — the three listeners.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListen {
+    /// Where agents connect. Default `127.0.0.1:15001`. Must be loopback unless `proxy_auth_file` is set.
+    pub proxy: Option<String>,
+    /// A file whose contents agents present in `Proxy-Authorization` (Basic password or Bearer).
+    pub proxy_auth_file: Option<String>,
+    /// `GET /metrics /live /ready`. Default `127.0.0.1:15090`; safe to expose to Prometheus.
+    pub admin: Option<String>,
+    /// Credential status and the policy in force. Default `127.0.0.1:15091`; loopback only, always.
+    pub control: Option<String>,
+}
+
+/// `audit:` — audit events, one JSON object per line.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    /// `stdout` (the default) or a file path appended to.
+    pub output: Option<String>,
+    /// Which requests are audited: `all`, `denied` (the default) or `none`.
+    pub requests: Option<String>,
+}
+
+/// `limits:` — durations are humantime strings (`10s`, `5m`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Time to read a request's headers. Default `10s`.
+    pub header_read_timeout: Option<String>,
+    /// Largest request head in bytes, room for the injected header included. Default 65536.
+    pub max_header_bytes: Option<u64>,
+    /// Most request header fields. Default 100.
+    pub max_headers: Option<u64>,
+    /// Time to connect to an upstream (TCP and TLS). Default `5s`.
+    pub connect_timeout: Option<String>,
+    /// Time to the upstream's response head; a streamed body may then run on. Default `60s`.
+    pub response_header_timeout: Option<String>,
+    /// Keep-alive idle time, agent side and upstream pool. Default `90s`.
+    pub idle_timeout: Option<String>,
+    /// Concurrent agent connections; above it new ones are shed and counted. Default 1024.
+    pub max_connections: Option<u64>,
+}
+
+/// `tools.NAME:` — one tool.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTool {
+    /// Where the token comes from. Without it, matching requests pass through untouched.
+    pub credential: Option<RawCredential>,
+    /// Whether `/ready` waits for this tool's credential. Default `true`.
+    pub required: Option<bool>,
+    /// How the token is attached. Default `{ header: Authorization, value: "Bearer {token}" }`.
+    pub inject: Option<RawInject>,
+    /// More request headers to remove before injecting (besides the built-in list).
+    #[serde(default)]
+    pub strip_headers: Vec<String>,
+    /// RFC 3339 instant: tokens issued earlier are revoked. Must not be in the future.
+    pub not_before: Option<String>,
+    /// Permit a credential on `http` routes to non-loopback hosts. Default `false`.
+    #[serde(default)]
+    pub allow_insecure_upstream: bool,
+    /// The agent must name this tool in `Credproxy-Tool` (for tools sharing a host). Default `false`.
+    #[serde(default)]
+    pub selected_by_header: bool,
+    /// Base-URL mode: requests to `/NAME/...` go to this URL plus the rest of the path.
+    pub upstream: Option<String>,
+    /// A PEM file of CA certificates trusted (besides the system roots) for this tool's upstreams.
+    pub ca_file: Option<String>,
+    /// Where the tool may go; at least one.
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+/// `credential:` — the token source, selected by `source`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "source", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RawCredential {
+    /// A file (a mounted Secret), re-read when it changes; one trailing newline is trimmed.
+    File {
+        /// The file's path.
+        path: String,
+    },
+    /// An environment variable of the proxy, read at start.
+    Env {
+        /// The variable's name.
+        var: String,
+    },
+}
+
+/// `inject:` — exactly one of `header` (with `value`), `query` or `basic`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInject {
+    /// Header name. Default `Authorization`.
+    pub header: Option<String>,
+    /// Header value with exactly one `{token}`. Default `Bearer {token}` for `Authorization`,
+    /// else `{token}`.
+    pub value: Option<String>,
+    /// Put the token in a query parameter.
+    pub query: Option<RawQueryInject>,
+    /// HTTP Basic authentication with the token as password.
+    pub basic: Option<RawBasicInject>,
+}
+
+/// `inject.query:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQueryInject {
+    /// The parameter's name; an agent's parameter of that name is removed.
+    pub param: String,
+}
+
+/// `inject.basic:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBasicInject {
+    /// The username sent with the token as password.
+    pub username: Option<String>,
+}
+
+/// `routes[i]:` — one allowed destination.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// `https` (the default) or `http`.
+    pub scheme: Option<String>,
+    /// Exact host or `*.example.com` (any subdomain, not the apex); case-insensitive.
+    pub host: String,
+    /// Port. Default: the scheme's.
+    pub port: Option<u16>,
+    /// Allowed methods. Default: all.
+    pub methods: Option<Vec<String>>,
+    /// Path globs on the normalised path: `*` one segment (or part of one), `**` any depth.
+    /// Default: all paths.
+    pub paths: Option<Vec<String>>,
+    /// Allow loopback, private, link-local and credproxy's own addresses. Default `false`.
+    #[serde(default)]
+    pub allow_private: bool,
+}

@@ -1,0 +1,17 @@
+//! The `env` source: a token from an environment variable of the proxy, read once.
+
+use std::time::SystemTime;
+
+use secrecy::SecretString;
+
+use super::refresher::CredCtx;
+
+/// Read the variable and publish it; an unset variable is a failure the control API shows.
+pub fn run(var: &str, cx: &CredCtx) {
+    match std::env::var(var) {
+        Ok(v) => {
+            cx.offer(SecretString::from(v), SystemTime::now(), None);
+        }
+        Err(_) => cx.failure("unreachable", &format!("environment variable {var} is not set or not UTF-8")),
+    }
+}

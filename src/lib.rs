@@ -1,0 +1,12 @@
+//! credproxy: a sidecar proxy that takes API keys away from AI agents. Requests go through a
+//! deny-by-default policy; the agent's credentials are stripped and a per-tool one is injected.
+
+pub mod admin;
+pub mod audit;
+pub mod config;
+pub mod creds;
+pub mod error;
+pub mod metrics;
+pub mod policy;
+pub mod proxy;
+pub mod state;

@@ -1,0 +1,215 @@
+//! The `credproxy` command line: run the proxy, check a policy, explain a decision.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use credproxy::policy::{normalize, normalize_host, Action, Destination, Policy, Scheme};
+
+#[derive(Parser)]
+#[command(name = "credproxy", version, about = "Takes API keys away from AI agents: a deny-by-default credential-injecting proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run {
+        /// The policy file.
+        #[arg(long, env = "CREDPROXY_CONFIG", default_value = "/etc/credproxy/policy.yaml")]
+        config: PathBuf,
+        /// Operational log format (stderr).
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+        /// How long in-flight requests may take to finish after SIGTERM.
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        shutdown_timeout: Duration,
+    },
+    /// Validate a policy file and print its route table.
+    Check {
+        /// The policy file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Say which tool and route would take a request, and why (or why it is denied).
+    Explain {
+        /// The policy file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Name a tool as an agent would with the Credproxy-Tool header.
+        #[arg(long)]
+        tool: Option<String>,
+        /// The request method.
+        method: String,
+        /// The destination URL (`https://api.github.com/repos/...`).
+        url: String,
+    },
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CREDPROXY_LOG").unwrap_or_else(|_| "info".into());
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config, log_format, shutdown_timeout } => {
+            init_logs(log_format);
+            run(config, shutdown_timeout)
+        }
+        Command::Check { config } => match credproxy::config::load_file(&config) {
+            Ok(policy) => {
+                print!("{}", route_table(&policy));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprint!("{}: {e}", config.display());
+                ExitCode::FAILURE
+            }
+        },
+        Command::Explain { config, tool, method, url } => explain(&config, tool.as_deref(), &method, &url),
+    }
+}
+
+fn run(config: PathBuf, shutdown_timeout: Duration) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let running = match credproxy::proxy::start(config.clone()).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprint!("credproxy: {}: {e}", config.display());
+                if !e.to_string().ends_with('\n') {
+                    eprintln!();
+                }
+                return ExitCode::FAILURE;
+            }
+        };
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        running.shutdown(shutdown_timeout).await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn route_table(p: &Policy) -> String {
+    let mut out = format!("policy OK: {} tool(s)\n", p.tools.len());
+    out.push_str(&format!("{:<20} {:<10} {:<8} {:<40} {:<16} {}\n", "TOOL", "CREDENTIAL", "SCHEME", "HOST:PORT", "METHODS", "PATHS"));
+    for t in &p.tools {
+        for r in &t.routes {
+            let methods = r.methods.as_ref().map_or("any".to_string(), |m| m.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(","));
+            let paths = if r.paths.is_empty() { "any".to_string() } else { r.paths.iter().map(|g| g.as_str()).collect::<Vec<_>>().join(" ") };
+            let mut flags = String::new();
+            if r.allow_private {
+                flags.push_str(" [allow_private]");
+            }
+            if t.selected_by_header {
+                flags.push_str(" [selected_by_header]");
+            }
+            out.push_str(&format!(
+                "{:<20} {:<10} {:<8} {:<40} {:<16} {}{}\n",
+                t.name,
+                t.credential.as_ref().map_or("none", |c| c.source()),
+                r.scheme.as_str(),
+                format!("{}:{}", r.host, r.port),
+                methods,
+                paths,
+                flags
+            ));
+        }
+        if let Some(u) = &t.upstream {
+            out.push_str(&format!("{:<20} base URL /{}/ -> {}://{}:{}{}\n", "", t.name, u.scheme.as_str(), u.host, u.port, u.path_prefix));
+        }
+    }
+    out
+}
+
+fn explain(config: &std::path::Path, tool: Option<&str>, method: &str, url: &str) -> ExitCode {
+    let policy = match credproxy::config::load_file(config) {
+        Ok(p) => p,
+        Err(e) => {
+            eprint!("{}: {e}", config.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let (Ok(method), Ok(uri)) = (http::Method::from_bytes(method.as_bytes()), url.parse::<http::Uri>()) else {
+        eprintln!("usage: credproxy explain --config F METHOD URL (an absolute http:// or https:// URL)");
+        return ExitCode::from(2);
+    };
+    let scheme = match uri.scheme_str() {
+        Some("https") => Scheme::Https,
+        Some("http") => Scheme::Http,
+        _ => {
+            eprintln!("the URL must be absolute, http:// or https://");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(auth) = uri.authority() else {
+        eprintln!("the URL has no host");
+        return ExitCode::from(2);
+    };
+    if auth.as_str().contains('@') {
+        println!("DENY  {method} {url}\n  reason: userinfo in a request URL is refused (400 bad_request)");
+        return ExitCode::FAILURE;
+    }
+    let host = normalize_host(auth.host());
+    let port = auth.port_u16().unwrap_or(scheme.default_port());
+    let path = match normalize(uri.path()) {
+        Ok(p) => p,
+        Err(e) => {
+            println!("DENY  {method} {url}\n  reason: {e} (400 bad_request)");
+            return ExitCode::FAILURE;
+        }
+    };
+    let dest = Destination { scheme, host: &host, port, method: &method, path: &path, tool };
+    let d = policy.decide(&dest);
+    println!("destination: {} {}://{}:{}{} (normalised path)", method, scheme.as_str(), host, port, path);
+    match d.action {
+        Action::Allow { tool, route } => {
+            let t = &policy.tools[tool];
+            let r = &t.routes[route];
+            println!("ALLOW  tool {} via tools.{}.routes[{route}] ({}://{}:{})", t.name, t.name, r.scheme.as_str(), r.host, r.port);
+            println!("  reason: {}", d.reason);
+            match &t.credential {
+                Some(c) => println!("  credential: {} source; agent credentials are stripped and the tool's injected", c.source()),
+                None => println!("  credential: none; the request passes through untouched"),
+            }
+            ExitCode::SUCCESS
+        }
+        Action::Deny => {
+            println!("DENY  403 route_denied\n  reason: {} ({})", d.reason, d.reason.code());
+            ExitCode::FAILURE
+        }
+    }
+}

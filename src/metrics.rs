@@ -1,0 +1,218 @@
+//! Every metric credproxy exports, declared and registered once in one custom registry.
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// All metrics. Cheap to share behind an `Arc`; per-tool handles are resolved at load time.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// `credproxy_requests_total{tool,outcome}`.
+    pub requests: IntCounterVec,
+    /// `credproxy_request_duration_seconds{tool}`.
+    pub request_duration: HistogramVec,
+    /// `credproxy_config_reloads_total{result}`.
+    pub config_reloads: IntCounterVec,
+    /// `credproxy_config_last_reload_success` (1 or 0).
+    pub config_last_reload_success: IntGauge,
+    /// `credproxy_config_last_reload_timestamp_seconds`.
+    pub config_last_reload_timestamp: Gauge,
+    /// `credproxy_connections_active`.
+    pub connections_active: IntGauge,
+    /// `credproxy_connections_shed_total`.
+    pub connections_shed: IntCounter,
+    /// `credproxy_audit_events_dropped_total`: audit lines lost because the writer fell behind.
+    pub audit_dropped: IntCounter,
+    /// `credproxy_credential_valid{tool}`.
+    pub credential_valid: IntGaugeVec,
+    /// `credproxy_credential_issued_timestamp_seconds{tool}`.
+    pub credential_issued: GaugeVec,
+    /// `credproxy_credential_expiration_timestamp_seconds{tool}` (absent for tokens without expiry).
+    pub credential_expiration: GaugeVec,
+    /// `credproxy_credential_last_refresh_success_timestamp_seconds{tool}`.
+    pub credential_last_success: GaugeVec,
+    /// `credproxy_credential_refreshes_total{tool,source,result}`.
+    pub credential_refreshes: IntCounterVec,
+    /// `credproxy_credential_refresh_errors_total{tool,source,reason}`.
+    pub credential_refresh_errors: IntCounterVec,
+    /// `credproxy_credential_refresh_consecutive_failures{tool}`.
+    pub credential_consecutive_failures: IntGaugeVec,
+    /// `credproxy_credential_task_restarts_total{tool}`.
+    pub credential_task_restarts: IntCounterVec,
+    /// `credproxy_credential_revocations_total{tool,reason}`.
+    pub credential_revocations: IntCounterVec,
+}
+
+/// One tool's request metrics, resolved once per policy load so the request path only touches atomics.
+#[derive(Clone)]
+pub struct ToolMetrics {
+    /// outcome="injected".
+    pub injected: IntCounter,
+    /// outcome="passthrough".
+    pub passthrough: IntCounter,
+    /// outcome="denied".
+    pub denied: IntCounter,
+    /// outcome="credential_unavailable".
+    pub credential_unavailable: IntCounter,
+    /// outcome="upstream_error".
+    pub upstream_error: IntCounter,
+    /// Request duration.
+    pub duration: Histogram,
+}
+
+/// The outcome label of `credproxy_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Forwarded with a credential.
+    Injected,
+    /// Forwarded without one (tool has none).
+    Passthrough,
+    /// Refused by credproxy.
+    Denied,
+    /// No valid credential.
+    CredentialUnavailable,
+    /// The upstream failed.
+    UpstreamError,
+}
+
+impl ToolMetrics {
+    /// Count one request.
+    pub fn count(&self, outcome: Outcome, seconds: f64) {
+        match outcome {
+            Outcome::Injected => &self.injected,
+            Outcome::Passthrough => &self.passthrough,
+            Outcome::Denied => &self.denied,
+            Outcome::CredentialUnavailable => &self.credential_unavailable,
+            Outcome::UpstreamError => &self.upstream_error,
+        }
+        .inc();
+        self.duration.observe(seconds);
+    }
+}
+
+fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
+    r.register(Box::new(c.clone())).expect("metric registered once");
+    c
+}
+
+impl Metrics {
+    /// Create and register every metric in a fresh registry.
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| reg(&r, IntCounterVec::new(Opts::new(name, help), labels).unwrap());
+        let gauge_vec = |name: &str, help: &str| reg(&r, GaugeVec::new(Opts::new(name, help), &["tool"]).unwrap());
+        let buckets = vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+        let m = Metrics {
+            requests: counter_vec("credproxy_requests_total", "Requests by tool and outcome.", &["tool", "outcome"]),
+            request_duration: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new("credproxy_request_duration_seconds", "Time to the response head, by tool.")
+                        .buckets(buckets),
+                    &["tool"],
+                )
+                .unwrap(),
+            ),
+            config_reloads: counter_vec("credproxy_config_reloads_total", "Policy reloads by result.", &["result"]),
+            config_last_reload_success: reg(
+                &r,
+                IntGauge::new("credproxy_config_last_reload_success", "1 if the last policy reload succeeded.").unwrap(),
+            ),
+            config_last_reload_timestamp: reg(
+                &r,
+                Gauge::new("credproxy_config_last_reload_timestamp_seconds", "Time of the last policy load attempt.").unwrap(),
+            ),
+            connections_active: reg(&r, IntGauge::new("credproxy_connections_active", "Open agent connections.").unwrap()),
+            connections_shed: reg(
+                &r,
+                IntCounter::new("credproxy_connections_shed_total", "Agent connections refused over max_connections.").unwrap(),
+            ),
+            audit_dropped: reg(
+                &r,
+                IntCounter::new("credproxy_audit_events_dropped_total", "Audit events lost because the writer fell behind.")
+                    .unwrap(),
+            ),
+            credential_valid: reg(
+                &r,
+                IntGaugeVec::new(Opts::new("credproxy_credential_valid", "1 while a non-expired token is published."), &["tool"])
+                    .unwrap(),
+            ),
+            credential_issued: gauge_vec("credproxy_credential_issued_timestamp_seconds", "When the current token was issued."),
+            credential_expiration: gauge_vec(
+                "credproxy_credential_expiration_timestamp_seconds",
+                "When the current token expires.",
+            ),
+            credential_last_success: gauge_vec(
+                "credproxy_credential_last_refresh_success_timestamp_seconds",
+                "When a token was last fetched successfully.",
+            ),
+            credential_refreshes: counter_vec(
+                "credproxy_credential_refreshes_total",
+                "Credential fetches by result.",
+                &["tool", "source", "result"],
+            ),
+            credential_refresh_errors: counter_vec(
+                "credproxy_credential_refresh_errors_total",
+                "Failed credential fetches by reason.",
+                &["tool", "source", "reason"],
+            ),
+            credential_consecutive_failures: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("credproxy_credential_refresh_consecutive_failures", "Failed fetches since the last success."),
+                    &["tool"],
+                )
+                .unwrap(),
+            ),
+            credential_task_restarts: counter_vec(
+                "credproxy_credential_task_restarts_total",
+                "Credential tasks restarted after a panic.",
+                &["tool"],
+            ),
+            credential_revocations: counter_vec(
+                "credproxy_credential_revocations_total",
+                "Tokens revoked, by reason.",
+                &["tool", "reason"],
+            ),
+            registry: r,
+        };
+        let build = reg(
+            &m.registry,
+            IntGaugeVec::new(Opts::new("credproxy_build_info", "Build information."), &["version"]).unwrap(),
+        );
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        #[cfg(target_os = "linux")]
+        m.registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("process collector registered once");
+        m
+    }
+
+    /// Resolve one tool's request metrics (`""` for traffic that matched no tool).
+    pub fn tool(&self, tool: &str) -> ToolMetrics {
+        let c = |o: &str| self.requests.with_label_values(&[tool, o]);
+        ToolMetrics {
+            injected: c("injected"),
+            passthrough: c("passthrough"),
+            denied: c("denied"),
+            credential_unavailable: c("credential_unavailable"),
+            upstream_error: c("upstream_error"),
+            duration: self.request_duration.with_label_values(&[tool]),
+        }
+    }
+
+    /// The Prometheus text exposition of everything.
+    pub fn encode(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding never fails");
+        String::from_utf8(buf).expect("text exposition is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,251 @@
+//! The validated policy and its one pure question: which tool and route may take this request, and why.
+
+pub mod path;
+mod types;
+
+use std::collections::HashMap;
+use std::fmt;
+
+pub use path::{normalize, PathError, PathGlob};
+pub use types::*;
+
+/// What a request is going to: the part of it the policy looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct Destination<'a> {
+    /// `http` or `https` towards the upstream.
+    pub scheme: Scheme,
+    /// Lower-case host without a trailing dot (see [`normalize_host`]); IPv6 without brackets.
+    pub host: &'a str,
+    /// Upstream port.
+    pub port: u16,
+    /// Request method.
+    pub method: &'a http::Method,
+    /// Normalised path (see [`normalize`]), without the query.
+    pub path: &'a str,
+    /// A tool named by the agent (`Credproxy-Tool`) or by base-URL mode; the route must be its.
+    pub tool: Option<&'a str>,
+}
+
+/// What to do with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Forward it under `tool`, matched by `route` of that tool.
+    Allow { tool: usize, route: usize },
+    /// Refuse it (403 `route_denied`).
+    Deny,
+}
+
+/// Why the decision came out as it did; `code()` is what audit events carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The most specific matching route allowed it.
+    Matched,
+    /// No route names this scheme, host and port.
+    NoRouteForHost,
+    /// Routes name the host, but none allows this method and path.
+    MethodOrPathNotAllowed,
+    /// The named tool does not exist.
+    UnknownTool,
+    /// The named tool has no route matching this request.
+    NotToolsRoute,
+    /// Every matching route belongs to a tool that must be named with `Credproxy-Tool`.
+    ToolHeaderRequired,
+}
+
+impl Reason {
+    /// A stable snake_case code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::Matched => "matched",
+            Reason::NoRouteForHost => "no_route_for_host",
+            Reason::MethodOrPathNotAllowed => "method_or_path_not_allowed",
+            Reason::UnknownTool => "unknown_tool",
+            Reason::NotToolsRoute => "not_tools_route",
+            Reason::ToolHeaderRequired => "tool_header_required",
+        }
+    }
+}
+
+impl Reason {
+    /// A sentence for people (error bodies, `explain`).
+    pub fn message(self) -> &'static str {
+        match self {
+            Reason::Matched => "the most specific matching route allows it",
+            Reason::NoRouteForHost => "no route names this scheme, host and port (deny by default)",
+            Reason::MethodOrPathNotAllowed => "routes name this host, but none allows this method and path",
+            Reason::UnknownTool => "the request names a tool that the policy does not define",
+            Reason::NotToolsRoute => "the named tool has no route matching this request",
+            Reason::ToolHeaderRequired => "the matching tool requires the Credproxy-Tool header",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+/// A decision: the action and the reason for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// Allow (with tool and route) or deny.
+    pub action: Action,
+    /// Why.
+    pub reason: Reason,
+}
+
+impl Decision {
+    fn deny(reason: Reason) -> Self {
+        Decision { action: Action::Deny, reason }
+    }
+}
+
+/// What to do with a `CONNECT host:port`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectDecision {
+    /// Relay bytes untouched; every route for the host is unrestricted and carries no credential.
+    Tunnel {
+        /// The tool of the first matching route (for metrics).
+        tool: usize,
+        /// Whether the tunnel may reach a private or loopback address.
+        allow_private: bool,
+    },
+    /// Refuse with 403 before relaying anything.
+    Deny(ConnectDenial),
+}
+
+/// Why a CONNECT was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectDenial {
+    /// No route names the host and port.
+    UnknownHost,
+    /// A route for the host needs a credential or a method/path check, which needs interception.
+    NeedsInterception,
+}
+
+impl ConnectDenial {
+    /// A stable snake_case code.
+    pub fn code(self) -> &'static str {
+        match self {
+            ConnectDenial::UnknownHost => "no_route_for_host",
+            ConnectDenial::NeedsInterception => "connect_needs_interception",
+        }
+    }
+}
+
+/// Routes indexed by host, built once per policy load.
+#[derive(Debug, Default)]
+pub(crate) struct RouteIndex {
+    exact: HashMap<String, Vec<(usize, usize)>>,
+    /// (suffix including the leading dot, routes), longest suffix first.
+    wildcard: Vec<(String, Vec<(usize, usize)>)>,
+}
+
+impl RouteIndex {
+    pub(crate) fn build(tools: &[Tool]) -> Self {
+        let mut index = RouteIndex::default();
+        for (t, tool) in tools.iter().enumerate() {
+            for (r, route) in tool.routes.iter().enumerate() {
+                match &route.host {
+                    HostPattern::Exact(h) => index.exact.entry(h.clone()).or_default().push((t, r)),
+                    HostPattern::Suffix(s) => match index.wildcard.iter_mut().find(|(k, _)| k == s) {
+                        Some((_, v)) => v.push((t, r)),
+                        None => index.wildcard.push((s.clone(), vec![(t, r)])),
+                    },
+                }
+            }
+        }
+        index.wildcard.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        index
+    }
+
+    fn candidates<'a>(&'a self, host: &'a str) -> impl Iterator<Item = (usize, usize)> + 'a {
+        let exact = self.exact.get(host).into_iter().flatten().copied();
+        let wild = self
+            .wildcard
+            .iter()
+            .filter(move |(suffix, _)| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
+            .flat_map(|(_, v)| v.iter().copied());
+        exact.chain(wild)
+    }
+}
+
+impl Policy {
+    /// The routing decision for one request. Pure: no I/O, no clock, no allocation.
+    pub fn decide(&self, dest: &Destination<'_>) -> Decision {
+        let named = match dest.tool {
+            Some(name) => match self.tool_index(name) {
+                Some(i) => Some(i),
+                None => return Decision::deny(Reason::UnknownTool),
+            },
+            None => None,
+        };
+        let mut host_known = false;
+        let mut best: Option<(Specificity, usize, usize)> = None;
+        let mut needs_header = false;
+        for (t, r) in self.index.candidates(dest.host) {
+            let route = &self.tools[t].routes[r];
+            if route.scheme != dest.scheme || route.port != dest.port {
+                continue;
+            }
+            host_known = true;
+            let Some(spec) = route.specificity(dest.method, dest.path) else { continue };
+            match named {
+                Some(n) if n != t => continue,
+                None if self.tools[t].selected_by_header => {
+                    needs_header = true;
+                    continue;
+                }
+                _ => {}
+            }
+            if best.is_none_or(|(b, _, _)| spec > b) {
+                best = Some((spec, t, r));
+            }
+        }
+        match best {
+            Some((_, tool, route)) => Decision { action: Action::Allow { tool, route }, reason: Reason::Matched },
+            None if needs_header => Decision::deny(Reason::ToolHeaderRequired),
+            None if named.is_some() && host_known => Decision::deny(Reason::NotToolsRoute),
+            None if host_known => Decision::deny(Reason::MethodOrPathNotAllowed),
+            None => Decision::deny(Reason::NoRouteForHost),
+        }
+    }
+
+    /// Whether a CONNECT to `host:port` may be tunnelled untouched.
+    pub fn decide_connect(&self, host: &str, port: u16) -> ConnectDecision {
+        let mut first = None;
+        let mut allow_private = true;
+        for (t, r) in self.index.candidates(host) {
+            let tool = &self.tools[t];
+            let route = &tool.routes[r];
+            if route.port != port {
+                continue;
+            }
+            first.get_or_insert(t);
+            if tool.credential.is_some() || route.methods.is_some() || !route.paths.is_empty() {
+                return ConnectDecision::Deny(ConnectDenial::NeedsInterception);
+            }
+            allow_private &= route.allow_private;
+        }
+        match first {
+            Some(tool) => ConnectDecision::Tunnel { tool, allow_private },
+            None => ConnectDecision::Deny(ConnectDenial::UnknownHost),
+        }
+    }
+
+    /// The index of the tool with this name.
+    pub fn tool_index(&self, name: &str) -> Option<usize> {
+        self.tools.iter().position(|t| t.name == name)
+    }
+}
+
+/// Lower-case a host, drop one trailing dot and IPv6 brackets: the one form policy and upstream share.
+pub fn normalize_host(host: &str) -> String {
+    let h = host.strip_suffix('.').unwrap_or(host);
+    let h = h.strip_prefix('[').and_then(|x| x.strip_suffix(']')).unwrap_or(h);
+    h.to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests;

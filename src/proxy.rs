@@ -1,0 +1,184 @@
+//! Listeners, accept loops, connection limits and graceful shutdown.
+
+pub mod body;
+pub mod connect;
+pub mod forward;
+pub mod request;
+pub mod stack;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+
+pub use body::{full, Body};
+
+use crate::config::ConfigErrors;
+use crate::error::ProxyError;
+use crate::metrics::Metrics;
+use crate::policy::Limits;
+use crate::state::Shared;
+
+/// Why the proxy did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The policy file is invalid.
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// Its address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A running proxy: its bound addresses and a way to stop it.
+pub struct Running {
+    /// Where agents connect.
+    pub proxy_addr: SocketAddr,
+    /// `/metrics`, `/live`, `/ready`.
+    pub admin_addr: SocketAddr,
+    /// The control API.
+    pub control_addr: SocketAddr,
+    /// Shared state (tests inspect it).
+    pub shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    connections: Arc<()>,
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what, addr, source })
+}
+
+/// Load the policy, bind the listeners, and serve. Must run inside a Tokio runtime.
+pub async fn start(config_path: PathBuf) -> Result<Running, StartError> {
+    let policy = crate::config::load_file(&config_path)?;
+    let proxy = bind("proxy", policy.listen.proxy).await?;
+    let admin = bind("admin", policy.listen.admin).await?;
+    let control = bind("control", policy.listen.control).await?;
+    let addrs = [proxy.local_addr(), admin.local_addr(), control.local_addr()];
+    let own: Vec<SocketAddr> = addrs.iter().filter_map(|a| a.as_ref().ok().copied()).collect();
+    let metrics = Metrics::new();
+    metrics.config_last_reload_success.set(1);
+    metrics.config_reloads.with_label_values(&["ok"]).inc();
+    let max_connections = policy.limits.max_connections;
+    let shared = Shared::new(policy, config_path, own.clone(), metrics);
+    let (shutdown, rx) = watch::channel(false);
+    let connections = Arc::new(());
+    let sem = Arc::new(Semaphore::new(max_connections));
+    tokio::spawn(accept_proxy(proxy, shared.clone(), sem, rx.clone(), connections.clone()));
+    tokio::spawn(crate::admin::serve(admin, shared.clone(), crate::admin::Kind::Admin, rx.clone()));
+    tokio::spawn(crate::admin::serve(control, shared.clone(), crate::admin::Kind::Control, rx));
+    shared.spawn_reloader();
+    tracing::info!(proxy = %own[0], admin = %own[1], control = %own[2], "credproxy listening");
+    Ok(Running { proxy_addr: own[0], admin_addr: own[1], control_addr: own[2], shared, shutdown, connections })
+}
+
+impl Running {
+    /// Stop accepting, let in-flight requests finish up to `deadline`, flush audit events.
+    pub async fn shutdown(self, deadline: Duration) {
+        let _ = self.shutdown.send(true);
+        let until = tokio::time::Instant::now() + deadline;
+        while Arc::strong_count(&self.connections) > 1 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = Arc::strong_count(&self.connections) - 1;
+        if left > 0 {
+            tracing::warn!(connections = left, "shutdown deadline reached with connections still open");
+        }
+        self.shared.audit.flush().await;
+    }
+}
+
+/// The agent-side HTTP/1.1 server settings from the policy's limits.
+pub fn http1_builder(limits: &Limits) -> http1::Builder {
+    let mut b = http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_headers)
+        .keep_alive(true);
+    b
+}
+
+async fn accept_proxy(listener: TcpListener, shared: Arc<Shared>, sem: Arc<Semaphore>, mut shutdown: watch::Receiver<bool>, connections: Arc<()>) {
+    let mut max = shared.live.load().policy.limits.max_connections;
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let live = shared.live.load();
+        let limits = live.policy.limits;
+        if limits.max_connections != max {
+            if limits.max_connections > max {
+                sem.add_permits(limits.max_connections - max);
+            } else {
+                sem.forget_permits(max - limits.max_connections);
+            }
+            max = limits.max_connections;
+        }
+        let Ok(permit) = sem.clone().try_acquire_owned() else {
+            shared.metrics.connections_shed.inc();
+            tokio::spawn(shed(stream));
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let mut shutdown = shutdown.clone();
+        let guard = connections.clone();
+        tokio::spawn(async move {
+            shared.metrics.connections_active.inc();
+            let svc = stack::proxy_service(shared.clone(), peer);
+            let conn = http1_builder(&limits).serve_connection(TokioIo::new(stream), svc).with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => if let Err(e) = r { tracing::debug!(%peer, error = %e, "agent connection ended with an error") },
+                _ = shutdown.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            shared.metrics.connections_active.dec();
+            drop(permit);
+            drop(guard);
+        });
+    }
+}
+
+/// Answer a connection over the limit with 503 `too_many_connections` and close it.
+async fn shed(mut stream: TcpStream) {
+    let resp = ProxyError::TooManyConnections.into_response(None);
+    let (parts, _) = resp.into_parts();
+    let (_, code, _) = ProxyError::TooManyConnections.parts();
+    let body = format!(r#"{{"error":{{"code":"{code}","message":"too many connections","tool":null}}}}"#);
+    let mut head = format!("HTTP/1.1 {}\r\n", parts.status);
+    for (k, v) in &parts.headers {
+        head.push_str(&format!("{k}: {}\r\n", v.to_str().unwrap_or_default()));
+    }
+    head.push_str(&format!("connection: close\r\ncontent-length: {}\r\n\r\n{body}", body.len()));
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(head.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}

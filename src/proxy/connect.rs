@@ -1,0 +1,74 @@
+//! CONNECT: tunnel byte for byte when every route for the host is unrestricted and carries no
+//! credential; otherwise refuse with 403 before relaying anything (interception comes later).
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use super::body::{full, Body};
+use super::forward::{connect_guarded, ConnectError};
+use super::request::{audit_request, Target};
+use crate::error::ProxyError;
+use crate::metrics::Outcome;
+use crate::policy::{normalize_host, AuditRequests, ConnectDecision, Scheme};
+use crate::state::{Live, Shared};
+
+/// Serve a CONNECT request.
+pub async fn handle(shared: &Shared, live: &Live, req: Request<Incoming>) -> (Option<usize>, Result<(Response<Body>, Outcome), ProxyError>) {
+    let Some(auth) = req.uri().authority().filter(|_| req.uri().scheme().is_none()) else {
+        return (None, Err(ProxyError::BadRequest("CONNECT needs host:port")));
+    };
+    if auth.as_str().contains('@') {
+        return (None, Err(ProxyError::BadRequest("userinfo in a CONNECT target is refused")));
+    }
+    let host = normalize_host(auth.host());
+    let Some(port) = auth.port_u16() else {
+        return (None, Err(ProxyError::BadRequest("CONNECT needs host:port")));
+    };
+    let policy = &live.policy;
+    let target = Target { scheme: Scheme::Https, host, port, path: String::new(), query: None, base_tool: None };
+    let (tool, allow_private) = match policy.decide_connect(&target.host, port) {
+        ConnectDecision::Tunnel { tool, allow_private } => (tool, allow_private),
+        ConnectDecision::Deny(why) => {
+            if policy.audit.requests != AuditRequests::None {
+                audit_request(&shared.audit, "request.denied", req.method(), &target, None, Some(why.code()), None);
+            }
+            let msg = match why {
+                crate::policy::ConnectDenial::UnknownHost => "no route names this host and port (deny by default)",
+                crate::policy::ConnectDenial::NeedsInterception => {
+                    "this host's routes need a credential or a method/path check, which a blind tunnel cannot give"
+                }
+            };
+            return (None, Err(ProxyError::RouteDenied(msg)));
+        }
+    };
+    let settings = shared.upstreams.settings();
+    let connected = tokio::time::timeout(settings.connect_timeout, connect_guarded(&settings, &target.host, port, allow_private)).await;
+    let mut upstream = match connected {
+        Err(_) => return (Some(tool), Err(ProxyError::UpstreamTimeout)),
+        Ok(Err(ConnectError::Private)) => {
+            if policy.audit.requests != AuditRequests::None {
+                audit_request(&shared.audit, "request.denied", req.method(), &target, Some(&policy.tools[tool].name), Some("private_address"), None);
+            }
+            return (Some(tool), Err(ProxyError::RouteDenied("the destination address is private, loopback or link-local")));
+        }
+        Ok(Err(ConnectError::Loop)) => return (Some(tool), Err(ProxyError::LoopDetected)),
+        Ok(Err(ConnectError::Timeout)) => return (Some(tool), Err(ProxyError::UpstreamTimeout)),
+        Ok(Err(e)) => return (Some(tool), Err(ProxyError::UpstreamUnreachable(e.to_string()))),
+        Ok(Ok(s)) => s,
+    };
+    if policy.audit.requests == AuditRequests::All {
+        audit_request(&shared.audit, "request.forwarded", req.method(), &target, Some(&policy.tools[tool].name), None, None);
+    }
+    tokio::spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(agent) => {
+                let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(agent), &mut upstream).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
+        }
+    });
+    let mut resp = Response::new(full(bytes::Bytes::new()));
+    *resp.status_mut() = StatusCode::OK;
+    (Some(tool), Ok((resp, Outcome::Passthrough)))
+}

@@ -1,0 +1,343 @@
+//! The upstream side: a guarded connector (override, resolve, address check, deadline), rustls,
+//! pooled clients kept apart by TLS settings and address policy, and hop-by-hop header handling.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::header::{HeaderMap, HeaderName, CONNECTION};
+use http::Uri;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::RootCertStore;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use tokio::net::TcpStream;
+
+use crate::policy::{normalize_host, Resolve};
+use crate::proxy::body::UpstreamBody;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A pooled upstream client.
+pub type Client = HyperClient<Deadline<HttpsConnector<Guarded>>, UpstreamBody>;
+
+/// Why a connection to an upstream was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Every address is loopback, private or link-local and the route does not allow that.
+    #[error("destination resolves only to private, loopback or link-local addresses")]
+    Private,
+    /// The destination is one of credproxy's own listeners.
+    #[error("destination is credproxy itself")]
+    Loop,
+    /// Name resolution failed.
+    #[error("cannot resolve host: {0}")]
+    Resolve(std::io::ErrorKind),
+    /// TCP connect failed.
+    #[error("connect failed: {0}")]
+    Connect(std::io::ErrorKind),
+    /// Resolve, connect and TLS handshake took longer than `connect_timeout`.
+    #[error("connect timed out")]
+    Timeout,
+}
+
+/// What every connector reads at connect time; swapped on reload.
+#[derive(Debug, Default)]
+pub struct ConnectSettings {
+    /// Name overrides.
+    pub resolve: Resolve,
+    /// credproxy's own listener addresses.
+    pub own: Vec<SocketAddr>,
+    /// Resolve + connect + TLS deadline.
+    pub connect_timeout: Duration,
+}
+
+/// Is this an address agents' traffic may not reach without `allow_private`?
+pub fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || (o[0] == 100 && (o[1] & 0xc0) == 64) // 100.64.0.0/10, shared address space
+                || o[0] == 0
+        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_private(IpAddr::V4(v4)),
+            None => {
+                v6.is_loopback()
+                    || v6.is_unspecified()
+                    || v6.is_unique_local()
+                    || v6.is_unicast_link_local()
+                    || v6.is_multicast()
+            }
+        },
+    }
+}
+
+fn is_own(own: &[SocketAddr], addr: SocketAddr) -> bool {
+    own.iter().any(|o| o.port() == addr.port() && (o.ip() == addr.ip() || (o.ip().is_unspecified() && is_private(addr.ip()))))
+}
+
+/// Resolve `host:port` and connect to the first permitted address.
+pub async fn connect_guarded(settings: &ConnectSettings, host: &str, port: u16, allow_private: bool) -> Result<TcpStream, ConnectError> {
+    let host = normalize_host(host);
+    let addrs: Vec<SocketAddr> = if let Some(ip) = settings.resolve.lookup(&host) {
+        vec![SocketAddr::new(ip, port)]
+    } else if let Ok(ip) = host.parse::<IpAddr>() {
+        vec![SocketAddr::new(ip, port)]
+    } else {
+        tokio::net::lookup_host((host.as_str(), port)).await.map_err(|e| ConnectError::Resolve(e.kind()))?.collect()
+    };
+    let mut refused = None;
+    let mut last = ConnectError::Resolve(std::io::ErrorKind::NotFound);
+    for addr in addrs {
+        if is_own(&settings.own, addr) {
+            refused = Some(ConnectError::Loop);
+            continue;
+        }
+        if is_private(addr.ip()) && !allow_private {
+            refused.get_or_insert(ConnectError::Private);
+            continue;
+        }
+        match TcpStream::connect(addr).await {
+            Ok(s) => {
+                let _ = s.set_nodelay(true);
+                return Ok(s);
+            }
+            Err(e) => last = ConnectError::Connect(e.kind()),
+        }
+    }
+    Err(refused.unwrap_or(last))
+}
+
+/// The innermost connector: [`connect_guarded`] for a URI.
+#[derive(Clone)]
+pub struct Guarded {
+    settings: Arc<ArcSwap<ConnectSettings>>,
+    allow_private: bool,
+}
+
+impl tower::Service<Uri> for Guarded {
+    type Response = TokioIo<TcpStream>;
+    type Error = ConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ConnectError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let settings = self.settings.load_full();
+        let allow_private = self.allow_private;
+        Box::pin(async move {
+            let host = uri.host().unwrap_or_default();
+            let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
+            connect_guarded(&settings, host, port, allow_private).await.map(TokioIo::new)
+        })
+    }
+}
+
+/// Bounds a whole connect (resolve, TCP and TLS) by the current `connect_timeout`.
+#[derive(Clone)]
+pub struct Deadline<S> {
+    inner: S,
+    settings: Arc<ArcSwap<ConnectSettings>>,
+}
+
+impl<S> tower::Service<Uri> for Deadline<S>
+where
+    S: tower::Service<Uri> + Send,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let limit = self.settings.load().connect_timeout;
+        let fut = self.inner.call(uri);
+        Box::pin(async move {
+            match tokio::time::timeout(limit, fut).await {
+                Ok(r) => r.map_err(Into::into),
+                Err(_) => Err(Box::new(ConnectError::Timeout) as BoxError),
+            }
+        })
+    }
+}
+
+/// Read a PEM file of CA certificates (at least one).
+pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let iter = CertificateDer::pem_file_iter(path).map_err(|_| "cannot read the CA file".to_string())?;
+    let certs: Vec<_> = iter.collect::<Result<_, _>>().map_err(|_| "the CA file is not valid PEM".to_string())?;
+    if certs.is_empty() {
+        return Err("the CA file holds no certificate".into());
+    }
+    Ok(certs)
+}
+
+fn system_roots() -> Arc<RootCertStore> {
+    static ROOTS: OnceLock<Arc<RootCertStore>> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            let mut store = RootCertStore::empty();
+            let (added, _) = store.add_parsable_certificates(found.certs);
+            if added == 0 {
+                tracing::warn!("no system root certificates found; https upstreams need a tool ca_file");
+            }
+            Arc::new(store)
+        })
+        .clone()
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct ClientKey {
+    /// Fingerprint of the extra CA certificates.
+    ca: Option<String>,
+    allow_private: bool,
+    /// HTTP/1.1 only (for upgrades).
+    http1_only: bool,
+    idle: Duration,
+}
+
+/// The upstream clients, built at load time and shared across reloads when their settings match.
+pub struct Upstreams {
+    settings: Arc<ArcSwap<ConnectSettings>>,
+    clients: Mutex<HashMap<ClientKey, Client>>,
+}
+
+impl Default for Upstreams {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Upstreams {
+    /// No clients yet.
+    pub fn new() -> Self {
+        Upstreams { settings: Arc::new(ArcSwap::from_pointee(ConnectSettings::default())), clients: Mutex::default() }
+    }
+
+    /// Install new connect settings (after a load); clients pick them up at their next connect.
+    pub fn configure(&self, settings: ConnectSettings) {
+        self.settings.store(Arc::new(settings));
+    }
+
+    /// The current connect settings.
+    pub fn settings(&self) -> Arc<ConnectSettings> {
+        self.settings.load_full()
+    }
+
+    /// The client for these settings (created on first use, at load time).
+    pub fn client(&self, ca: &[CertificateDer<'static>], allow_private: bool, http1_only: bool, idle: Duration) -> Client {
+        let key = ClientKey {
+            ca: (!ca.is_empty()).then(|| crate::creds::fingerprint(&ca.iter().map(|c| hex(c.as_ref())).collect::<String>())),
+            allow_private,
+            http1_only,
+            idle,
+        };
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        clients.entry(key).or_insert_with(|| self.build(ca, allow_private, http1_only, idle)).clone()
+    }
+
+    fn build(&self, ca: &[CertificateDer<'static>], allow_private: bool, http1_only: bool, idle: Duration) -> Client {
+        let mut roots = (*system_roots()).clone();
+        roots.add_parsable_certificates(ca.iter().cloned());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("aws-lc-rs supports the default protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let guarded = Guarded { settings: self.settings.clone(), allow_private };
+        let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1();
+        let https = if http1_only { builder.wrap_connector(guarded) } else { builder.enable_http2().wrap_connector(guarded) };
+        let connector = Deadline { inner: https, settings: self.settings.clone() };
+        HyperClient::builder(TokioExecutor::new())
+            .pool_idle_timeout(idle)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector)
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Hop-by-hop fields (RFC 9110 §7.6.1) plus the proxy's own, removed in both directions.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "http2-settings",
+];
+
+/// Remove hop-by-hop fields, including every field named in `Connection`.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(&name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_addresses() {
+        for ip in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "0.0.0.0", "100.64.0.1", "::1", "fd00::1", "fe80::1", "::ffff:127.0.0.1", "::"] {
+            assert!(is_private(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["1.1.1.1", "8.8.8.8", "2606:4700::1111", "172.32.0.1"] {
+            assert!(!is_private(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_removes_connection_named_fields() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "close, X-Secret, Upgrade".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("upgrade", "h2c".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+}

@@ -1,0 +1,366 @@
+//! One request, start to end: target -> decision -> strip -> inject -> forward -> response.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use http::header::{HeaderMap, HeaderValue, CONNECTION, HOST, UPGRADE};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use secrecy::ExposeSecret;
+
+use super::body::{Body, UpstreamBody};
+use super::forward::{remove_hop_by_hop, ConnectError};
+use crate::audit::Audit;
+use crate::error::{ProxyError, CREDPROXY_ERROR};
+use crate::fields;
+use crate::metrics::Outcome;
+use crate::policy::{normalize, normalize_host, Action, AuditRequests, Destination, Inject, Scheme};
+use crate::state::{Live, Shared};
+
+/// Longest request target accepted.
+const MAX_URI_BYTES: usize = 16 * 1024;
+
+static TOOL_HEADER: http::HeaderName = http::HeaderName::from_static("credproxy-tool");
+
+type Served = (Option<usize>, Result<(Response<Body>, Outcome), ProxyError>);
+
+/// Serve one request from an agent; never fails (errors become credproxy's own responses).
+pub async fn handle(shared: Arc<Shared>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    let start = Instant::now();
+    let live = shared.live.load_full();
+    let (tool, result) = serve(&shared, &live, peer, req).await;
+    let rt = tool.map(|i| &live.tools[i]);
+    let metrics = rt.map_or(&shared.no_tool, |t| &t.metrics);
+    let elapsed = start.elapsed().as_secs_f64();
+    match result {
+        Ok((resp, outcome)) => {
+            metrics.count(outcome, elapsed);
+            resp
+        }
+        Err(e) => {
+            metrics.count(e.parts().2, elapsed);
+            e.into_response(rt.map(|t| &t.name))
+        }
+    }
+}
+
+async fn serve(shared: &Shared, live: &Live, peer: SocketAddr, req: Request<Incoming>) -> Served {
+    let policy = &live.policy;
+    if let Some(secret) = &policy.listen.proxy_auth {
+        if !proxy_auth_ok(req.headers(), secret.expose_secret()) {
+            return (None, Err(ProxyError::ProxyAuthRequired));
+        }
+    }
+    if req.method() == Method::CONNECT {
+        return super::connect::handle(shared, live, req).await;
+    }
+    // Framing is hyper's: CL+TE is read as chunked, Content-Length dropped and the connection
+    // closed after the response; conflicting Content-Lengths get hyper's own 400
+    // (tests/proxy.rs, mixed_framing_*).
+    if req.uri().to_string().len() > MAX_URI_BYTES {
+        return (None, Err(ProxyError::UriTooLong));
+    }
+    let target = match Target::of(live, &req) {
+        Ok(t) => t,
+        Err(e) => return (None, Err(e)),
+    };
+    let named = match req.headers().get(&TOOL_HEADER).map(HeaderValue::to_str) {
+        None => None,
+        Some(Ok(n)) if req.headers().get_all(&TOOL_HEADER).iter().count() == 1 => Some(n),
+        Some(_) => return (None, Err(ProxyError::BadRequest("malformed Credproxy-Tool header"))),
+    };
+    let tool_hint = match (target.base_tool, named) {
+        (Some(b), Some(n)) if policy.tools[b].name != n => {
+            return deny(shared, live, &req, &target, None, "not_tools_route", "Credproxy-Tool names another tool than the base path");
+        }
+        (Some(b), _) => Some(policy.tools[b].name.as_str()),
+        (None, n) => n,
+    };
+    let dest = Destination {
+        scheme: target.scheme,
+        host: &target.host,
+        port: target.port,
+        method: req.method(),
+        path: &target.path,
+        tool: tool_hint,
+    };
+    let decision = policy.decide(&dest);
+    let Action::Allow { tool, route } = decision.action else {
+        let t = target.base_tool.or_else(|| tool_hint.and_then(|n| policy.tool_index(n)));
+        return deny(shared, live, &req, &target, t, decision.reason.code(), decision.reason.message());
+    };
+    (Some(tool), forward(shared, live, peer, req, target, tool, route).await)
+}
+
+/// Where a request goes, worked out from its form (absolute-form = forward proxy, origin-form = base URL).
+pub(super) struct Target {
+    pub scheme: Scheme,
+    pub host: String,
+    pub port: u16,
+    /// Normalised path.
+    pub path: String,
+    pub query: Option<String>,
+    /// The tool named by the base-URL path.
+    pub base_tool: Option<usize>,
+}
+
+impl Target {
+    fn of(live: &Live, req: &Request<Incoming>) -> Result<Target, ProxyError> {
+        let uri = req.uri();
+        let query = uri.query().map(str::to_owned);
+        if let Some(scheme) = uri.scheme_str() {
+            let scheme = match scheme {
+                "http" => Scheme::Http,
+                "https" => Scheme::Https,
+                _ => return Err(ProxyError::BadRequest("unsupported URL scheme")),
+            };
+            let auth = uri.authority().ok_or(ProxyError::BadRequest("URL without a host"))?;
+            if auth.as_str().contains('@') {
+                return Err(ProxyError::BadRequest("userinfo in a request URL is refused"));
+            }
+            let host = normalize_host(auth.host());
+            if host.is_empty() {
+                return Err(ProxyError::BadRequest("URL without a host"));
+            }
+            let port = auth.port_u16().unwrap_or(scheme.default_port());
+            let path = normalize(uri.path()).map_err(|_| ProxyError::BadRequest("path refused: encoded separator, backslash, NUL or bad escape"))?;
+            return Ok(Target { scheme, host, port, path, query, base_tool: None });
+        }
+        // Origin-form: `/TOOL/rest` in base-URL mode.
+        let raw = uri.path();
+        let after = raw.strip_prefix('/').ok_or(ProxyError::BadRequest("request target must be a path or an absolute URL"))?;
+        let (name, rest) = match after.find('/') {
+            Some(i) => (&after[..i], &after[i..]),
+            None => (after, "/"),
+        };
+        let policy = &live.policy;
+        let (t, up) = policy
+            .tool_index(name)
+            .and_then(|t| policy.tools[t].upstream.as_ref().map(|u| (t, u)))
+            .ok_or(ProxyError::RouteDenied("no tool with an upstream is named by the first path segment"))?;
+        let rest = normalize(rest).map_err(|_| ProxyError::BadRequest("path refused: encoded separator, backslash, NUL or bad escape"))?;
+        let path = if up.path_prefix.is_empty() { rest } else { format!("{}{}", up.path_prefix, rest) };
+        Ok(Target { scheme: up.scheme, host: up.host.clone(), port: up.port, path, query, base_tool: Some(t) })
+    }
+
+    fn authority(&self) -> String {
+        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        if self.port == self.scheme.default_port() {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+/// `Proxy-Authorization: Basic base64(any:SECRET)` or `Bearer SECRET`, compared in constant time.
+fn proxy_auth_ok(h: &HeaderMap, secret: &str) -> bool {
+    use base64::Engine;
+    let Some(v) = h.get(http::header::PROXY_AUTHORIZATION).and_then(|v| v.to_str().ok()) else { return false };
+    let (scheme, cred) = v.split_once(' ').unwrap_or((v, ""));
+    let presented = if scheme.eq_ignore_ascii_case("bearer") {
+        cred.trim().as_bytes().to_vec()
+    } else if scheme.eq_ignore_ascii_case("basic") {
+        let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(cred.trim()) else { return false };
+        match raw.iter().position(|&b| b == b':') {
+            Some(i) => raw[i + 1..].to_vec(),
+            None => return false,
+        }
+    } else {
+        return false;
+    };
+    aws_lc_rs::constant_time::verify_slices_are_equal(&presented, secret.as_bytes()).is_ok()
+}
+
+fn deny(shared: &Shared, live: &Live, req: &Request<Incoming>, target: &Target, tool: Option<usize>, code: &'static str, message: &'static str) -> Served {
+    if live.policy.audit.requests != AuditRequests::None {
+        audit_request(&shared.audit, "request.denied", req.method(), target, tool.map(|t| live.policy.tools[t].name.as_str()), Some(code), None);
+    }
+    (tool, Err(ProxyError::RouteDenied(message)))
+}
+
+pub(super) fn audit_request(audit: &Audit, event: &str, method: &Method, t: &Target, tool: Option<&str>, reason: Option<&str>, credential_id: Option<&str>) {
+    let mut f = fields! {"method" => method.as_str(), "scheme" => t.scheme.as_str(), "host" => &t.host,
+                         "port" => t.port, "path" => &t.path, "tool" => tool};
+    if let Some(r) = reason {
+        f.insert("reason".into(), r.into());
+    }
+    if let Some(c) = credential_id {
+        f.insert("credential_id".into(), c.into());
+    }
+    audit.emit(event, f);
+}
+
+fn is_websocket(h: &HeaderMap) -> bool {
+    let conn_upgrade = h
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    conn_upgrade && h.get(UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+}
+
+fn head_bytes(h: &HeaderMap) -> usize {
+    h.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum()
+}
+
+async fn forward(shared: &Shared, live: &Live, peer: SocketAddr, mut req: Request<Incoming>, target: Target, tool: usize, route: usize) -> Result<(Response<Body>, Outcome), ProxyError> {
+    let policy = &live.policy;
+    let spec = &policy.tools[tool];
+    let rt = &live.tools[tool];
+    let websocket = is_websocket(req.headers());
+    let agent_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let method = parts.method.clone();
+    let upgrade_value = parts.headers.get(UPGRADE).cloned();
+    remove_hop_by_hop(&mut parts.headers);
+    for name in rt.strip.iter() {
+        parts.headers.remove(name);
+    }
+    parts.headers.remove(HOST);
+    parts.headers.remove(&CREDPROXY_ERROR);
+    if let (true, Some(v)) = (websocket, upgrade_value) {
+        parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(UPGRADE, v);
+    }
+    let mut query = target.query.clone();
+    let mut credential_id = None;
+    if let Some(slot) = &rt.slot {
+        let now = SystemTime::now();
+        match &spec.inject {
+            Inject::Header { name, .. } => {
+                let v = slot.header(now).ok_or(ProxyError::CredentialUnavailable)?;
+                if head_bytes(&parts.headers) + name.as_str().len() + v.len() + 4 > policy.limits.max_header_bytes {
+                    return Err(ProxyError::HeadersTooLarge);
+                }
+                parts.headers.insert(name.clone(), v);
+            }
+            Inject::Basic { .. } => {
+                let v = slot.header(now).ok_or(ProxyError::CredentialUnavailable)?;
+                if head_bytes(&parts.headers) + v.len() + 17 > policy.limits.max_header_bytes {
+                    return Err(ProxyError::HeadersTooLarge);
+                }
+                parts.headers.insert(http::header::AUTHORIZATION, v);
+            }
+            Inject::Query { param } => {
+                let v = slot.query_value(now).ok_or(ProxyError::CredentialUnavailable)?;
+                query = Some(with_param(query.as_deref(), param, &v));
+            }
+        }
+        credential_id = slot.current().map(|t| t.fingerprint.clone());
+    }
+    let pq = match &query {
+        Some(q) => format!("{}?{q}", target.path),
+        None => target.path.clone(),
+    };
+    parts.uri = Uri::builder()
+        .scheme(target.scheme.as_str())
+        .authority(target.authority())
+        .path_and_query(pq)
+        .build()
+        .map_err(|_| ProxyError::BadRequest("cannot build the upstream URL"))?;
+    if parts.uri.to_string().len() > MAX_URI_BYTES {
+        return Err(ProxyError::UriTooLong);
+    }
+    parts.version = Version::HTTP_11;
+    let strip_trailers = rt.slot.as_ref().map(|_| rt.strip.clone());
+    let upstream_req = Request::from_parts(parts, UpstreamBody::new(body, strip_trailers));
+    let (client, upgrade_client) = &rt.clients[route];
+    let client = if websocket { upgrade_client } else { client };
+    let limit = policy.limits.response_header_timeout;
+    let mut resp = match tokio::time::timeout(limit, client.request(upstream_req)).await {
+        Err(_) => return Err(ProxyError::UpstreamTimeout),
+        Ok(Err(e)) => {
+            let err = classify(&e);
+            if matches!(err, ProxyError::RouteDenied(_) | ProxyError::LoopDetected) && policy.audit.requests != AuditRequests::None {
+                let reason = if matches!(err, ProxyError::LoopDetected) { "loop_detected" } else { "private_address" };
+                audit_request(&shared.audit, "request.denied", &method, &target, Some(&spec.name), Some(reason), None);
+            }
+            return Err(err);
+        }
+        Ok(Ok(r)) => r,
+    };
+    if let (Some(agent), StatusCode::SWITCHING_PROTOCOLS) = (agent_upgrade, resp.status()) {
+        let upstream = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            if let (Ok(a), Ok(u)) = (agent.await, upstream.await) {
+                let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(a), &mut TokioIo::new(u)).await;
+            }
+        });
+    } else {
+        remove_hop_by_hop(resp.headers_mut());
+    }
+    resp.headers_mut().remove(&CREDPROXY_ERROR);
+    if policy.audit.requests == AuditRequests::All {
+        audit_request(&shared.audit, "request.forwarded", &method, &target, Some(&spec.name), None, credential_id.as_deref());
+    }
+    tracing::trace!(%peer, tool = %spec.name, status = resp.status().as_u16(), "forwarded");
+    let outcome = if rt.slot.is_some() { Outcome::Injected } else { Outcome::Passthrough };
+    Ok((resp.map(Body::Upstream), outcome))
+}
+
+/// Replace `param` in a query string with the token (already percent-encoded).
+fn with_param(query: Option<&str>, param: &str, value: &str) -> String {
+    let mut out = String::new();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let key = pair.split('=').next().unwrap_or(pair);
+        if key != param {
+            out.push_str(pair);
+            out.push('&');
+        }
+    }
+    out.push_str(param);
+    out.push('=');
+    out.push_str(value);
+    out
+}
+
+/// Map a client error to what the agent sees.
+fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        if let Some(c) = s.downcast_ref::<ConnectError>() {
+            return match c {
+                ConnectError::Private => ProxyError::RouteDenied("the destination address is private, loopback or link-local"),
+                ConnectError::Loop => ProxyError::LoopDetected,
+                ConnectError::Timeout => ProxyError::UpstreamTimeout,
+                other => ProxyError::UpstreamUnreachable(other.to_string()),
+            };
+        }
+        if let Some(t) = s.downcast_ref::<rustls::Error>() {
+            return ProxyError::UpstreamTls(t.to_string());
+        }
+        if let Some(t) = s.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()).and_then(|i| i.downcast_ref::<rustls::Error>()) {
+            return ProxyError::UpstreamTls(t.to_string());
+        }
+        src = s.source();
+    }
+    ProxyError::UpstreamUnreachable(if e.is_connect() { "connect failed".into() } else { "the upstream closed the connection".into() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_param_replaced() {
+        assert_eq!(with_param(None, "key", "T"), "key=T");
+        assert_eq!(with_param(Some("a=1&key=agent&b=2"), "key", "T"), "a=1&b=2&key=T");
+        assert_eq!(with_param(Some("key"), "key", "T"), "key=T");
+    }
+
+    #[test]
+    fn proxy_auth_forms() {
+        let mut h = HeaderMap::new();
+        assert!(!proxy_auth_ok(&h, "s3cret"));
+        h.insert(http::header::PROXY_AUTHORIZATION, "Bearer s3cret".parse().unwrap());
+        assert!(proxy_auth_ok(&h, "s3cret"));
+        h.insert(http::header::PROXY_AUTHORIZATION, "Basic YWdlbnQ6czNjcmV0".parse().unwrap());
+        assert!(proxy_auth_ok(&h, "s3cret"));
+        h.insert(http::header::PROXY_AUTHORIZATION, "Bearer wrong".parse().unwrap());
+        assert!(!proxy_auth_ok(&h, "s3cret"));
+    }
+}

@@ -1,0 +1,236 @@
+//! What the request path reads — one policy version with its slots, clients and metric handles —
+//! and how a (re)load builds it, keeping credentials whose settings did not change.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use http::header::HeaderName;
+
+use crate::audit::Audit;
+use crate::config::watch::FsWatch;
+use crate::creds::refresher::{self, CredCtx, TaskHandle};
+use crate::creds::Slot;
+use crate::fields;
+use crate::metrics::{Metrics, ToolMetrics};
+use crate::policy::{CredentialSpec, Inject, Policy};
+use crate::proxy::forward::{Client, ConnectSettings, Upstreams};
+
+/// Headers removed from every credentialed request, besides the tool's `strip_headers` and its
+/// injected header (DESIGN §3).
+pub fn builtin_strip() -> [HeaderName; 5] {
+    [
+        http::header::AUTHORIZATION,
+        http::header::PROXY_AUTHORIZATION,
+        HeaderName::from_static("x-api-key"),
+        HeaderName::from_static("api-key"),
+        HeaderName::from_static("credproxy-tool"),
+    ]
+}
+
+/// One policy version, ready for the request path.
+pub struct Live {
+    /// The validated policy.
+    pub policy: Arc<Policy>,
+    /// Per tool, in the policy's order.
+    pub tools: Vec<ToolRt>,
+}
+
+/// A tool's request-time handles.
+pub struct ToolRt {
+    /// The tool's name, shared into error bodies.
+    pub name: Arc<str>,
+    /// The credential slot, when the tool has a credential.
+    pub slot: Option<Arc<Slot>>,
+    /// Request counters and duration histogram.
+    pub metrics: ToolMetrics,
+    /// Per route: the pooled client, and an HTTP/1.1-only one for upgrades.
+    pub clients: Vec<(Client, Client)>,
+    /// Everything removed from requests (and their trailers) before injection.
+    pub strip: Arc<[HeaderName]>,
+}
+
+struct CredEntry {
+    key: (CredentialSpec, Inject, Option<SystemTime>),
+    slot: Arc<Slot>,
+    _task: TaskHandle,
+}
+
+/// Shared by every listener for the life of the process.
+pub struct Shared {
+    /// The policy version in force; each request loads it once.
+    pub live: ArcSwap<Live>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Audit events.
+    pub audit: Audit,
+    /// Upstream clients.
+    pub upstreams: Upstreams,
+    /// Request metrics for traffic that matched no tool (`tool=""`).
+    pub no_tool: ToolMetrics,
+    /// File watcher (policy and credential files).
+    pub watch: Arc<FsWatch>,
+    /// The policy file.
+    pub config_path: PathBuf,
+    /// The listeners' bound addresses (proxy, admin, control).
+    pub own: Vec<SocketAddr>,
+    creds: Mutex<HashMap<String, CredEntry>>,
+}
+
+impl Shared {
+    /// Build the shared state around a first policy. Must run inside a Tokio runtime.
+    pub fn new(policy: Policy, config_path: PathBuf, own: Vec<SocketAddr>, metrics: Metrics) -> Arc<Self> {
+        let audit = Audit::start(policy.audit.file.clone(), &policy.instance_id, metrics.clone());
+        let no_tool = metrics.tool("");
+        let upstreams = Upstreams::new();
+        let watch = FsWatch::new();
+        let creds = Mutex::new(HashMap::new());
+        let policy = Arc::new(policy);
+        // Tool handles are filled in by `install` below, before any listener serves.
+        let first = Live { policy: policy.clone(), tools: Vec::new() };
+        let shared = Arc::new(Shared {
+            live: ArcSwap::from_pointee(first),
+            metrics,
+            audit,
+            upstreams,
+            no_tool,
+            watch,
+            config_path,
+            own,
+            creds,
+        });
+        shared.install(policy);
+        shared
+    }
+
+    /// Make `policy` the one in force: sync credential tasks, resolve clients and metrics, swap.
+    pub fn install(&self, policy: Arc<Policy>) {
+        self.upstreams.configure(ConnectSettings {
+            resolve: crate::policy::Resolve { entries: policy.resolve.entries.clone() },
+            own: self.own.clone(),
+            connect_timeout: policy.limits.connect_timeout,
+        });
+        let idle = policy.limits.idle_timeout;
+        let mut creds = self.creds.lock().unwrap_or_else(|e| e.into_inner());
+        creds.retain(|name, _| policy.tool_index(name).is_some_and(|i| policy.tools[i].credential.is_some()));
+        let mut tools = Vec::with_capacity(policy.tools.len());
+        for tool in &policy.tools {
+            let name: Arc<str> = Arc::from(tool.name.as_str());
+            let slot = tool.credential.as_ref().map(|spec| {
+                let key = (spec.clone(), tool.inject.clone(), tool.not_before);
+                match creds.get(&tool.name) {
+                    Some(e) if e.key == key => e.slot.clone(),
+                    _ => {
+                        let slot = Arc::new(Slot::new(spec.source()));
+                        let cx = CredCtx {
+                            tool: name.clone(),
+                            slot: slot.clone(),
+                            inject: tool.inject.clone(),
+                            not_before: tool.not_before,
+                            audit: self.audit.clone(),
+                            metrics: self.metrics.clone(),
+                            watch: self.watch.clone(),
+                        };
+                        let task = refresher::spawn(spec.clone(), cx);
+                        creds.insert(tool.name.clone(), CredEntry { key, slot: slot.clone(), _task: task });
+                        slot
+                    }
+                }
+            });
+            let clients = tool
+                .routes
+                .iter()
+                .map(|r| {
+                    (
+                        self.upstreams.client(&tool.ca_certs, r.allow_private, false, idle),
+                        self.upstreams.client(&tool.ca_certs, r.allow_private, true, idle),
+                    )
+                })
+                .collect();
+            let mut strip: Vec<HeaderName> = Vec::new();
+            if tool.credential.is_some() {
+                strip.extend(builtin_strip());
+                if let Inject::Header { name, .. } = &tool.inject {
+                    strip.push(name.clone());
+                }
+            } else {
+                strip.push(HeaderName::from_static("credproxy-tool"));
+            }
+            strip.extend(tool.strip_headers.iter().cloned());
+            tools.push(ToolRt { name: name.clone(), slot, metrics: self.metrics.tool(&name), clients, strip: strip.into() });
+        }
+        drop(creds);
+        if self.live.load().policy.audit.file != policy.audit.file {
+            self.audit.set_output(policy.audit.file.clone());
+        }
+        self.live.store(Arc::new(Live { policy, tools }));
+    }
+
+    /// Re-read the policy file: install it if valid, else keep the running one. Returns success.
+    pub fn reload(&self) -> bool {
+        let now = SystemTime::now();
+        let secs = now.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        self.metrics.config_last_reload_timestamp.set(secs);
+        match crate::config::load_file(&self.config_path) {
+            Ok(policy) => {
+                let tools = policy.tools.len();
+                self.install(Arc::new(policy));
+                self.metrics.config_reloads.with_label_values(&["ok"]).inc();
+                self.metrics.config_last_reload_success.set(1);
+                self.audit.emit("config.reloaded", fields! {"path" => self.config_path.display().to_string(), "tools" => tools});
+                tracing::info!(path = %self.config_path.display(), tools, "policy reloaded");
+                true
+            }
+            Err(errors) => {
+                self.metrics.config_reloads.with_label_values(&["error"]).inc();
+                self.metrics.config_last_reload_success.set(0);
+                let list: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+                self.audit.emit("config.rejected", fields! {"path" => self.config_path.display().to_string(), "errors" => list});
+                tracing::error!(path = %self.config_path.display(), "policy rejected; the running policy stays\n{errors}");
+                false
+            }
+        }
+    }
+
+    /// Watch the policy file's folder and reload on change, debounced, until the process ends.
+    pub fn spawn_reloader(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let shared = Arc::downgrade(self);
+        let (changed, watched) = self.watch.subscribe(&self.config_path);
+        let path = self.config_path.clone();
+        tokio::spawn(async move {
+            let mut last = std::fs::read(&path).ok();
+            let poll = if watched { std::time::Duration::from_secs(60) } else { std::time::Duration::from_secs(2) };
+            loop {
+                tokio::select! {
+                    _ = changed.notified() => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+                    _ = tokio::time::sleep(poll) => {}
+                }
+                let now = std::fs::read(&path).ok();
+                if now.is_none() || now == last {
+                    continue;
+                }
+                last = now;
+                let Some(shared) = shared.upgrade() else { return };
+                shared.reload();
+            }
+        })
+    }
+
+    /// Ready when every required tool's credential is fetched and not expired.
+    pub fn not_ready(&self) -> Vec<Arc<str>> {
+        let live = self.live.load();
+        let now = SystemTime::now();
+        live.policy
+            .tools
+            .iter()
+            .zip(&live.tools)
+            .filter(|(t, rt)| {
+                t.required && rt.slot.as_ref().is_some_and(|s| !s.current().is_some_and(|tok| tok.usable_at(now, Default::default())))
+            })
+            .map(|(_, rt)| rt.name.clone())
+            .collect()
+    }
+}

@@ -1,0 +1,276 @@
+//! Test fixtures: a recording upstream on loopback, an in-process proxy, and a raw client.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What the upstream received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub trailers: Option<HeaderMap>,
+}
+
+/// A loopback HTTP upstream that records every request.
+#[derive(Clone)]
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    pub connections: Arc<AtomicUsize>,
+    /// `/sse` waits for this before sending its last event.
+    pub release: Arc<tokio::sync::Notify>,
+}
+
+type RespBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+fn boxed(b: impl Into<Bytes>) -> RespBody {
+    Full::new(b.into()).boxed()
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = Upstream {
+            addr: listener.local_addr().unwrap(),
+            seen: Arc::default(),
+            connections: Arc::default(),
+            release: Arc::new(tokio::sync::Notify::new()),
+        };
+        let u = up.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                u.connections.fetch_add(1, Ordering::SeqCst);
+                let u2 = u.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let u = u2.clone();
+                        async move { Ok::<_, Infallible>(u.respond(req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        up
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.requests().last().cloned().expect("the upstream saw a request")
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    async fn respond(&self, mut req: Request<Incoming>) -> Response<RespBody> {
+        let path = req.uri().path().to_string();
+        let ws_upgrade = (path.ends_with("/ws")).then(|| hyper::upgrade::on(&mut req));
+        let (parts, body) = req.into_parts();
+        let (body, trailers) = if ws_upgrade.is_some() {
+            (Bytes::new(), None)
+        } else {
+            let collected = body.collect().await.map(|c| (c.trailers().cloned(), c.to_bytes())).unwrap_or_default();
+            (collected.1, collected.0)
+        };
+        self.seen.lock().unwrap().push(Seen {
+            method: parts.method.to_string(),
+            uri: parts.uri.to_string(),
+            headers: parts.headers.clone(),
+            body,
+            trailers,
+        });
+        if let Some(on) = ws_upgrade {
+            let key = parts.headers.get("sec-websocket-key").cloned().unwrap_or(http::HeaderValue::from_static(""));
+            tokio::spawn(async move {
+                if let Ok(up) = on.await {
+                    use futures_util::{SinkExt, StreamExt};
+                    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                        TokioIo::new(up),
+                        tokio_tungstenite::tungstenite::protocol::Role::Server,
+                        None,
+                    )
+                    .await;
+                    while let Some(Ok(msg)) = ws.next().await {
+                        if msg.is_text() || msg.is_binary() {
+                            let _ = ws.send(msg).await;
+                        }
+                    }
+                }
+            });
+            return Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .header("sec-websocket-accept", tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()))
+                .body(boxed(""))
+                .unwrap();
+        }
+        if path.ends_with("/sse") {
+            let release = self.release.clone();
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+            tokio::spawn(async move {
+                let _ = tx.send(Ok(Frame::data(Bytes::from("data: first\n\n")))).await;
+                let _ = tokio::time::timeout(Duration::from_secs(10), release.notified()).await;
+                let _ = tx.send(Ok(Frame::data(Bytes::from("data: last\n\n")))).await;
+            });
+            let stream = tokio_stream_from(rx);
+            return Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(BodyExt::boxed(StreamBody::new(stream)))
+                .unwrap();
+        }
+        if path.ends_with("/redirect") {
+            return Response::builder()
+                .status(StatusCode::TEMPORARY_REDIRECT)
+                .header("location", "http://elsewhere.example/")
+                .body(boxed(""))
+                .unwrap();
+        }
+        if path.ends_with("/slow") {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
+        if path.ends_with("/forge") {
+            return Response::builder().header("credproxy-error", "route_denied").body(boxed("forged")).unwrap();
+        }
+        Response::builder().header("x-upstream", "yes").body(boxed(format!("ok {path}"))).unwrap()
+    }
+}
+
+/// An mpsc receiver as a `Stream` (without pulling in tokio-stream).
+pub fn tokio_stream_from<T: Send + 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures_util::Stream<Item = T> + Send {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// A proxy started in-process from a policy written to a temp folder.
+pub struct Proxy {
+    pub running: Option<credproxy::proxy::Running>,
+    pub dir: tempfile::TempDir,
+    pub policy_path: PathBuf,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub control: SocketAddr,
+}
+
+impl Proxy {
+    /// Start with `policy` (the listen section is added with ephemeral ports).
+    /// `{dir}` in the policy is replaced by the temp folder.
+    pub async fn start(policy: &str) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, policy).await
+    }
+
+    pub async fn start_in(dir: tempfile::TempDir, policy: &str) -> Proxy {
+        let policy_path = dir.path().join("policy.yaml");
+        std::fs::write(&policy_path, Self::render(&dir, policy)).unwrap();
+        let running = credproxy::proxy::start(policy_path.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+        let p = Proxy {
+            addr: running.proxy_addr,
+            admin: running.admin_addr,
+            control: running.control_addr,
+            running: Some(running),
+            dir,
+            policy_path,
+        };
+        p.wait_ready().await;
+        p
+    }
+
+    pub fn render(dir: &tempfile::TempDir, policy: &str) -> String {
+        let policy = policy.replace("{dir}", dir.path().to_str().unwrap());
+        if policy.contains("listen:") {
+            policy
+        } else {
+            format!("listen: {{ proxy: 127.0.0.1:0, admin: 127.0.0.1:0, control: 127.0.0.1:0 }}\n{policy}")
+        }
+    }
+
+    /// Rewrite the policy file (atomically, by rename).
+    pub fn rewrite(&self, policy: &str) {
+        let tmp = self.dir.path().join(".policy.tmp");
+        std::fs::write(&tmp, Self::render(&self.dir, policy)).unwrap();
+        std::fs::rename(&tmp, &self.policy_path).unwrap();
+    }
+
+    pub fn file(&self, name: &str, contents: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, contents).unwrap();
+        p
+    }
+
+    pub async fn wait_ready(&self) {
+        for _ in 0..100 {
+            if get(self.admin, "/ready").await.starts_with("HTTP/1.1 200") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("proxy not ready: {}", get(self.admin, "/ready").await);
+    }
+
+    pub async fn metrics(&self) -> String {
+        get(self.admin, "/metrics").await
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown(Duration::from_secs(2)).await;
+        }
+    }
+}
+
+/// Write a file in a temp folder that outlives the call.
+pub fn write_file(dir: &tempfile::TempDir, name: &str, contents: &str) -> PathBuf {
+    let p = dir.path().join(name);
+    std::fs::write(&p, contents).unwrap();
+    p
+}
+
+/// Send raw bytes, read until the peer closes (or 5 s), return the text.
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// `GET path` with `Connection: close`.
+pub async fn get(addr: SocketAddr, path: &str) -> String {
+    raw(addr, format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await
+}
+
+/// The status code of a raw response.
+pub fn status(resp: &str) -> u16 {
+    resp.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// The value of a metric line (first sample whose name and labels start with `prefix`).
+pub fn metric(text: &str, prefix: &str) -> Option<f64> {
+    text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+}
