@@ -80,7 +80,12 @@ pub fn fingerprint(secret: &str) -> String {
 
 impl Token {
     /// Build a token and its pre-built injection form for `inject`.
-    pub fn new(secret: SecretString, inject: &Inject, issued_at: SystemTime, expires_at: Option<SystemTime>) -> Result<Self, TokenError> {
+    pub fn new(
+        secret: SecretString,
+        inject: &Inject,
+        issued_at: SystemTime,
+        expires_at: Option<SystemTime>,
+    ) -> Result<Self, TokenError> {
         let raw = secret.expose_secret();
         if raw.trim().is_empty() {
             return Err(TokenError::Empty);
@@ -93,7 +98,8 @@ impl Token {
         }
         let (header, query) = match inject {
             Inject::Header { prefix, suffix, .. } => {
-                let mut v = HeaderValue::try_from(format!("{prefix}{raw}{suffix}")).map_err(|_| TokenError::BadBytes)?;
+                let mut v =
+                    HeaderValue::try_from(format!("{prefix}{raw}{suffix}")).map_err(|_| TokenError::BadBytes)?;
                 v.set_sensitive(true);
                 (Some(v), None)
             }

@@ -59,7 +59,9 @@ impl ProxyError {
         use ProxyError::*;
         match self {
             RouteDenied(_) => (StatusCode::FORBIDDEN, "route_denied", Outcome::Denied),
-            CredentialUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "credential_unavailable", Outcome::CredentialUnavailable),
+            CredentialUnavailable => {
+                (StatusCode::SERVICE_UNAVAILABLE, "credential_unavailable", Outcome::CredentialUnavailable)
+            }
             UpstreamUnreachable(_) => (StatusCode::BAD_GATEWAY, "upstream_unreachable", Outcome::UpstreamError),
             UpstreamTls(_) => (StatusCode::BAD_GATEWAY, "upstream_tls_error", Outcome::UpstreamError),
             UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", Outcome::UpstreamError),

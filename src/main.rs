@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use credproxy::policy::{normalize, normalize_host, Action, Destination, Policy, Scheme};
 
 #[derive(Parser)]
-#[command(name = "credproxy", version, about = "Takes API keys away from AI agents: a deny-by-default credential-injecting proxy")]
+#[command(
+    name = "credproxy",
+    version,
+    about = "Takes API keys away from AI agents: a deny-by-default credential-injecting proxy"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -125,11 +129,21 @@ async fn wait_for_signal() {
 
 fn route_table(p: &Policy) -> String {
     let mut out = format!("policy OK: {} tool(s)\n", p.tools.len());
-    out.push_str(&format!("{:<20} {:<10} {:<8} {:<40} {:<16} {}\n", "TOOL", "CREDENTIAL", "SCHEME", "HOST:PORT", "METHODS", "PATHS"));
+    out.push_str(&format!(
+        "{:<20} {:<10} {:<8} {:<40} {:<16} {}\n",
+        "TOOL", "CREDENTIAL", "SCHEME", "HOST:PORT", "METHODS", "PATHS"
+    ));
     for t in &p.tools {
         for r in &t.routes {
-            let methods = r.methods.as_ref().map_or("any".to_string(), |m| m.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(","));
-            let paths = if r.paths.is_empty() { "any".to_string() } else { r.paths.iter().map(|g| g.as_str()).collect::<Vec<_>>().join(" ") };
+            let methods = r
+                .methods
+                .as_ref()
+                .map_or("any".to_string(), |m| m.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(","));
+            let paths = if r.paths.is_empty() {
+                "any".to_string()
+            } else {
+                r.paths.iter().map(|g| g.as_str()).collect::<Vec<_>>().join(" ")
+            };
             let mut flags = String::new();
             if r.allow_private {
                 flags.push_str(" [allow_private]");
@@ -149,7 +163,15 @@ fn route_table(p: &Policy) -> String {
             ));
         }
         if let Some(u) = &t.upstream {
-            out.push_str(&format!("{:<20} base URL /{}/ -> {}://{}:{}{}\n", "", t.name, u.scheme.as_str(), u.host, u.port, u.path_prefix));
+            out.push_str(&format!(
+                "{:<20} base URL /{}/ -> {}://{}:{}{}\n",
+                "",
+                t.name,
+                u.scheme.as_str(),
+                u.host,
+                u.port,
+                u.path_prefix
+            ));
         }
     }
     out
@@ -199,10 +221,20 @@ fn explain(config: &std::path::Path, tool: Option<&str>, method: &str, url: &str
         Action::Allow { tool, route } => {
             let t = &policy.tools[tool];
             let r = &t.routes[route];
-            println!("ALLOW  tool {} via tools.{}.routes[{route}] ({}://{}:{})", t.name, t.name, r.scheme.as_str(), r.host, r.port);
+            println!(
+                "ALLOW  tool {} via tools.{}.routes[{route}] ({}://{}:{})",
+                t.name,
+                t.name,
+                r.scheme.as_str(),
+                r.host,
+                r.port
+            );
             println!("  reason: {}", d.reason);
             match &t.credential {
-                Some(c) => println!("  credential: {} source; agent credentials are stripped and the tool's injected", c.source()),
+                Some(c) => println!(
+                    "  credential: {} source; agent credentials are stripped and the tool's injected",
+                    c.source()
+                ),
                 None => println!("  credential: none; the request passes through untouched"),
             }
             ExitCode::SUCCESS

@@ -1,8 +1,8 @@
 //! Every metric credproxy exports, declared and registered once in one custom registry.
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// All metrics. Cheap to share behind an `Arc`; per-tool handles are resolved at load time.
@@ -101,9 +101,12 @@ impl Metrics {
     /// Create and register every metric in a fresh registry.
     pub fn new() -> Self {
         let r = Registry::new();
-        let counter_vec = |name: &str, help: &str, labels: &[&str]| reg(&r, IntCounterVec::new(Opts::new(name, help), labels).unwrap());
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            reg(&r, IntCounterVec::new(Opts::new(name, help), labels).unwrap())
+        };
         let gauge_vec = |name: &str, help: &str| reg(&r, GaugeVec::new(Opts::new(name, help), &["tool"]).unwrap());
-        let buckets = vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+        let buckets =
+            vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
         let m = Metrics {
             requests: counter_vec("credproxy_requests_total", "Requests by tool and outcome.", &["tool", "outcome"]),
             request_duration: reg(
@@ -118,28 +121,43 @@ impl Metrics {
             config_reloads: counter_vec("credproxy_config_reloads_total", "Policy reloads by result.", &["result"]),
             config_last_reload_success: reg(
                 &r,
-                IntGauge::new("credproxy_config_last_reload_success", "1 if the last policy reload succeeded.").unwrap(),
+                IntGauge::new("credproxy_config_last_reload_success", "1 if the last policy reload succeeded.")
+                    .unwrap(),
             ),
             config_last_reload_timestamp: reg(
                 &r,
-                Gauge::new("credproxy_config_last_reload_timestamp_seconds", "Time of the last policy load attempt.").unwrap(),
+                Gauge::new("credproxy_config_last_reload_timestamp_seconds", "Time of the last policy load attempt.")
+                    .unwrap(),
             ),
-            connections_active: reg(&r, IntGauge::new("credproxy_connections_active", "Open agent connections.").unwrap()),
+            connections_active: reg(
+                &r,
+                IntGauge::new("credproxy_connections_active", "Open agent connections.").unwrap(),
+            ),
             connections_shed: reg(
                 &r,
-                IntCounter::new("credproxy_connections_shed_total", "Agent connections refused over max_connections.").unwrap(),
+                IntCounter::new("credproxy_connections_shed_total", "Agent connections refused over max_connections.")
+                    .unwrap(),
             ),
             audit_dropped: reg(
                 &r,
-                IntCounter::new("credproxy_audit_events_dropped_total", "Audit events lost because the writer fell behind.")
-                    .unwrap(),
+                IntCounter::new(
+                    "credproxy_audit_events_dropped_total",
+                    "Audit events lost because the writer fell behind.",
+                )
+                .unwrap(),
             ),
             credential_valid: reg(
                 &r,
-                IntGaugeVec::new(Opts::new("credproxy_credential_valid", "1 while a non-expired token is published."), &["tool"])
-                    .unwrap(),
+                IntGaugeVec::new(
+                    Opts::new("credproxy_credential_valid", "1 while a non-expired token is published."),
+                    &["tool"],
+                )
+                .unwrap(),
             ),
-            credential_issued: gauge_vec("credproxy_credential_issued_timestamp_seconds", "When the current token was issued."),
+            credential_issued: gauge_vec(
+                "credproxy_credential_issued_timestamp_seconds",
+                "When the current token was issued.",
+            ),
             credential_expiration: gauge_vec(
                 "credproxy_credential_expiration_timestamp_seconds",
                 "When the current token expires.",
@@ -161,7 +179,10 @@ impl Metrics {
             credential_consecutive_failures: reg(
                 &r,
                 IntGaugeVec::new(
-                    Opts::new("credproxy_credential_refresh_consecutive_failures", "Failed fetches since the last success."),
+                    Opts::new(
+                        "credproxy_credential_refresh_consecutive_failures",
+                        "Failed fetches since the last success.",
+                    ),
                     &["tool"],
                 )
                 .unwrap(),

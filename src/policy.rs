@@ -156,7 +156,7 @@ impl RouteIndex {
                 }
             }
         }
-        index.wildcard.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        index.wildcard.sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
         index
     }
 

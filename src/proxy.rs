@@ -112,7 +112,13 @@ pub fn http1_builder(limits: &Limits) -> http1::Builder {
     b
 }
 
-async fn accept_proxy(listener: TcpListener, shared: Arc<Shared>, sem: Arc<Semaphore>, mut shutdown: watch::Receiver<bool>, connections: Arc<()>) {
+async fn accept_proxy(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    sem: Arc<Semaphore>,
+    mut shutdown: watch::Receiver<bool>,
+    connections: Arc<()>,
+) {
     let mut max = shared.live.load().policy.limits.max_connections;
     loop {
         let (stream, peer) = tokio::select! {

@@ -160,7 +160,13 @@ impl Shared {
                 strip.push(HeaderName::from_static("credproxy-tool"));
             }
             strip.extend(tool.strip_headers.iter().cloned());
-            tools.push(ToolRt { name: name.clone(), slot, metrics: self.metrics.tool(&name), clients, strip: strip.into() });
+            tools.push(ToolRt {
+                name: name.clone(),
+                slot,
+                metrics: self.metrics.tool(&name),
+                clients,
+                strip: strip.into(),
+            });
         }
         drop(creds);
         if self.live.load().policy.audit.file != policy.audit.file {
@@ -180,7 +186,10 @@ impl Shared {
                 self.install(Arc::new(policy));
                 self.metrics.config_reloads.with_label_values(&["ok"]).inc();
                 self.metrics.config_last_reload_success.set(1);
-                self.audit.emit("config.reloaded", fields! {"path" => self.config_path.display().to_string(), "tools" => tools});
+                self.audit.emit(
+                    "config.reloaded",
+                    fields! {"path" => self.config_path.display().to_string(), "tools" => tools},
+                );
                 tracing::info!(path = %self.config_path.display(), tools, "policy reloaded");
                 true
             }
@@ -188,7 +197,10 @@ impl Shared {
                 self.metrics.config_reloads.with_label_values(&["error"]).inc();
                 self.metrics.config_last_reload_success.set(0);
                 let list: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
-                self.audit.emit("config.rejected", fields! {"path" => self.config_path.display().to_string(), "errors" => list});
+                self.audit.emit(
+                    "config.rejected",
+                    fields! {"path" => self.config_path.display().to_string(), "errors" => list},
+                );
                 tracing::error!(path = %self.config_path.display(), "policy rejected; the running policy stays\n{errors}");
                 false
             }
@@ -228,7 +240,11 @@ impl Shared {
             .iter()
             .zip(&live.tools)
             .filter(|(t, rt)| {
-                t.required && rt.slot.as_ref().is_some_and(|s| !s.current().is_some_and(|tok| tok.usable_at(now, Default::default())))
+                t.required
+                    && rt
+                        .slot
+                        .as_ref()
+                        .is_some_and(|s| !s.current().is_some_and(|tok| tok.usable_at(now, Default::default())))
             })
             .map(|(_, rt)| rt.name.clone())
             .collect()

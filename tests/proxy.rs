@@ -46,7 +46,8 @@ fn auth_values(seen: &Seen) -> Vec<String> {
     seen.headers.get_all("authorization").iter().map(|v| v.to_str().unwrap().to_string()).collect()
 }
 
-const AGENT_CREDS: &str = "Authorization: Bearer agent-key\r\nauthorization: Basic YWdlbnQ6cGFzcw==\r\nX-API-KEY: agent-x\r\n\
+const AGENT_CREDS: &str =
+    "Authorization: Bearer agent-key\r\nauthorization: Basic YWdlbnQ6cGFzcw==\r\nX-API-KEY: agent-x\r\n\
 api-key: agent-y\r\nApi-Key: \r\nX-Extra-Secret: s\r\nProxy-Authorization: Bearer p\r\nCredproxy-Tool: api\r\n";
 
 #[tokio::test]
@@ -84,7 +85,10 @@ async fn forward_mode_injects_and_routes_by_uri_not_host_header() {
 #[tokio::test]
 async fn passthrough_tool_is_untouched_but_allowed() {
     let (up, proxy) = setup().await;
-    let req = format!("GET http://localhost:{}/anything HTTP/1.1\r\nAuthorization: Bearer mine\r\nConnection: close\r\n\r\n", up.port());
+    let req = format!(
+        "GET http://localhost:{}/anything HTTP/1.1\r\nAuthorization: Bearer mine\r\nConnection: close\r\n\r\n",
+        up.port()
+    );
     let resp = raw(proxy.addr, req.as_bytes()).await;
     assert_eq!(status(&resp), 200, "{resp}");
     assert_eq!(auth_values(&up.last()), vec!["Bearer mine".to_string()]);
@@ -116,10 +120,15 @@ async fn authority_and_path_tricks_are_refused_or_normalised() {
     let (up, proxy) = setup().await;
     let port = up.port();
     // userinfo: the host an RFC 3986 parser sees is `evil`, and we refuse the form outright.
-    let resp = raw(proxy.addr, format!("GET http://127.0.0.1:{port}@evil.example/ HTTP/1.1\r\nConnection: close\r\n\r\n").as_bytes()).await;
+    let resp = raw(
+        proxy.addr,
+        format!("GET http://127.0.0.1:{port}@evil.example/ HTTP/1.1\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
     assert_eq!(status(&resp), 400, "{resp}");
     for path in ["/api/v1/a%2Fb", "/api/v1/a%5cb", "/api/v1/a\\b", "/api/v1/%00"] {
-        let resp = raw(proxy.addr, format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes()).await;
+        let resp =
+            raw(proxy.addr, format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes()).await;
         assert!(matches!(status(&resp), 400), "{path}: {resp}");
     }
     assert_eq!(up.connection_count(), 0);
@@ -127,7 +136,11 @@ async fn authority_and_path_tricks_are_refused_or_normalised() {
     let resp = raw(proxy.addr, b"GET /api/v1/../../../etc/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
     assert_eq!(status(&resp), 200, "{resp}");
     assert_eq!(up.last().uri, "/base/etc/x");
-    let resp = raw(proxy.addr, format!("GET http://127.0.0.1:{port}/v2/../v1/%7Eok HTTP/1.1\r\nConnection: close\r\n\r\n").as_bytes()).await;
+    let resp = raw(
+        proxy.addr,
+        format!("GET http://127.0.0.1:{port}/v2/../v1/%7Eok HTTP/1.1\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
     assert_eq!(status(&resp), 200, "{resp}");
     assert_eq!(up.last().uri, "/v1/~ok");
     proxy.shutdown().await;
@@ -179,7 +192,10 @@ async fn sse_streams_event_by_event() {
     let mut got = Vec::new();
     let mut buf = [0u8; 1024];
     while !String::from_utf8_lossy(&got).contains("data: first") {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("first event arrives while the upstream still holds the last").unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("first event arrives while the upstream still holds the last")
+            .unwrap();
         assert!(n > 0, "closed early");
         got.extend_from_slice(&buf[..n]);
     }
@@ -242,7 +258,12 @@ async fn websocket_echo_through_base_url_and_forward_modes() {
             head.push(b[0]);
         }
         assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
-        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(s, tokio_tungstenite::tungstenite::protocol::Role::Client, None).await;
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            s,
+            tokio_tungstenite::tungstenite::protocol::Role::Client,
+            None,
+        )
+        .await;
         ws.send(Message::text("ping")).await.unwrap();
         let echoed = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap().unwrap().unwrap();
         assert_eq!(echoed.into_text().unwrap().as_str(), "ping");
@@ -262,7 +283,8 @@ async fn connect_tunnels_unrestricted_hosts_and_refuses_the_rest() {
     assert!(resp.contains("ok /through"), "{resp}");
     assert_eq!(up.connection_count(), 1);
     // `api` carries a credential: refused before a byte is relayed.
-    let resp = raw(proxy.addr, format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes()).await;
+    let resp =
+        raw(proxy.addr, format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes()).await;
     assert_eq!(status(&resp), 403, "{resp}");
     let resp = raw(proxy.addr, b"CONNECT unknown.example:443 HTTP/1.1\r\nHost: unknown.example\r\n\r\n").await;
     assert_eq!(status(&resp), 403, "{resp}");

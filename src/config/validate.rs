@@ -93,7 +93,9 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>, now: SystemTime) 
         // Keys are names from the schema or the user's tool names, never values: keep them.
         match msg.split_once(": duplicate entry with key ") {
             Some((path, key)) => ConfigErrors::one(path, line, format!("duplicate key {key}")),
-            None if msg.starts_with("duplicate entry with key ") => ConfigErrors::one("(document)", line, msg.replace("entry with key", "key")),
+            None if msg.starts_with("duplicate entry with key ") => {
+                ConfigErrors::one("(document)", line, msg.replace("entry with key", "key"))
+            }
             None => ConfigErrors::one("(document)", line, sanitize(msg)),
         }
     })?;
@@ -128,8 +130,15 @@ fn depth(v: &serde_yaml::Value) -> usize {
 pub fn sanitize(msg: &str) -> String {
     let msg = msg.split(" at line ").next().unwrap_or(msg);
     // serde_norway prefixes some messages with its own idea of the path: we report ours.
-    const KINDS: [&str; 7] =
-        ["invalid type", "invalid value", "invalid length", "unknown variant", "unknown field", "missing field", "duplicate field"];
+    const KINDS: [&str; 7] = [
+        "invalid type",
+        "invalid value",
+        "invalid length",
+        "unknown variant",
+        "unknown field",
+        "missing field",
+        "duplicate field",
+    ];
     let msg = KINDS.iter().filter_map(|k| msg.find(k)).min().map_or(msg, |i| &msg[i..]);
     for kind in ["invalid type", "invalid value", "invalid length", "unknown variant"] {
         if let Some(rest) = msg.strip_prefix(kind) {

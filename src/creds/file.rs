@@ -57,7 +57,10 @@ async fn read(path: &Path) -> Result<Option<(SecretString, std::time::SystemTime
     let file = tokio::fs::File::open(path).await.map_err(|e| format!("cannot open {show}: {}", e.kind()))?;
     let meta = file.metadata().await.map_err(|e| format!("cannot stat {show}: {}", e.kind()))?;
     let mut buf = Vec::new();
-    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut buf).await.map_err(|e| format!("cannot read {show}: {}", e.kind()))?;
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut buf)
+        .await
+        .map_err(|e| format!("cannot read {show}: {}", e.kind()))?;
     if buf.len() as u64 > MAX_FILE_BYTES {
         return Err(format!("{show} is larger than {MAX_FILE_BYTES} bytes"));
     }

@@ -56,7 +56,7 @@ impl CredCtx {
                     self.audit.emit(
                         "credential.revoked",
                         fields! {"tool" => &*self.tool, "source" => source, "credential_id" => &token.fingerprint,
-                                 "reason" => "not_before", "lease_id" => serde_json::Value::Null},
+                        "reason" => "not_before", "lease_id" => serde_json::Value::Null},
                     );
                     tracing::warn!(tool = %self.tool, credential_id = %token.fingerprint, "token issued before not_before; not used");
                 }
@@ -85,7 +85,7 @@ impl CredCtx {
         self.audit.emit(
             event,
             fields! {"tool" => tool, "source" => source, "credential_id" => &fp,
-                     "expires_at" => exp.map(crate::audit::timestamp), "lease_id" => serde_json::Value::Null},
+            "expires_at" => exp.map(crate::audit::timestamp), "lease_id" => serde_json::Value::Null},
         );
         tracing::info!(tool, source, credential_id = %fp, "{event}");
         true
@@ -102,7 +102,7 @@ impl CredCtx {
         self.audit.emit(
             "credential.refresh_failed",
             fields! {"tool" => tool, "source" => source, "reason" => reason, "message" => message,
-                     "attempt" => attempt, "retry_at" => serde_json::Value::Null},
+            "attempt" => attempt, "retry_at" => serde_json::Value::Null},
         );
         tracing::warn!(tool, source, reason, attempt, "credential fetch failed: {message}");
     }

@@ -53,8 +53,8 @@ pub fn normalize(raw: &str) -> Result<String, PathError> {
         return Err(PathError::NotAbsolute);
     }
     // Fast path: nothing to decode and no dot segment to remove.
-    let simple = !bytes.iter().any(|&b| matches!(b, b'%' | b'\\' | 0))
-        && !raw.split('/').any(|s| s == "." || s == "..");
+    let simple =
+        !bytes.iter().any(|&b| matches!(b, b'%' | b'\\' | 0)) && !raw.split('/').any(|s| s == "." || s == "..");
     if simple {
         return Ok(raw.to_owned());
     }
@@ -212,8 +212,7 @@ fn match_segs(segs: &[Seg], parts: &[&str]) -> bool {
         None => parts.is_empty(),
         Some((Seg::Any, rest)) => {
             // `/v1/**` also matches `/v1` and `/v1/`.
-            (0..=parts.len()).any(|skip| match_segs(rest, &parts[skip..]))
-                || (rest.is_empty() && parts == [""])
+            (0..=parts.len()).any(|skip| match_segs(rest, &parts[skip..])) || (rest.is_empty() && parts == [""])
         }
         Some((seg, rest)) => match parts.split_first() {
             None => false,

@@ -58,15 +58,24 @@ fn deny_by_default() {
     assert_eq!(d.reason, Reason::MethodOrPathNotAllowed);
     // Scheme and port are part of the match.
     assert_eq!(decide(&p, "GET", "http://api.github.com/repos/acme/x/issues", None).reason, Reason::NoRouteForHost);
-    assert_eq!(decide(&p, "GET", "https://api.github.com:8443/repos/acme/x/issues", None).reason, Reason::NoRouteForHost);
+    assert_eq!(
+        decide(&p, "GET", "https://api.github.com:8443/repos/acme/x/issues", None).reason,
+        Reason::NoRouteForHost
+    );
 }
 
 #[test]
 fn most_specific_route_wins() {
     let p = policy(BASE);
-    assert_eq!(allowed_tool(&p, decide(&p, "GET", "https://api.github.com/repos/acme/x/issues/3", None)), Some("github"));
+    assert_eq!(
+        allowed_tool(&p, decide(&p, "GET", "https://api.github.com/repos/acme/x/issues/3", None)),
+        Some("github")
+    );
     // Longer literal prefix beats the method list.
-    assert_eq!(allowed_tool(&p, decide(&p, "GET", "https://api.github.com/repos/acme/admin/issues", None)), Some("github-admin"));
+    assert_eq!(
+        allowed_tool(&p, decide(&p, "GET", "https://api.github.com/repos/acme/admin/issues", None)),
+        Some("github-admin")
+    );
     assert_eq!(allowed_tool(&p, decide(&p, "GET", "https://a.example.com/", None)), Some("wild"));
     assert_eq!(allowed_tool(&p, decide(&p, "GET", "https://x.deep.example.com/", None)), Some("wilder"));
     // A wildcard never matches the apex.
@@ -77,8 +86,14 @@ fn most_specific_route_wins() {
 #[test]
 fn named_tool_must_own_the_route() {
     let p = policy(BASE);
-    assert_eq!(allowed_tool(&p, decide(&p, "GET", "https://api.github.com/repos/acme/x/issues", Some("github"))), Some("github"));
-    assert_eq!(decide(&p, "GET", "https://api.github.com/repos/acme/x/issues", Some("wild")).reason, Reason::NotToolsRoute);
+    assert_eq!(
+        allowed_tool(&p, decide(&p, "GET", "https://api.github.com/repos/acme/x/issues", Some("github"))),
+        Some("github")
+    );
+    assert_eq!(
+        decide(&p, "GET", "https://api.github.com/repos/acme/x/issues", Some("wild")).reason,
+        Reason::NotToolsRoute
+    );
     assert_eq!(decide(&p, "GET", "https://api.github.com/", Some("nope")).reason, Reason::UnknownTool);
 }
 

@@ -14,7 +14,11 @@ use crate::policy::{normalize_host, AuditRequests, ConnectDecision, Scheme};
 use crate::state::{Live, Shared};
 
 /// Serve a CONNECT request.
-pub async fn handle(shared: &Shared, live: &Live, req: Request<Incoming>) -> (Option<usize>, Result<(Response<Body>, Outcome), ProxyError>) {
+pub async fn handle(
+    shared: &Shared,
+    live: &Live,
+    req: Request<Incoming>,
+) -> (Option<usize>, Result<(Response<Body>, Outcome), ProxyError>) {
     let Some(auth) = req.uri().authority().filter(|_| req.uri().scheme().is_none()) else {
         return (None, Err(ProxyError::BadRequest("CONNECT needs host:port")));
     };
@@ -43,14 +47,27 @@ pub async fn handle(shared: &Shared, live: &Live, req: Request<Incoming>) -> (Op
         }
     };
     let settings = shared.upstreams.settings();
-    let connected = tokio::time::timeout(settings.connect_timeout, connect_guarded(&settings, &target.host, port, allow_private)).await;
+    let connected =
+        tokio::time::timeout(settings.connect_timeout, connect_guarded(&settings, &target.host, port, allow_private))
+            .await;
     let mut upstream = match connected {
         Err(_) => return (Some(tool), Err(ProxyError::UpstreamTimeout)),
         Ok(Err(ConnectError::Private)) => {
             if policy.audit.requests != AuditRequests::None {
-                audit_request(&shared.audit, "request.denied", req.method(), &target, Some(&policy.tools[tool].name), Some("private_address"), None);
+                audit_request(
+                    &shared.audit,
+                    "request.denied",
+                    req.method(),
+                    &target,
+                    Some(&policy.tools[tool].name),
+                    Some("private_address"),
+                    None,
+                );
             }
-            return (Some(tool), Err(ProxyError::RouteDenied("the destination address is private, loopback or link-local")));
+            return (
+                Some(tool),
+                Err(ProxyError::RouteDenied("the destination address is private, loopback or link-local")),
+            );
         }
         Ok(Err(ConnectError::Loop)) => return (Some(tool), Err(ProxyError::LoopDetected)),
         Ok(Err(ConnectError::Timeout)) => return (Some(tool), Err(ProxyError::UpstreamTimeout)),
@@ -58,7 +75,15 @@ pub async fn handle(shared: &Shared, live: &Live, req: Request<Incoming>) -> (Op
         Ok(Ok(s)) => s,
     };
     if policy.audit.requests == AuditRequests::All {
-        audit_request(&shared.audit, "request.forwarded", req.method(), &target, Some(&policy.tools[tool].name), None, None);
+        audit_request(
+            &shared.audit,
+            "request.forwarded",
+            req.method(),
+            &target,
+            Some(&policy.tools[tool].name),
+            None,
+            None,
+        );
     }
     tokio::spawn(async move {
         match hyper::upgrade::on(req).await {

@@ -88,11 +88,17 @@ pub fn is_private(ip: IpAddr) -> bool {
 }
 
 fn is_own(own: &[SocketAddr], addr: SocketAddr) -> bool {
-    own.iter().any(|o| o.port() == addr.port() && (o.ip() == addr.ip() || (o.ip().is_unspecified() && is_private(addr.ip()))))
+    own.iter()
+        .any(|o| o.port() == addr.port() && (o.ip() == addr.ip() || (o.ip().is_unspecified() && is_private(addr.ip()))))
 }
 
 /// Resolve `host:port` and connect to the first permitted address.
-pub async fn connect_guarded(settings: &ConnectSettings, host: &str, port: u16, allow_private: bool) -> Result<TcpStream, ConnectError> {
+pub async fn connect_guarded(
+    settings: &ConnectSettings,
+    host: &str,
+    port: u16,
+    allow_private: bool,
+) -> Result<TcpStream, ConnectError> {
     let host = normalize_host(host);
     let addrs: Vec<SocketAddr> = if let Some(ip) = settings.resolve.lookup(&host) {
         vec![SocketAddr::new(ip, port)]
@@ -247,9 +253,16 @@ impl Upstreams {
     }
 
     /// The client for these settings (created on first use, at load time).
-    pub fn client(&self, ca: &[CertificateDer<'static>], allow_private: bool, http1_only: bool, idle: Duration) -> Client {
+    pub fn client(
+        &self,
+        ca: &[CertificateDer<'static>],
+        allow_private: bool,
+        http1_only: bool,
+        idle: Duration,
+    ) -> Client {
         let key = ClientKey {
-            ca: (!ca.is_empty()).then(|| crate::creds::fingerprint(&ca.iter().map(|c| hex(c.as_ref())).collect::<String>())),
+            ca: (!ca.is_empty())
+                .then(|| crate::creds::fingerprint(&ca.iter().map(|c| hex(c.as_ref())).collect::<String>())),
             allow_private,
             http1_only,
             idle,
@@ -269,7 +282,8 @@ impl Upstreams {
             .with_no_client_auth();
         let guarded = Guarded { settings: self.settings.clone(), allow_private };
         let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1();
-        let https = if http1_only { builder.wrap_connector(guarded) } else { builder.enable_http2().wrap_connector(guarded) };
+        let https =
+            if http1_only { builder.wrap_connector(guarded) } else { builder.enable_http2().wrap_connector(guarded) };
         let connector = Deadline { inner: https, settings: self.settings.clone() };
         HyperClient::builder(TokioExecutor::new())
             .pool_idle_timeout(idle)
@@ -320,7 +334,20 @@ mod tests {
 
     #[test]
     fn private_addresses() {
-        for ip in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "0.0.0.0", "100.64.0.1", "::1", "fd00::1", "fe80::1", "::ffff:127.0.0.1", "::"] {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "::",
+        ] {
             assert!(is_private(ip.parse().unwrap()), "{ip}");
         }
         for ip in ["1.1.1.1", "8.8.8.8", "2606:4700::1111", "172.32.0.1"] {

@@ -73,7 +73,15 @@ async fn serve(shared: &Shared, live: &Live, peer: SocketAddr, req: Request<Inco
     };
     let tool_hint = match (target.base_tool, named) {
         (Some(b), Some(n)) if policy.tools[b].name != n => {
-            return deny(shared, live, &req, &target, None, "not_tools_route", "Credproxy-Tool names another tool than the base path");
+            return deny(
+                shared,
+                live,
+                &req,
+                &target,
+                None,
+                "not_tools_route",
+                "Credproxy-Tool names another tool than the base path",
+            );
         }
         (Some(b), _) => Some(policy.tools[b].name.as_str()),
         (None, n) => n,
@@ -125,12 +133,14 @@ impl Target {
                 return Err(ProxyError::BadRequest("URL without a host"));
             }
             let port = auth.port_u16().unwrap_or(scheme.default_port());
-            let path = normalize(uri.path()).map_err(|_| ProxyError::BadRequest("path refused: encoded separator, backslash, NUL or bad escape"))?;
+            let path = normalize(uri.path())
+                .map_err(|_| ProxyError::BadRequest("path refused: encoded separator, backslash, NUL or bad escape"))?;
             return Ok(Target { scheme, host, port, path, query, base_tool: None });
         }
         // Origin-form: `/TOOL/rest` in base-URL mode.
         let raw = uri.path();
-        let after = raw.strip_prefix('/').ok_or(ProxyError::BadRequest("request target must be a path or an absolute URL"))?;
+        let after =
+            raw.strip_prefix('/').ok_or(ProxyError::BadRequest("request target must be a path or an absolute URL"))?;
         let (name, rest) = match after.find('/') {
             Some(i) => (&after[..i], &after[i..]),
             None => (after, "/"),
@@ -140,7 +150,8 @@ impl Target {
             .tool_index(name)
             .and_then(|t| policy.tools[t].upstream.as_ref().map(|u| (t, u)))
             .ok_or(ProxyError::RouteDenied("no tool with an upstream is named by the first path segment"))?;
-        let rest = normalize(rest).map_err(|_| ProxyError::BadRequest("path refused: encoded separator, backslash, NUL or bad escape"))?;
+        let rest = normalize(rest)
+            .map_err(|_| ProxyError::BadRequest("path refused: encoded separator, backslash, NUL or bad escape"))?;
         let path = if up.path_prefix.is_empty() { rest } else { format!("{}{}", up.path_prefix, rest) };
         Ok(Target { scheme: up.scheme, host: up.host.clone(), port: up.port, path, query, base_tool: Some(t) })
     }
@@ -174,16 +185,40 @@ fn proxy_auth_ok(h: &HeaderMap, secret: &str) -> bool {
     aws_lc_rs::constant_time::verify_slices_are_equal(&presented, secret.as_bytes()).is_ok()
 }
 
-fn deny(shared: &Shared, live: &Live, req: &Request<Incoming>, target: &Target, tool: Option<usize>, code: &'static str, message: &'static str) -> Served {
+fn deny(
+    shared: &Shared,
+    live: &Live,
+    req: &Request<Incoming>,
+    target: &Target,
+    tool: Option<usize>,
+    code: &'static str,
+    message: &'static str,
+) -> Served {
     if live.policy.audit.requests != AuditRequests::None {
-        audit_request(&shared.audit, "request.denied", req.method(), target, tool.map(|t| live.policy.tools[t].name.as_str()), Some(code), None);
+        audit_request(
+            &shared.audit,
+            "request.denied",
+            req.method(),
+            target,
+            tool.map(|t| live.policy.tools[t].name.as_str()),
+            Some(code),
+            None,
+        );
     }
     (tool, Err(ProxyError::RouteDenied(message)))
 }
 
-pub(super) fn audit_request(audit: &Audit, event: &str, method: &Method, t: &Target, tool: Option<&str>, reason: Option<&str>, credential_id: Option<&str>) {
+pub(super) fn audit_request(
+    audit: &Audit,
+    event: &str,
+    method: &Method,
+    t: &Target,
+    tool: Option<&str>,
+    reason: Option<&str>,
+    credential_id: Option<&str>,
+) {
     let mut f = fields! {"method" => method.as_str(), "scheme" => t.scheme.as_str(), "host" => &t.host,
-                         "port" => t.port, "path" => &t.path, "tool" => tool};
+    "port" => t.port, "path" => &t.path, "tool" => tool};
     if let Some(r) = reason {
         f.insert("reason".into(), r.into());
     }
@@ -207,7 +242,15 @@ fn head_bytes(h: &HeaderMap) -> usize {
     h.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum()
 }
 
-async fn forward(shared: &Shared, live: &Live, peer: SocketAddr, mut req: Request<Incoming>, target: Target, tool: usize, route: usize) -> Result<(Response<Body>, Outcome), ProxyError> {
+async fn forward(
+    shared: &Shared,
+    live: &Live,
+    peer: SocketAddr,
+    mut req: Request<Incoming>,
+    target: Target,
+    tool: usize,
+    route: usize,
+) -> Result<(Response<Body>, Outcome), ProxyError> {
     let policy = &live.policy;
     let spec = &policy.tools[tool];
     let rt = &live.tools[tool];
@@ -275,7 +318,9 @@ async fn forward(shared: &Shared, live: &Live, peer: SocketAddr, mut req: Reques
         Err(_) => return Err(ProxyError::UpstreamTimeout),
         Ok(Err(e)) => {
             let err = classify(&e);
-            if matches!(err, ProxyError::RouteDenied(_) | ProxyError::LoopDetected) && policy.audit.requests != AuditRequests::None {
+            if matches!(err, ProxyError::RouteDenied(_) | ProxyError::LoopDetected)
+                && policy.audit.requests != AuditRequests::None
+            {
                 let reason = if matches!(err, ProxyError::LoopDetected) { "loop_detected" } else { "private_address" };
                 audit_request(&shared.audit, "request.denied", &method, &target, Some(&spec.name), Some(reason), None);
             }
@@ -295,7 +340,15 @@ async fn forward(shared: &Shared, live: &Live, peer: SocketAddr, mut req: Reques
     }
     resp.headers_mut().remove(&CREDPROXY_ERROR);
     if policy.audit.requests == AuditRequests::All {
-        audit_request(&shared.audit, "request.forwarded", &method, &target, Some(&spec.name), None, credential_id.as_deref());
+        audit_request(
+            &shared.audit,
+            "request.forwarded",
+            &method,
+            &target,
+            Some(&spec.name),
+            None,
+            credential_id.as_deref(),
+        );
     }
     tracing::trace!(%peer, tool = %spec.name, status = resp.status().as_u16(), "forwarded");
     let outcome = if rt.slot.is_some() { Outcome::Injected } else { Outcome::Passthrough };
@@ -324,7 +377,9 @@ fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
     while let Some(s) = src {
         if let Some(c) = s.downcast_ref::<ConnectError>() {
             return match c {
-                ConnectError::Private => ProxyError::RouteDenied("the destination address is private, loopback or link-local"),
+                ConnectError::Private => {
+                    ProxyError::RouteDenied("the destination address is private, loopback or link-local")
+                }
                 ConnectError::Loop => ProxyError::LoopDetected,
                 ConnectError::Timeout => ProxyError::UpstreamTimeout,
                 other => ProxyError::UpstreamUnreachable(other.to_string()),
@@ -333,12 +388,17 @@ fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
         if let Some(t) = s.downcast_ref::<rustls::Error>() {
             return ProxyError::UpstreamTls(t.to_string());
         }
-        if let Some(t) = s.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()).and_then(|i| i.downcast_ref::<rustls::Error>()) {
-            return ProxyError::UpstreamTls(t.to_string());
-        }
-        src = s.source();
+        // io::Error::source() skips the error it wraps; get_ref() is the next link.
+        src = match s.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => s.source(),
+        };
     }
-    ProxyError::UpstreamUnreachable(if e.is_connect() { "connect failed".into() } else { "the upstream closed the connection".into() })
+    ProxyError::UpstreamUnreachable(if e.is_connect() {
+        "connect failed".into()
+    } else {
+        "the upstream closed the connection".into()
+    })
 }
 
 #[cfg(test)]

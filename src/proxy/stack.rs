@@ -16,7 +16,13 @@ use crate::state::Shared;
 
 /// Request headers whose values are marked sensitive before anything can log them.
 fn sensitive_request_headers() -> [HeaderName; 5] {
-    [AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE, HeaderName::from_static("x-api-key"), HeaderName::from_static("api-key")]
+    [
+        AUTHORIZATION,
+        PROXY_AUTHORIZATION,
+        COOKIE,
+        HeaderName::from_static("x-api-key"),
+        HeaderName::from_static("api-key"),
+    ]
 }
 
 /// sensitive-header marking -> [`super::request::handle`].

@@ -44,6 +44,15 @@ fn boxed(b: impl Into<Bytes>) -> RespBody {
 
 impl Upstream {
     pub async fn start() -> Upstream {
+        Self::start_with(None).await
+    }
+
+    /// An upstream behind TLS with this server configuration.
+    pub async fn start_tls(config: rustls::ServerConfig) -> Upstream {
+        Self::start_with(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let up = Upstream {
             addr: listener.local_addr().unwrap(),
@@ -57,15 +66,23 @@ impl Upstream {
                 let Ok((stream, _)) = listener.accept().await else { return };
                 u.connections.fetch_add(1, Ordering::SeqCst);
                 let u2 = u.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
                         let u = u2.clone();
                         async move { Ok::<_, Infallible>(u.respond(req).await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .with_upgrades()
-                        .await;
+                    let b = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        None => {
+                            let _ = b.serve_connection(TokioIo::new(stream), svc).with_upgrades().await;
+                        }
+                        Some(acceptor) => {
+                            if let Ok(s) = acceptor.accept(stream).await {
+                                let _ = b.serve_connection(TokioIo::new(s), svc).with_upgrades().await;
+                            }
+                        }
+                    }
                 });
             }
         });
@@ -127,7 +144,10 @@ impl Upstream {
                 .status(StatusCode::SWITCHING_PROTOCOLS)
                 .header("connection", "upgrade")
                 .header("upgrade", "websocket")
-                .header("sec-websocket-accept", tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()))
+                .header(
+                    "sec-websocket-accept",
+                    tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
+                )
                 .body(boxed(""))
                 .unwrap();
         }
@@ -155,6 +175,10 @@ impl Upstream {
         if path.ends_with("/slow") {
             tokio::time::sleep(Duration::from_millis(1500)).await;
         }
+        if path.ends_with("/chat/completions") {
+            let body = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"gpt-test","choices":[{"index":0,"message":{"role":"assistant","content":"hello from upstream"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#;
+            return Response::builder().header("content-type", "application/json").body(boxed(body)).unwrap();
+        }
         if path.ends_with("/forge") {
             return Response::builder().header("credproxy-error", "route_denied").body(boxed("forged")).unwrap();
         }
@@ -163,7 +187,9 @@ impl Upstream {
 }
 
 /// An mpsc receiver as a `Stream` (without pulling in tokio-stream).
-pub fn tokio_stream_from<T: Send + 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures_util::Stream<Item = T> + Send {
+pub fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 

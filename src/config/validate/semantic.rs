@@ -84,7 +84,11 @@ impl Ctx<'_> {
 }
 
 /// Check everything and build the policy, or return every error found.
-pub(super) fn check(raw: RawPolicy, env: &dyn Fn(&str) -> Option<String>, now: SystemTime) -> Result<Policy, ConfigErrors> {
+pub(super) fn check(
+    raw: RawPolicy,
+    env: &dyn Fn(&str) -> Option<String>,
+    now: SystemTime,
+) -> Result<Policy, ConfigErrors> {
     let mut cx = Ctx { errors: Vec::new(), env };
     if raw.version != 1 {
         cx.err("version", "unsupported version (this credproxy reads version 1)");
@@ -522,9 +526,10 @@ fn routes_tie(a: &Route, b: &Route) -> bool {
     }
     match (a.paths.is_empty(), b.paths.is_empty()) {
         (true, true) => true,
-        (false, false) => a.paths.iter().any(|ga| {
-            b.paths.iter().any(|gb| ga.literal_prefix_len() == gb.literal_prefix_len() && ga.overlaps(gb))
-        }),
+        (false, false) => a
+            .paths
+            .iter()
+            .any(|ga| b.paths.iter().any(|gb| ga.literal_prefix_len() == gb.literal_prefix_len() && ga.overlaps(gb))),
         _ => false,
     }
 }

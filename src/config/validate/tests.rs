@@ -65,7 +65,9 @@ tools:
 
 #[test]
 fn cleartext_credential_refused_unless_loopback_or_allowed() {
-    let e = errors("version: 1\ntools:\n  t:\n    credential: {source: env, var: X}\n    routes: [{host: a.com, scheme: http}]\n");
+    let e = errors(
+        "version: 1\ntools:\n  t:\n    credential: {source: env, var: X}\n    routes: [{host: a.com, scheme: http}]\n",
+    );
     assert_eq!(e[0].path, "tools.t.routes[0].scheme");
     let ok = "version: 1\ntools:\n  t:\n    credential: {source: env, var: X}\n    routes: [{host: 127.0.0.1, scheme: http}]\n";
     assert!(parse(ok, &|_| None, SystemTime::now()).is_ok());
@@ -85,13 +87,20 @@ fn limits_nesting_and_size() {
 
 #[test]
 fn env_expansion() {
-    let p = parse("version: 1\ninstance_id: pod-${SET}\n", &|v| (v == "SET").then(|| "x".into()), SystemTime::now()).unwrap();
+    let p = parse("version: 1\ninstance_id: pod-${SET}\n", &|v| (v == "SET").then(|| "x".into()), SystemTime::now())
+        .unwrap();
     assert_eq!(p.instance_id, "pod-x");
 }
 
 #[test]
 fn sanitize_drops_values() {
-    assert_eq!(sanitize(r#"invalid type: string "sk-1", expected a boolean at line 3 column 5"#), "invalid type, expected a boolean");
-    assert_eq!(sanitize("unknown variant `sk-2`, expected `file` or `env`"), "unknown variant, expected `file` or `env`");
+    assert_eq!(
+        sanitize(r#"invalid type: string "sk-1", expected a boolean at line 3 column 5"#),
+        "invalid type, expected a boolean"
+    );
+    assert_eq!(
+        sanitize("unknown variant `sk-2`, expected `file` or `env`"),
+        "unknown variant, expected `file` or `env`"
+    );
     assert!(!sanitize(r#"something "sk-3" odd"#).contains("sk-3"));
 }

@@ -1,0 +1,170 @@
+//! The command line: `check` on every shipped and every broken policy, `explain`, `run`'s exit
+//! codes, and graceful shutdown on SIGTERM.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_credproxy"))
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn check(path: &Path) -> (bool, String, String) {
+    let out =
+        bin().args(["check", "--config"]).arg(path).env("HOME", "/root").env("POD_NAME", "pod-1").output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn every_shipped_config_passes_check() {
+    let mut n = 0;
+    for entry in std::fs::read_dir(root().join("config")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let (ok, out, err) = check(&path);
+            assert!(ok, "{}: {err}", path.display());
+            assert!(out.starts_with("policy OK"), "{out}");
+            n += 1;
+        }
+    }
+    assert!(n >= 2, "config/ holds the shipped policies");
+}
+
+/// Each fixture states what `check` must report: `# expect: PATH`, optional `# line: N` and `# message: TEXT`.
+fn expectations(text: &str) -> (String, Option<String>, Option<String>) {
+    let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(&format!("# {k}: ")).map(str::to_string));
+    (field("expect").expect("fixture has # expect:"), field("line"), field("message"))
+}
+
+#[test]
+fn every_bad_fixture_fails_check_and_run_with_its_path_and_line() {
+    let dir = root().join("tests/fixtures/bad");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let (want_path, line, message) = expectations(&text);
+        let (ok, _, err) = check(&path);
+        assert!(!ok, "{} passed check", path.display());
+        let want = match &line {
+            Some(l) => format!("{want_path} (line {l}): "),
+            None => format!("{want_path}: "),
+        };
+        assert!(err.contains(&want), "{}: wanted `{want}` in:\n{err}", path.display());
+        if let Some(m) = message {
+            assert!(err.contains(&m), "{}: wanted `{m}` in:\n{err}", path.display());
+        }
+        let run = bin().args(["run", "--config"]).arg(&path).env("HOME", "/root").output().unwrap();
+        assert_eq!(run.status.code(), Some(1), "{}", path.display());
+        assert!(String::from_utf8_lossy(&run.stderr).contains(&want), "{}", path.display());
+        n += 1;
+    }
+    assert!(n >= 15, "one fixture per error kind");
+}
+
+#[test]
+fn four_errors_are_listed_together_without_values() {
+    let (ok, _, err) = check(&root().join("tests/fixtures/four_errors.yaml"));
+    assert!(!ok);
+    assert!(err.contains("4 errors in policy"), "{err}");
+    for p in [
+        "tools.github.inject.value",
+        "tools.github.routes[0].paths[0]",
+        "tools.openai.not_before",
+        "tools.openai.routes[0].scheme",
+    ] {
+        assert!(err.contains(p), "missing {p}:\n{err}");
+    }
+    assert!(!err.contains("sk-live"), "a value was echoed:\n{err}");
+}
+
+#[test]
+fn explain_says_which_tool_and_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write_file(
+        &dir,
+        "p.yaml",
+        "version: 1\ntools:\n  github:\n    credential: { source: env, var: HOME }\n    routes: [{ host: api.github.com, methods: [GET], paths: [\"/repos/acme/*/issues\"] }]\n",
+    );
+    let out = bin()
+        .args(["explain", "--config"])
+        .arg(&policy)
+        .args(["GET", "https://API.github.com./repos/acme/x/../y/issues"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("ALLOW  tool github via tools.github.routes[0]"), "{text}");
+    assert!(text.contains("/repos/acme/y/issues"), "{text}");
+    let out = bin()
+        .args(["explain", "--config"])
+        .arg(&policy)
+        .args(["POST", "https://api.github.com/repos/acme/y/issues"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text.contains("DENY") && text.contains("method_or_path_not_allowed"), "{text}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test]
+async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (p, a, c) = (free_port(), free_port(), free_port());
+    let policy = write_file(
+        &dir,
+        "p.yaml",
+        &format!(
+            "version: 1\nlisten: {{ proxy: 127.0.0.1:{p}, admin: 127.0.0.1:{a}, control: 127.0.0.1:{c} }}\ntools:\n  api:\n    upstream: http://127.0.0.1:{0}\n    routes: [{{ scheme: http, host: 127.0.0.1, port: {0}, allow_private: true }}]\n",
+            up.port()
+        ),
+    );
+    let mut child =
+        bin().args(["run", "--config"]).arg(&policy).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let admin = format!("127.0.0.1:{a}").parse().unwrap();
+    let proxy: std::net::SocketAddr = format!("127.0.0.1:{p}").parse().unwrap();
+    let mut ready = false;
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(admin).await.is_ok() && status(&get(admin, "/ready").await) == 200 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(ready, "credproxy did not become ready");
+    let slow = tokio::spawn(async move { get(proxy, "/api/slow").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let resp = slow.await.unwrap();
+    assert_eq!(status(&resp), 200, "the in-flight request was cut: {resp}");
+    let mut code = None;
+    for _ in 0..200 {
+        if let Some(s) = child.try_wait().unwrap() {
+            code = s.code();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    if code.is_none() {
+        let _ = child.kill();
+    }
+    assert_eq!(code, Some(0));
+}

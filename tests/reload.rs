@@ -1,0 +1,182 @@
+//! Hot reload of the policy (including a ConfigMap-style `..data` symlink swap) and of file
+//! credentials (rename, symlink swap, truncated writes).
+
+mod common;
+
+use std::os::unix::fs::symlink;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+
+fn policy(port: u16, path: &str, token_file: &str) -> String {
+    format!(
+        "version: 1\ntools:\n  api:\n    upstream: http://127.0.0.1:{port}\n    credential: {{ source: file, path: \"{token_file}\" }}\n    routes: [{{ scheme: http, host: 127.0.0.1, port: {port}, allow_private: true, paths: [\"{path}\"] }}]\n"
+    )
+}
+
+async fn eventually<F: AsyncFnMut() -> bool>(mut f: F, what: &str) {
+    for _ in 0..150 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test]
+async fn invalid_reload_keeps_the_running_policy_and_valid_one_swaps_in() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_file(&dir, "token", "t1");
+    let proxy = Proxy::start_in(dir, &policy(up.port(), "/v1/**", "{dir}/token")).await;
+    assert_eq!(status(&get(proxy.addr, "/api/v1/x").await), 200);
+    assert_eq!(status(&get(proxy.addr, "/api/v2/x").await), 403);
+
+    // An invalid file: rejected, counted, the old policy keeps serving.
+    proxy.rewrite("version: 1\ntools:\n  api:\n    routes: [{ host: a.com, paths: [nope] }]\n");
+    eventually(
+        async || metric(&proxy.metrics().await, "credproxy_config_last_reload_success") == Some(0.0),
+        "rejection",
+    )
+    .await;
+    let m = proxy.metrics().await;
+    assert_eq!(metric(&m, r#"credproxy_config_reloads_total{result="error"}"#), Some(1.0), "{m}");
+    assert_eq!(status(&get(proxy.addr, "/api/v1/x").await), 200);
+
+    // A valid one swaps in.
+    proxy.rewrite(&policy(up.port(), "/v2/**", "{dir}/token"));
+    eventually(async || status(&get(proxy.addr, "/api/v2/x").await) == 200, "new policy").await;
+    assert_eq!(status(&get(proxy.addr, "/api/v1/x").await), 403);
+    assert_eq!(metric(&proxy.metrics().await, "credproxy_config_last_reload_success"), Some(1.0));
+    // The unchanged credential kept its token (no second issue event).
+    let creds = get(proxy.control, "/v1/credentials").await;
+    assert!(creds.contains(r#""state":"valid""#), "{creds}");
+    proxy.shutdown().await;
+}
+
+/// Kubernetes mounts a ConfigMap as `file -> ..data/file`, `..data -> ..2026_xx` and swaps `..data`.
+fn configmap_swap(root: &Path, generation: &str, files: &[(&str, &str)]) {
+    let gen_dir = root.join(generation);
+    std::fs::create_dir_all(&gen_dir).unwrap();
+    for (name, contents) in files {
+        std::fs::write(gen_dir.join(name), contents).unwrap();
+    }
+    let tmp = root.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    symlink(generation, &tmp).unwrap();
+    std::fs::rename(&tmp, root.join("..data")).unwrap();
+    for (name, _) in files {
+        let link = root.join(name);
+        if std::fs::symlink_metadata(&link).is_err() {
+            symlink(Path::new("..data").join(name), &link).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn configmap_symlink_swaps_are_seen_for_policy_and_secret() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets");
+    std::fs::create_dir(&secrets).unwrap();
+    configmap_swap(&secrets, "..gen1", &[("token", "first-token\n")]);
+    let token_path = secrets.join("token");
+    let cm = dir.path().join("cm");
+    std::fs::create_dir(&cm).unwrap();
+    let listen = "listen: { proxy: 127.0.0.1:0, admin: 127.0.0.1:0, control: 127.0.0.1:0 }\n";
+    configmap_swap(
+        &cm,
+        "..gen1",
+        &[("policy.yaml", &format!("{listen}{}", policy(up.port(), "/v1/**", token_path.to_str().unwrap())))],
+    );
+    let running = credproxy::proxy::start(cm.join("policy.yaml")).await.unwrap();
+    let addr = running.proxy_addr;
+    eventually(async || status(&get(addr, "/api/v1/x").await) == 200, "first token").await;
+    assert_eq!(up.last().headers["authorization"], "Bearer first-token");
+
+    configmap_swap(&secrets, "..gen2", &[("token", "second-token\n")]);
+    eventually(
+        async || {
+            get(addr, "/api/v1/x").await;
+            up.last().headers["authorization"] == "Bearer second-token"
+        },
+        "rotated secret",
+    )
+    .await;
+
+    configmap_swap(
+        &cm,
+        "..gen2",
+        &[("policy.yaml", &format!("{listen}{}", policy(up.port(), "/v3/**", token_path.to_str().unwrap())))],
+    );
+    eventually(async || status(&get(addr, "/api/v3/x").await) == 200, "swapped policy").await;
+    running.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn file_credential_survives_rename_and_ignores_truncation() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_file(&dir, "token", "one\n");
+    let proxy = Proxy::start_in(dir, &policy(up.port(), "/v1/**", "{dir}/token")).await;
+    let path = proxy.dir.path().join("token");
+    assert_eq!(status(&get(proxy.addr, "/api/v1/x").await), 200);
+    assert_eq!(up.last().headers["authorization"], "Bearer one");
+
+    // A writer truncates first: the empty file is ignored, the old token stays.
+    std::fs::write(&path, "").unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(status(&get(proxy.addr, "/api/v1/x").await), 200);
+    assert_eq!(up.last().headers["authorization"], "Bearer one");
+    std::fs::write(&path, "two\n").unwrap();
+    eventually(
+        async || {
+            get(proxy.addr, "/api/v1/x").await;
+            up.last().headers["authorization"] == "Bearer two"
+        },
+        "rewritten token",
+    )
+    .await;
+
+    // Replaced by rename (an atomic writer).
+    let tmp = proxy.dir.path().join("token.new");
+    std::fs::write(&tmp, "three").unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    eventually(
+        async || {
+            get(proxy.addr, "/api/v1/x").await;
+            up.last().headers["authorization"] == "Bearer three"
+        },
+        "renamed token",
+    )
+    .await;
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn every_bad_fixture_is_rejected_at_reload_and_the_old_policy_stays() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_file(&dir, "token", "t1");
+    let proxy = Proxy::start_in(dir, &policy(up.port(), "/v1/**", "{dir}/token")).await;
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bad");
+    let mut rejected = 0.0;
+    for entry in std::fs::read_dir(fixtures).unwrap() {
+        let path = entry.unwrap().path();
+        proxy.rewrite(&std::fs::read_to_string(&path).unwrap());
+        rejected += 1.0;
+        eventually(
+            async || {
+                metric(&proxy.metrics().await, r#"credproxy_config_reloads_total{result="error"}"#) == Some(rejected)
+            },
+            &format!("rejection of {}", path.display()),
+        )
+        .await;
+        assert_eq!(metric(&proxy.metrics().await, "credproxy_config_last_reload_success"), Some(0.0));
+        assert_eq!(status(&get(proxy.addr, "/api/v1/x").await), 200, "{}", path.display());
+    }
+    assert!(rejected >= 15.0);
+    proxy.shutdown().await;
+}
