@@ -119,6 +119,16 @@ impl Token {
         self.expires_at.is_none_or(|e| now + margin < e)
     }
 
+    /// The pre-built, sensitive header value (header and basic injection).
+    pub fn header_value(&self) -> Option<&HeaderValue> {
+        self.header.as_ref()
+    }
+
+    /// The percent-encoded token (query injection).
+    pub fn query_value(&self) -> Option<&str> {
+        self.query.as_deref()
+    }
+
     /// The secret itself; only sources and revocation use it.
     pub fn secret(&self) -> &SecretString {
         &self.secret
@@ -203,18 +213,9 @@ impl Slot {
         self.token.load_full()
     }
 
-    /// Request path: the header value to inject, if a usable token is published.
-    pub fn header(&self, now: SystemTime) -> Option<HeaderValue> {
-        let guard = self.token.load();
-        let t = guard.as_ref()?;
-        t.usable_at(now, std::time::Duration::ZERO).then(|| t.header.clone()).flatten()
-    }
-
-    /// Request path: the percent-encoded token for query injection.
-    pub fn query_value(&self, now: SystemTime) -> Option<String> {
-        let guard = self.token.load();
-        let t = guard.as_ref()?;
-        t.usable_at(now, std::time::Duration::ZERO).then(|| t.query.clone()).flatten()
+    /// Request path: the published token, if it is usable at `now` (never an expired one).
+    pub fn usable(&self, now: SystemTime) -> Option<Arc<Token>> {
+        self.token.load_full().filter(|t| t.usable_at(now, std::time::Duration::ZERO))
     }
 
     /// Publish a new token; returns the previous one.
@@ -268,9 +269,10 @@ mod tests {
         let t = Token::new(SecretString::from("abc"), &bearer(), SystemTime::now(), None).unwrap();
         assert_eq!(t.fingerprint, "sha256:ba7816bf8f01");
         let slot = Slot::new("file");
-        assert!(slot.header(SystemTime::now()).is_none());
+        assert!(slot.usable(SystemTime::now()).is_none());
         slot.publish(t);
-        let h = slot.header(SystemTime::now()).unwrap();
+        let t = slot.usable(SystemTime::now()).unwrap();
+        let h = t.header_value().unwrap();
         assert_eq!(h, "Bearer abc");
         assert!(h.is_sensitive());
         assert!(!format!("{:?}", slot.current().unwrap()).contains("abc"));
@@ -282,8 +284,8 @@ mod tests {
         let t = Token::new(SecretString::from("x"), &bearer(), now, Some(now + Duration::from_secs(10))).unwrap();
         let slot = Slot::new("file");
         slot.publish(t);
-        assert!(slot.header(now).is_some());
-        assert!(slot.header(now + Duration::from_secs(10)).is_none());
+        assert!(slot.usable(now).is_some());
+        assert!(slot.usable(now + Duration::from_secs(10)).is_none());
     }
 
     #[test]

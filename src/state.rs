@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -16,7 +17,7 @@ use crate::creds::refresher::{self, CredCtx, TaskHandle};
 use crate::creds::Slot;
 use crate::fields;
 use crate::metrics::{Metrics, ToolMetrics};
-use crate::policy::{CredentialSpec, Inject, Policy};
+use crate::policy::{CredentialSpec, Inject, Policy, Tool};
 use crate::proxy::forward::{Client, ConnectSettings, Upstreams};
 
 /// Headers removed from every credentialed request, besides the tool's `strip_headers` and its
@@ -47,10 +48,27 @@ pub struct ToolRt {
     pub slot: Option<Arc<Slot>>,
     /// Request counters and duration histogram.
     pub metrics: ToolMetrics,
-    /// Per route: the pooled client, and an HTTP/1.1-only one for upgrades.
-    pub clients: Vec<(Client, Client)>,
+    /// Per route: the pooled client and an HTTP/1.1-only one for upgrades, built on first use
+    /// (so a policy of plain-HTTP tools never loads TLS roots).
+    pub clients: Vec<RouteClients>,
     /// Everything removed from requests (and their trailers) before injection.
     pub strip: Arc<[HeaderName]>,
+}
+
+/// A route's clients, each built once on first use (then an atomic load).
+#[derive(Default)]
+pub struct RouteClients {
+    plain: OnceLock<Client>,
+    upgrade: OnceLock<Client>,
+}
+
+impl ToolRt {
+    /// The client for `route` of `tool` (HTTP/1.1-only when `upgrade`).
+    pub fn client(&self, upstreams: &Upstreams, tool: &Tool, route: usize, upgrade: bool, idle: Duration) -> &Client {
+        let rc = &self.clients[route];
+        let cell = if upgrade { &rc.upgrade } else { &rc.plain };
+        cell.get_or_init(|| upstreams.client(&tool.ca_certs, tool.routes[route].allow_private, upgrade, idle))
+    }
 }
 
 struct CredEntry {
@@ -113,7 +131,9 @@ impl Shared {
             own: self.own.clone(),
             connect_timeout: policy.limits.connect_timeout,
         });
-        let idle = policy.limits.idle_timeout;
+        if policy.tools.iter().flat_map(|t| &t.routes).any(|r| r.scheme == crate::policy::Scheme::Https) {
+            tokio::task::spawn_blocking(crate::proxy::forward::warm_system_roots);
+        }
         let mut creds = self.creds.lock().unwrap_or_else(|e| e.into_inner());
         creds.retain(|name, _| policy.tool_index(name).is_some_and(|i| policy.tools[i].credential.is_some()));
         let mut tools = Vec::with_capacity(policy.tools.len());
@@ -140,16 +160,7 @@ impl Shared {
                     }
                 }
             });
-            let clients = tool
-                .routes
-                .iter()
-                .map(|r| {
-                    (
-                        self.upstreams.client(&tool.ca_certs, r.allow_private, false, idle),
-                        self.upstreams.client(&tool.ca_certs, r.allow_private, true, idle),
-                    )
-                })
-                .collect();
+            let clients = tool.routes.iter().map(|_| RouteClients::default()).collect();
             let mut strip: Vec<HeaderName> = Vec::new();
             if tool.credential.is_some() {
                 strip.extend(builtin_strip());

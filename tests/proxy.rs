@@ -286,8 +286,12 @@ async fn connect_tunnels_unrestricted_hosts_and_refuses_the_rest() {
     let resp =
         raw(proxy.addr, format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes()).await;
     assert_eq!(status(&resp), 403, "{resp}");
-    let resp = raw(proxy.addr, b"CONNECT unknown.example:443 HTTP/1.1\r\nHost: unknown.example\r\n\r\n").await;
+    // Bytes sent after a refused CONNECT are never read as a request: the connection is closed.
+    let started = std::time::Instant::now();
+    let resp = raw(proxy.addr, b"CONNECT unknown.example:443 HTTP/1.1\r\nHost: unknown.example\r\n\r\nGET http://localhost/ HTTP/1.1\r\n\r\n").await;
     assert_eq!(status(&resp), 403, "{resp}");
+    assert_eq!(resp.matches("HTTP/1.1").count(), 1, "{resp}");
+    assert!(started.elapsed() < Duration::from_secs(2), "the connection was left open");
     assert_eq!(up.connection_count(), 1);
     proxy.shutdown().await;
 }

@@ -199,6 +199,11 @@ pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String>
     Ok(certs)
 }
 
+/// Load the system roots now (from a blocking thread at load time), not at the first https request.
+pub fn warm_system_roots() {
+    let _ = system_roots();
+}
+
 fn system_roots() -> Arc<RootCertStore> {
     static ROOTS: OnceLock<Arc<RootCertStore>> = OnceLock::new();
     ROOTS

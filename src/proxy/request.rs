@@ -13,6 +13,7 @@ use secrecy::ExposeSecret;
 use super::body::{Body, UpstreamBody};
 use super::forward::{remove_hop_by_hop, ConnectError};
 use crate::audit::Audit;
+use crate::creds::{Slot, Token};
 use crate::error::{ProxyError, CREDPROXY_ERROR};
 use crate::fields;
 use crate::metrics::Outcome;
@@ -30,6 +31,9 @@ type Served = (Option<usize>, Result<(Response<Body>, Outcome), ProxyError>);
 pub async fn handle(shared: Arc<Shared>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
     let start = Instant::now();
     let live = shared.live.load_full();
+    // After a refused CONNECT the agent may already have sent tunnel bytes (a TLS ClientHello):
+    // never read them as the next request.
+    let connect = req.method() == Method::CONNECT;
     let (tool, result) = serve(&shared, &live, peer, req).await;
     let rt = tool.map(|i| &live.tools[i]);
     let metrics = rt.map_or(&shared.no_tool, |t| &t.metrics);
@@ -41,7 +45,11 @@ pub async fn handle(shared: Arc<Shared>, peer: SocketAddr, req: Request<Incoming
         }
         Err(e) => {
             metrics.count(e.parts().2, elapsed);
-            e.into_response(rt.map(|t| &t.name))
+            let mut resp = e.into_response(rt.map(|t| &t.name));
+            if connect {
+                resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            resp
         }
     }
 }
@@ -59,7 +67,9 @@ async fn serve(shared: &Shared, live: &Live, peer: SocketAddr, req: Request<Inco
     // Framing is hyper's: CL+TE is read as chunked, Content-Length dropped and the connection
     // closed after the response; conflicting Content-Lengths get hyper's own 400
     // (tests/proxy.rs, mixed_framing_*).
-    if req.uri().to_string().len() > MAX_URI_BYTES {
+    let uri = req.uri();
+    let uri_len = uri.authority().map_or(0, |a| a.as_str().len()) + uri.path_and_query().map_or(0, |p| p.as_str().len());
+    if uri_len > MAX_URI_BYTES {
         return (None, Err(ProxyError::UriTooLong));
     }
     let target = match Target::of(live, &req) {
@@ -258,43 +268,22 @@ async fn forward(
     let agent_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let method = parts.method.clone();
+    let agent_version = parts.version;
     let upgrade_value = parts.headers.get(UPGRADE).cloned();
     remove_hop_by_hop(&mut parts.headers);
-    for name in rt.strip.iter() {
-        parts.headers.remove(name);
-    }
     parts.headers.remove(HOST);
     parts.headers.remove(&CREDPROXY_ERROR);
     if let (true, Some(v)) = (websocket, upgrade_value) {
         parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(UPGRADE, v);
     }
-    let mut query = target.query.clone();
-    let mut credential_id = None;
-    if let Some(slot) = &rt.slot {
-        let now = SystemTime::now();
-        match &spec.inject {
-            Inject::Header { name, .. } => {
-                let v = slot.header(now).ok_or(ProxyError::CredentialUnavailable)?;
-                if head_bytes(&parts.headers) + name.as_str().len() + v.len() + 4 > policy.limits.max_header_bytes {
-                    return Err(ProxyError::HeadersTooLarge);
-                }
-                parts.headers.insert(name.clone(), v);
-            }
-            Inject::Basic { .. } => {
-                let v = slot.header(now).ok_or(ProxyError::CredentialUnavailable)?;
-                if head_bytes(&parts.headers) + v.len() + 17 > policy.limits.max_header_bytes {
-                    return Err(ProxyError::HeadersTooLarge);
-                }
-                parts.headers.insert(http::header::AUTHORIZATION, v);
-            }
-            Inject::Query { param } => {
-                let v = slot.query_value(now).ok_or(ProxyError::CredentialUnavailable)?;
-                query = Some(with_param(query.as_deref(), param, &v));
-            }
-        }
-        credential_id = slot.current().map(|t| t.fingerprint.clone());
-    }
+    let credential = rt.slot.as_deref().map(|slot| (slot, &spec.inject));
+    let max = policy.limits.max_header_bytes;
+    let token = strip_and_inject(&mut parts.headers, &rt.strip, credential, max, SystemTime::now())?;
+    let query = match (&spec.inject, &token) {
+        (Inject::Query { param }, Some(t)) => Some(with_param(target.query.as_deref(), param, t.query_value().unwrap_or(""))),
+        _ => target.query.clone(),
+    };
     let pq = match &query {
         Some(q) => format!("{}?{q}", target.path),
         None => target.path.clone(),
@@ -305,14 +294,10 @@ async fn forward(
         .path_and_query(pq)
         .build()
         .map_err(|_| ProxyError::BadRequest("cannot build the upstream URL"))?;
-    if parts.uri.to_string().len() > MAX_URI_BYTES {
-        return Err(ProxyError::UriTooLong);
-    }
     parts.version = Version::HTTP_11;
     let strip_trailers = rt.slot.as_ref().map(|_| rt.strip.clone());
     let upstream_req = Request::from_parts(parts, UpstreamBody::new(body, strip_trailers));
-    let (client, upgrade_client) = &rt.clients[route];
-    let client = if websocket { upgrade_client } else { client };
+    let client = rt.client(&shared.upstreams, spec, route, websocket, policy.limits.idle_timeout);
     let limit = policy.limits.response_header_timeout;
     let mut resp = match tokio::time::timeout(limit, client.request(upstream_req)).await {
         Err(_) => return Err(ProxyError::UpstreamTimeout),
@@ -339,6 +324,8 @@ async fn forward(
         remove_hop_by_hop(resp.headers_mut());
     }
     resp.headers_mut().remove(&CREDPROXY_ERROR);
+    // The agent speaks HTTP/1.x with us, whatever the upstream spoke (h2, or 1.0).
+    *resp.version_mut() = agent_version;
     if policy.audit.requests == AuditRequests::All {
         audit_request(
             &shared.audit,
@@ -347,12 +334,40 @@ async fn forward(
             &target,
             Some(&spec.name),
             None,
-            credential_id.as_deref(),
+            token.as_ref().map(|t| t.fingerprint.as_str()),
         );
     }
     tracing::trace!(%peer, tool = %spec.name, status = resp.status().as_u16(), "forwarded");
     let outcome = if rt.slot.is_some() { Outcome::Injected } else { Outcome::Passthrough };
     Ok((resp.map(Body::Upstream), outcome))
+}
+
+/// Remove what the agent must not send (the tool's strip list, any case, every copy), then attach
+/// the tool's token as a header. Returns the token used (its query form is the caller's to add).
+/// The request path's one touch of a credential: a lock-free slot load, no await.
+pub fn strip_and_inject(
+    headers: &mut HeaderMap,
+    strip: &[http::HeaderName],
+    credential: Option<(&Slot, &Inject)>,
+    max_header_bytes: usize,
+    now: SystemTime,
+) -> Result<Option<Arc<Token>>, ProxyError> {
+    for name in strip {
+        headers.remove(name);
+    }
+    let Some((slot, inject)) = credential else { return Ok(None) };
+    let token = slot.usable(now).ok_or(ProxyError::CredentialUnavailable)?;
+    let name = match inject {
+        Inject::Header { name, .. } => name.clone(),
+        Inject::Basic { .. } => http::header::AUTHORIZATION,
+        Inject::Query { .. } => return Ok(Some(token)),
+    };
+    let value = token.header_value().ok_or(ProxyError::CredentialUnavailable)?.clone();
+    if head_bytes(headers) + name.as_str().len() + value.len() + 4 > max_header_bytes {
+        return Err(ProxyError::HeadersTooLarge);
+    }
+    headers.insert(name, value);
+    Ok(Some(token))
 }
 
 /// Replace `param` in a query string with the token (already percent-encoded).
