@@ -30,7 +30,9 @@ fn main() {
         .iter()
         .map(|t| {
             let slot = Arc::new(Slot::new("env"));
-            slot.publish(Token::new(SecretString::from(format!("token-for-{}", t.name)), &t.inject, now, None).unwrap());
+            slot.publish(
+                Token::new(SecretString::from(format!("token-for-{}", t.name)), &t.inject, now, None).unwrap(),
+            );
             slot
         })
         .collect();
@@ -58,7 +60,8 @@ fn main() {
             let dest = Destination { scheme: Scheme::Https, host, port: 443, method: &method, path: &path, tool: None };
             let Action::Allow { tool, .. } = policy.decide(&dest).action else { panic!("denied") };
             let mut headers = template.clone();
-            let token = strip_and_inject(&mut headers, &strip, Some((&slots[tool], &policy.tools[tool].inject)), 65536, now);
+            let token =
+                strip_and_inject(&mut headers, &strip, Some((&slots[tool], &policy.tools[tool].inject)), 65536, now);
             black_box((token.unwrap(), headers));
         }
         results.push(start.elapsed().as_nanos() as f64 / iters as f64);

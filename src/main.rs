@@ -90,7 +90,14 @@ fn main() -> ExitCode {
 }
 
 fn run(config: PathBuf, shutdown_timeout: Duration) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // A sidecar with one core (a CPU limit, or taskset) runs leaner on a single-threaded runtime.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut builder = if cores == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

@@ -5,6 +5,7 @@ pub mod connect;
 pub mod forward;
 pub mod request;
 pub mod stack;
+pub mod target;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -288,7 +288,11 @@ async fn connect_tunnels_unrestricted_hosts_and_refuses_the_rest() {
     assert_eq!(status(&resp), 403, "{resp}");
     // Bytes sent after a refused CONNECT are never read as a request: the connection is closed.
     let started = std::time::Instant::now();
-    let resp = raw(proxy.addr, b"CONNECT unknown.example:443 HTTP/1.1\r\nHost: unknown.example\r\n\r\nGET http://localhost/ HTTP/1.1\r\n\r\n").await;
+    let resp = raw(
+        proxy.addr,
+        b"CONNECT unknown.example:443 HTTP/1.1\r\nHost: unknown.example\r\n\r\nGET http://localhost/ HTTP/1.1\r\n\r\n",
+    )
+    .await;
     assert_eq!(status(&resp), 403, "{resp}");
     assert_eq!(resp.matches("HTTP/1.1").count(), 1, "{resp}");
     assert!(started.elapsed() < Duration::from_secs(2), "the connection was left open");
@@ -314,5 +318,43 @@ async fn audit_lines_carry_fingerprints_only() {
     assert_eq!(denied["path"], "/secret");
     assert_eq!(denied["reason"], "no_route_for_host");
     assert!(!log.contains(TOKEN));
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn query_and_basic_injection() {
+    let up = Upstream::start().await;
+    let port = up.port();
+    let dir = tempfile::tempdir().unwrap();
+    write_file(&dir, "token", "q/t k\n");
+    let policy = format!(
+        r#"version: 1
+tools:
+  maps:
+    upstream: http://127.0.0.1:{port}/maps
+    credential: {{ source: file, path: "{{dir}}/token" }}
+    inject: {{ query: {{ param: key }} }}
+    routes: [{{ scheme: http, host: 127.0.0.1, port: {port}, allow_private: true, paths: ["/maps/**"] }}]
+  registry:
+    upstream: http://127.0.0.1:{port}/registry
+    credential: {{ source: file, path: "{{dir}}/token" }}
+    inject: {{ basic: {{ username: bot }} }}
+    routes: [{{ scheme: http, host: 127.0.0.1, port: {port}, allow_private: true, paths: ["/registry/**"] }}]
+"#
+    );
+    let proxy = Proxy::start_in(dir, &policy).await;
+    let resp = get(proxy.addr, "/maps/geocode?address=x&key=agent-key&z=1").await;
+    assert_eq!(status(&resp), 200, "{resp}");
+    let seen = up.last();
+    assert_eq!(seen.uri, "/maps/geocode?address=x&z=1&key=q%2Ft%20k");
+    let resp = raw(
+        proxy.addr,
+        b"GET /registry/v2/ HTTP/1.1\r\nHost: a\r\nAuthorization: Basic YWdlbnQ6eA==\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status(&resp), 200, "{resp}");
+    let seen = up.last();
+    // base64("bot:q/t k")
+    assert_eq!(auth_values(&seen), vec!["Basic Ym90OnEvdCBr".to_string()]);
     proxy.shutdown().await;
 }

@@ -23,6 +23,10 @@ fn ca() -> Ca {
 }
 
 fn server(ca: &Ca, name: &str, expired: bool) -> rustls::ServerConfig {
+    server_alpn(ca, name, expired, b"http/1.1")
+}
+
+fn server_alpn(ca: &Ca, name: &str, expired: bool, alpn: &[u8]) -> rustls::ServerConfig {
     let key = KeyPair::generate().unwrap();
     let mut p = CertificateParams::new(vec![name.to_string()]).unwrap();
     if expired {
@@ -38,7 +42,7 @@ fn server(ca: &Ca, name: &str, expired: bool) -> rustls::ServerConfig {
         .with_no_client_auth()
         .with_single_cert(chain, key)
         .unwrap();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.alpn_protocols = vec![alpn.to_vec()];
     cfg
 }
 
@@ -79,5 +83,50 @@ async fn tls_is_verified_and_failures_never_see_the_token() {
     }
     let m = proxy.metrics().await;
     assert_eq!(metric(&m, r#"credproxy_requests_total{outcome="upstream_error",tool="expired"}"#), Some(1.0), "{m}");
+    proxy.shutdown().await;
+}
+
+/// An HTTP/2-only TLS upstream: credproxy negotiates h2 by ALPN and answers the agent in HTTP/1.1.
+#[tokio::test]
+async fn h2_upstream_by_alpn() {
+    use std::convert::Infallible;
+    let ca = ca();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_alpn(&ca, "h2.test", false, b"h2")));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<(http::Version, Option<String>)>::new()));
+    let seen2 = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let Ok(tls) = acceptor.accept(tcp).await else { continue };
+            let seen = seen2.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let auth = req.headers().get("authorization").map(|v| v.to_str().unwrap().to_string());
+                    seen.lock().unwrap().push((req.version(), auth));
+                    async {
+                        Ok::<_, Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from(
+                            "over h2",
+                        ))))
+                    }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    write_file(&dir, "ca.pem", &ca.cert.pem());
+    write_file(&dir, "token", "h2-token");
+    let policy = format!(
+        "version: 1\nresolve: {{ h2.test: 127.0.0.1 }}\ntools:\n  h2:\n    upstream: https://h2.test:{port}\n    ca_file: \"{{dir}}/ca.pem\"\n    credential: {{ source: file, path: \"{{dir}}/token\" }}\n    routes: [{{ host: h2.test, port: {port}, allow_private: true }}]\n"
+    );
+    let proxy = Proxy::start_in(dir, &policy).await;
+    let resp = get(proxy.addr, "/h2/x").await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.ends_with("over h2"), "{resp}");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen, vec![(http::Version::HTTP_2, Some("Bearer h2-token".to_string()))]);
     proxy.shutdown().await;
 }

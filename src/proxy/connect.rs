@@ -7,7 +7,8 @@ use hyper_util::rt::TokioIo;
 
 use super::body::{full, Body};
 use super::forward::{connect_guarded, ConnectError};
-use super::request::{audit_request, Target};
+use super::request::audit_request;
+use super::target::Target;
 use crate::error::ProxyError;
 use crate::metrics::Outcome;
 use crate::policy::{normalize_host, AuditRequests, ConnectDecision, Scheme};

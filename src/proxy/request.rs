@@ -12,12 +12,13 @@ use secrecy::ExposeSecret;
 
 use super::body::{Body, UpstreamBody};
 use super::forward::{remove_hop_by_hop, ConnectError};
+use super::target::Target;
 use crate::audit::Audit;
 use crate::creds::{Slot, Token};
 use crate::error::{ProxyError, CREDPROXY_ERROR};
 use crate::fields;
 use crate::metrics::Outcome;
-use crate::policy::{normalize, normalize_host, Action, AuditRequests, Destination, Inject, Scheme};
+use crate::policy::{Action, AuditRequests, Destination, Inject};
 use crate::state::{Live, Shared};
 
 /// Longest request target accepted.
@@ -68,7 +69,8 @@ async fn serve(shared: &Shared, live: &Live, peer: SocketAddr, req: Request<Inco
     // closed after the response; conflicting Content-Lengths get hyper's own 400
     // (tests/proxy.rs, mixed_framing_*).
     let uri = req.uri();
-    let uri_len = uri.authority().map_or(0, |a| a.as_str().len()) + uri.path_and_query().map_or(0, |p| p.as_str().len());
+    let uri_len =
+        uri.authority().map_or(0, |a| a.as_str().len()) + uri.path_and_query().map_or(0, |p| p.as_str().len());
     if uri_len > MAX_URI_BYTES {
         return (None, Err(ProxyError::UriTooLong));
     }
@@ -110,70 +112,6 @@ async fn serve(shared: &Shared, live: &Live, peer: SocketAddr, req: Request<Inco
         return deny(shared, live, &req, &target, t, decision.reason.code(), decision.reason.message());
     };
     (Some(tool), forward(shared, live, peer, req, target, tool, route).await)
-}
-
-/// Where a request goes, worked out from its form (absolute-form = forward proxy, origin-form = base URL).
-pub(super) struct Target {
-    pub scheme: Scheme,
-    pub host: String,
-    pub port: u16,
-    /// Normalised path.
-    pub path: String,
-    pub query: Option<String>,
-    /// The tool named by the base-URL path.
-    pub base_tool: Option<usize>,
-}
-
-impl Target {
-    fn of(live: &Live, req: &Request<Incoming>) -> Result<Target, ProxyError> {
-        let uri = req.uri();
-        let query = uri.query().map(str::to_owned);
-        if let Some(scheme) = uri.scheme_str() {
-            let scheme = match scheme {
-                "http" => Scheme::Http,
-                "https" => Scheme::Https,
-                _ => return Err(ProxyError::BadRequest("unsupported URL scheme")),
-            };
-            let auth = uri.authority().ok_or(ProxyError::BadRequest("URL without a host"))?;
-            if auth.as_str().contains('@') {
-                return Err(ProxyError::BadRequest("userinfo in a request URL is refused"));
-            }
-            let host = normalize_host(auth.host());
-            if host.is_empty() {
-                return Err(ProxyError::BadRequest("URL without a host"));
-            }
-            let port = auth.port_u16().unwrap_or(scheme.default_port());
-            let path = normalize(uri.path())
-                .map_err(|_| ProxyError::BadRequest("path refused: encoded separator, backslash, NUL or bad escape"))?;
-            return Ok(Target { scheme, host, port, path, query, base_tool: None });
-        }
-        // Origin-form: `/TOOL/rest` in base-URL mode.
-        let raw = uri.path();
-        let after =
-            raw.strip_prefix('/').ok_or(ProxyError::BadRequest("request target must be a path or an absolute URL"))?;
-        let (name, rest) = match after.find('/') {
-            Some(i) => (&after[..i], &after[i..]),
-            None => (after, "/"),
-        };
-        let policy = &live.policy;
-        let (t, up) = policy
-            .tool_index(name)
-            .and_then(|t| policy.tools[t].upstream.as_ref().map(|u| (t, u)))
-            .ok_or(ProxyError::RouteDenied("no tool with an upstream is named by the first path segment"))?;
-        let rest = normalize(rest)
-            .map_err(|_| ProxyError::BadRequest("path refused: encoded separator, backslash, NUL or bad escape"))?;
-        let path = if up.path_prefix.is_empty() { rest } else { format!("{}{}", up.path_prefix, rest) };
-        Ok(Target { scheme: up.scheme, host: up.host.clone(), port: up.port, path, query, base_tool: Some(t) })
-    }
-
-    fn authority(&self) -> String {
-        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
-        if self.port == self.scheme.default_port() {
-            host
-        } else {
-            format!("{host}:{}", self.port)
-        }
-    }
 }
 
 /// `Proxy-Authorization: Basic base64(any:SECRET)` or `Bearer SECRET`, compared in constant time.
@@ -281,7 +219,9 @@ async fn forward(
     let max = policy.limits.max_header_bytes;
     let token = strip_and_inject(&mut parts.headers, &rt.strip, credential, max, SystemTime::now())?;
     let query = match (&spec.inject, &token) {
-        (Inject::Query { param }, Some(t)) => Some(with_param(target.query.as_deref(), param, t.query_value().unwrap_or(""))),
+        (Inject::Query { param }, Some(t)) => {
+            Some(with_param(target.query.as_deref(), param, t.query_value().unwrap_or("")))
+        }
         _ => target.query.clone(),
     };
     let pq = match &query {

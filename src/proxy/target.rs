@@ -1,0 +1,77 @@
+//! Where a request goes: worked out from its form (absolute-form for the forward proxy,
+//! origin-form `/TOOL/...` for base-URL mode), with the host and path normalised.
+
+use http::Request;
+use hyper::body::Incoming;
+
+use crate::error::ProxyError;
+use crate::policy::{normalize, normalize_host, Scheme};
+use crate::state::Live;
+
+/// Where a request goes, worked out from its form (absolute-form = forward proxy, origin-form = base URL).
+pub struct Target {
+    /// Upstream scheme.
+    pub scheme: Scheme,
+    /// Normalised host.
+    pub host: String,
+    /// Upstream port.
+    pub port: u16,
+    /// Normalised path.
+    pub path: String,
+    /// The query string, as the agent sent it.
+    pub query: Option<String>,
+    /// The tool named by the base-URL path.
+    pub base_tool: Option<usize>,
+}
+
+impl Target {
+    pub(super) fn of(live: &Live, req: &Request<Incoming>) -> Result<Target, ProxyError> {
+        let uri = req.uri();
+        let query = uri.query().map(str::to_owned);
+        if let Some(scheme) = uri.scheme_str() {
+            let scheme = match scheme {
+                "http" => Scheme::Http,
+                "https" => Scheme::Https,
+                _ => return Err(ProxyError::BadRequest("unsupported URL scheme")),
+            };
+            let auth = uri.authority().ok_or(ProxyError::BadRequest("URL without a host"))?;
+            if auth.as_str().contains('@') {
+                return Err(ProxyError::BadRequest("userinfo in a request URL is refused"));
+            }
+            let host = normalize_host(auth.host());
+            if host.is_empty() {
+                return Err(ProxyError::BadRequest("URL without a host"));
+            }
+            let port = auth.port_u16().unwrap_or(scheme.default_port());
+            let path = normalize(uri.path())
+                .map_err(|_| ProxyError::BadRequest("path refused: encoded separator, backslash, NUL or bad escape"))?;
+            return Ok(Target { scheme, host, port, path, query, base_tool: None });
+        }
+        // Origin-form: `/TOOL/rest` in base-URL mode.
+        let raw = uri.path();
+        let after =
+            raw.strip_prefix('/').ok_or(ProxyError::BadRequest("request target must be a path or an absolute URL"))?;
+        let (name, rest) = match after.find('/') {
+            Some(i) => (&after[..i], &after[i..]),
+            None => (after, "/"),
+        };
+        let policy = &live.policy;
+        let (t, up) = policy
+            .tool_index(name)
+            .and_then(|t| policy.tools[t].upstream.as_ref().map(|u| (t, u)))
+            .ok_or(ProxyError::RouteDenied("no tool with an upstream is named by the first path segment"))?;
+        let rest = normalize(rest)
+            .map_err(|_| ProxyError::BadRequest("path refused: encoded separator, backslash, NUL or bad escape"))?;
+        let path = if up.path_prefix.is_empty() { rest } else { format!("{}{}", up.path_prefix, rest) };
+        Ok(Target { scheme: up.scheme, host: up.host.clone(), port: up.port, path, query, base_tool: Some(t) })
+    }
+
+    pub(super) fn authority(&self) -> String {
+        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        if self.port == self.scheme.default_port() {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
