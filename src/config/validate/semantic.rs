@@ -185,9 +185,10 @@ fn default_instance_id() -> &'static str {
             .map(|h| h.trim().to_string())
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "credproxy".into());
-        let mut b = [0u8; 3];
-        let _ = aws_lc_rs::rand::fill(&mut b);
-        format!("{host}-{:02x}{:02x}{:02x}", b[0], b[1], b[2])
+        // The kernel's random UUID: no crypto library initialised at start for a name suffix.
+        let uuid = std::fs::read_to_string("/proc/sys/kernel/random/uuid").unwrap_or_default();
+        let suffix: String = uuid.chars().filter(char::is_ascii_hexdigit).take(6).collect();
+        format!("{host}-{suffix}")
     })
 }
 
