@@ -111,7 +111,8 @@ async fn serve(shared: &Shared, live: &Live, peer: SocketAddr, req: Request<Inco
         let t = target.base_tool.or_else(|| tool_hint.and_then(|n| policy.tool_index(n)));
         return deny(shared, live, &req, &target, t, decision.reason.code(), decision.reason.message());
     };
-    (Some(tool), forward(shared, live, peer, req, target, tool, route).await)
+    // Boxed: the forwarding future is large, and hyper moves the request future into place.
+    (Some(tool), Box::pin(forward(shared, live, peer, req, target, tool, route)).await)
 }
 
 /// `Proxy-Authorization: Basic base64(any:SECRET)` or `Bearer SECRET`, compared in constant time.
