@@ -18,7 +18,7 @@ use crate::creds::Slot;
 use crate::fields;
 use crate::metrics::{Metrics, ToolMetrics};
 use crate::policy::{CredentialSpec, Inject, Policy, Tool};
-use crate::proxy::forward::{Client, ConnectSettings, Upstreams};
+use crate::proxy::forward::{Client, ClientOpts, ConnectSettings, Upstreams};
 
 /// Headers removed from every credentialed request, besides the tool's `strip_headers` and its
 /// injected header (DESIGN §3).
@@ -67,7 +67,14 @@ impl ToolRt {
     pub fn client(&self, upstreams: &Upstreams, tool: &Tool, route: usize, upgrade: bool, idle: Duration) -> &Client {
         let rc = &self.clients[route];
         let cell = if upgrade { &rc.upgrade } else { &rc.plain };
-        cell.get_or_init(|| upstreams.client(&tool.ca_certs, tool.routes[route].allow_private, upgrade, idle))
+        let r = &tool.routes[route];
+        let opts = ClientOpts {
+            tls: r.scheme == crate::policy::Scheme::Https,
+            allow_private: r.allow_private,
+            http1_only: upgrade,
+            idle,
+        };
+        cell.get_or_init(|| upstreams.client(&tool.ca_certs, opts))
     }
 }
 

@@ -23,6 +23,10 @@ tools:
     required: false
     credential: {{ source: file, path: "{{dir}}/no-such-token" }}
     routes: [{{ scheme: http, host: 127.0.0.1, port: {port}, allow_private: true, paths: ["/m/**"] }}]
+  endless:
+    required: false
+    credential: {{ source: file, path: /dev/zero }}
+    routes: [{{ scheme: http, host: 127.0.0.1, port: {port}, allow_private: true, paths: ["/endless/**"] }}]
   closed:
     upstream: http://127.0.0.1:1
     routes: [{{ scheme: http, host: 127.0.0.1, port: 1, allow_private: true }}]
@@ -120,6 +124,8 @@ async fn unavailable_credential_is_503_with_retry_after_and_never_forwarded() {
     assert_eq!(status(&get(proxy.addr, "/api/x").await), 200);
     let creds = get(proxy.control, "/v1/credentials").await;
     assert!(creds.contains(r#""state":"failing""#), "{creds}");
+    // A credential path to an endless device is refused at a bounded size, not read forever.
+    assert!(creds.contains("/dev/zero is larger than 65536 bytes"), "{creds}");
     proxy.shutdown().await;
 }
 

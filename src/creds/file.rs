@@ -5,7 +5,7 @@
 //! (a writer truncates before it writes): the previous token stays and the file is read again soon.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use secrecy::SecretString;
 
@@ -21,11 +21,25 @@ const RETRY: Duration = Duration::from_millis(500);
 /// Let a burst of events settle before reading.
 const DEBOUNCE: Duration = Duration::from_millis(50);
 
-/// Read, publish, and wait for the next change, forever.
-pub async fn run(path: &Path, cx: &CredCtx) {
+/// The first read, synchronous, at load time. Returns the error it reported, if any.
+pub fn prime(path: &Path, cx: &CredCtx) -> Option<String> {
+    match read_sync(path) {
+        Ok(Some((secret, mtime))) => {
+            cx.offer(secret, mtime, None);
+            None
+        }
+        Ok(None) => None,
+        Err(msg) => {
+            cx.failure("unreachable", &msg);
+            Some(msg)
+        }
+    }
+}
+
+/// Wait for a change, read, publish; forever. `last_error` is what was already reported.
+pub async fn run(path: &Path, cx: &CredCtx, mut last_error: Option<String>) {
     let (changed, watched) = cx.watch.subscribe(path);
     let poll = if watched { POLL } else { Duration::from_secs(2) };
-    let mut last_error: Option<String> = None;
     loop {
         let wait = match read(path).await {
             Ok(Some((secret, mtime))) => {
@@ -51,16 +65,19 @@ pub async fn run(path: &Path, cx: &CredCtx) {
 }
 
 /// `Ok(None)` for an empty or whitespace-only file.
-async fn read(path: &Path) -> Result<Option<(SecretString, std::time::SystemTime)>, String> {
-    use tokio::io::AsyncReadExt;
+async fn read(path: &Path) -> Result<Option<(SecretString, SystemTime)>, String> {
+    let owned = path.to_path_buf();
+    tokio::task::spawn_blocking(move || read_sync(&owned)).await.unwrap_or_else(|_| Err("file read task failed".into()))
+}
+
+/// Read at most [`MAX_FILE_BYTES`] + 1 bytes (a path to a device or a huge file cannot exhaust memory).
+fn read_sync(path: &Path) -> Result<Option<(SecretString, SystemTime)>, String> {
+    use std::io::Read;
     let show = path.display();
-    let file = tokio::fs::File::open(path).await.map_err(|e| format!("cannot open {show}: {}", e.kind()))?;
-    let meta = file.metadata().await.map_err(|e| format!("cannot stat {show}: {}", e.kind()))?;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot open {show}: {}", e.kind()))?;
+    let mtime = file.metadata().and_then(|m| m.modified());
     let mut buf = Vec::new();
-    file.take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut buf)
-        .await
-        .map_err(|e| format!("cannot read {show}: {}", e.kind()))?;
+    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut buf).map_err(|e| format!("cannot read {show}: {}", e.kind()))?;
     if buf.len() as u64 > MAX_FILE_BYTES {
         return Err(format!("{show} is larger than {MAX_FILE_BYTES} bytes"));
     }
@@ -69,6 +86,5 @@ async fn read(path: &Path) -> Result<Option<(SecretString, std::time::SystemTime
     if token.trim().is_empty() {
         return Ok(None);
     }
-    let mtime = meta.modified().unwrap_or_else(|_| std::time::SystemTime::now());
-    Ok(Some((SecretString::from(token.to_string()), mtime)))
+    Ok(Some((SecretString::from(token.to_string()), mtime.unwrap_or_else(|_| SystemTime::now()))))
 }

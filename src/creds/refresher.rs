@@ -108,11 +108,24 @@ impl CredCtx {
     }
 }
 
-/// Start the task for one credential. Dropping the handle stops it.
+/// Fetch once now (at load time, so a credential that is there serves the first request), then
+/// start the credential's task. Dropping the handle stops it.
 pub fn spawn(spec: CredentialSpec, cx: CredCtx) -> TaskHandle {
+    let path = match spec {
+        // Read once, at start: nothing to watch.
+        CredentialSpec::Env { var } => {
+            super::env::run(&var, &cx);
+            return TaskHandle(None);
+        }
+        CredentialSpec::File { path } => path,
+    };
+    let mut last_error = super::file::prime(&path, &cx);
     let handle = tokio::spawn(async move {
         loop {
-            let run = tokio::spawn(run_source(spec.clone(), cx.clone()));
+            let run = tokio::spawn({
+                let (path, cx, last_error) = (path.clone(), cx.clone(), last_error.take());
+                async move { super::file::run(&path, &cx, last_error).await }
+            });
             match run.await {
                 Ok(()) => return,
                 Err(e) if e.is_panic() => {
@@ -124,22 +137,17 @@ pub fn spawn(spec: CredentialSpec, cx: CredCtx) -> TaskHandle {
             }
         }
     });
-    TaskHandle(handle)
-}
-
-async fn run_source(spec: CredentialSpec, cx: CredCtx) {
-    match spec {
-        CredentialSpec::File { path } => super::file::run(&path, &cx).await,
-        CredentialSpec::Env { var } => super::env::run(&var, &cx),
-    }
+    TaskHandle(Some(handle))
 }
 
 /// Aborts the credential task when dropped (a reload replaced or removed the credential).
 #[derive(Debug)]
-pub struct TaskHandle(JoinHandle<()>);
+pub struct TaskHandle(Option<JoinHandle<()>>);
 
 impl Drop for TaskHandle {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(h) = &self.0 {
+            h.abort();
+        }
     }
 }

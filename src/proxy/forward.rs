@@ -219,17 +219,27 @@ fn system_roots() -> Arc<RootCertStore> {
         .clone()
 }
 
-#[derive(Clone, PartialEq, Eq, Hash)]
-struct ClientKey {
-    /// Fingerprint of the extra CA certificates.
-    ca: Option<String>,
-    allow_private: bool,
+/// What sets one upstream client apart: pooled connections are never shared across these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ClientOpts {
+    /// The route is `https` (else no TLS configuration, and no roots, are loaded).
+    pub tls: bool,
+    /// The route may reach private addresses.
+    pub allow_private: bool,
     /// HTTP/1.1 only (for upgrades).
-    http1_only: bool,
-    idle: Duration,
+    pub http1_only: bool,
+    /// Pool idle timeout.
+    pub idle: Duration,
 }
 
-/// The upstream clients, built at load time and shared across reloads when their settings match.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct ClientKey {
+    /// Fingerprint of the extra CA certificates (TLS clients only).
+    ca: Option<String>,
+    opts: ClientOpts,
+}
+
+/// The upstream clients, shared across reloads when their settings match.
 pub struct Upstreams {
     settings: Arc<ArcSwap<ConnectSettings>>,
     clients: Mutex<HashMap<ClientKey, Client>>,
@@ -257,27 +267,21 @@ impl Upstreams {
         self.settings.load_full()
     }
 
-    /// The client for these settings (created on first use, at load time).
-    pub fn client(
-        &self,
-        ca: &[CertificateDer<'static>],
-        allow_private: bool,
-        http1_only: bool,
-        idle: Duration,
-    ) -> Client {
+    /// The client for these settings, built on first use.
+    pub fn client(&self, ca: &[CertificateDer<'static>], opts: ClientOpts) -> Client {
+        let ca = if opts.tls { ca } else { &[] };
         let key = ClientKey {
             ca: (!ca.is_empty())
                 .then(|| crate::creds::fingerprint(&ca.iter().map(|c| hex(c.as_ref())).collect::<String>())),
-            allow_private,
-            http1_only,
-            idle,
+            opts,
         };
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        clients.entry(key).or_insert_with(|| self.build(ca, allow_private, http1_only, idle)).clone()
+        clients.entry(key).or_insert_with(|| self.build(ca, opts)).clone()
     }
 
-    fn build(&self, ca: &[CertificateDer<'static>], allow_private: bool, http1_only: bool, idle: Duration) -> Client {
-        let mut roots = (*system_roots()).clone();
+    fn build(&self, ca: &[CertificateDer<'static>], opts: ClientOpts) -> Client {
+        // A cleartext route never handshakes: it gets no roots (and loads none).
+        let mut roots = if opts.tls { (*system_roots()).clone() } else { RootCertStore::empty() };
         roots.add_parsable_certificates(ca.iter().cloned());
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
@@ -285,13 +289,16 @@ impl Upstreams {
             .expect("aws-lc-rs supports the default protocol versions")
             .with_root_certificates(roots)
             .with_no_client_auth();
-        let guarded = Guarded { settings: self.settings.clone(), allow_private };
+        let guarded = Guarded { settings: self.settings.clone(), allow_private: opts.allow_private };
         let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1();
-        let https =
-            if http1_only { builder.wrap_connector(guarded) } else { builder.enable_http2().wrap_connector(guarded) };
+        let https = if opts.http1_only {
+            builder.wrap_connector(guarded)
+        } else {
+            builder.enable_http2().wrap_connector(guarded)
+        };
         let connector = Deadline { inner: https, settings: self.settings.clone() };
         HyperClient::builder(TokioExecutor::new())
-            .pool_idle_timeout(idle)
+            .pool_idle_timeout(opts.idle)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(connector)
