@@ -25,6 +25,18 @@ async fn eventually<F: AsyncFnMut() -> bool>(mut f: F, what: &str) {
     panic!("timed out waiting for {what}");
 }
 
+/// Send requests until the upstream receives `auth` (a rotated credential has been picked up).
+async fn until_upstream_sees(up: &Upstream, addr: std::net::SocketAddr, auth: &str) {
+    eventually(
+        async || {
+            get(addr, "/api/v1/x").await;
+            up.last().headers["authorization"] == auth
+        },
+        auth,
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn invalid_reload_keeps_the_running_policy_and_valid_one_swaps_in() {
     let up = Upstream::start().await;
@@ -97,14 +109,7 @@ async fn configmap_symlink_swaps_are_seen_for_policy_and_secret() {
     assert_eq!(up.last().headers["authorization"], "Bearer first-token");
 
     configmap_swap(&secrets, "..gen2", &[("token", "second-token\n")]);
-    eventually(
-        async || {
-            get(addr, "/api/v1/x").await;
-            up.last().headers["authorization"] == "Bearer second-token"
-        },
-        "rotated secret",
-    )
-    .await;
+    until_upstream_sees(&up, addr, "Bearer second-token").await;
 
     configmap_swap(
         &cm,
@@ -131,27 +136,13 @@ async fn file_credential_survives_rename_and_ignores_truncation() {
     assert_eq!(status(&get(proxy.addr, "/api/v1/x").await), 200);
     assert_eq!(up.last().headers["authorization"], "Bearer one");
     std::fs::write(&path, "two\n").unwrap();
-    eventually(
-        async || {
-            get(proxy.addr, "/api/v1/x").await;
-            up.last().headers["authorization"] == "Bearer two"
-        },
-        "rewritten token",
-    )
-    .await;
+    until_upstream_sees(&up, proxy.addr, "Bearer two").await;
 
     // Replaced by rename (an atomic writer).
     let tmp = proxy.dir.path().join("token.new");
     std::fs::write(&tmp, "three").unwrap();
     std::fs::rename(&tmp, &path).unwrap();
-    eventually(
-        async || {
-            get(proxy.addr, "/api/v1/x").await;
-            up.last().headers["authorization"] == "Bearer three"
-        },
-        "renamed token",
-    )
-    .await;
+    until_upstream_sees(&up, proxy.addr, "Bearer three").await;
     proxy.shutdown().await;
 }
 
