@@ -77,7 +77,8 @@ pub struct RawLimits {
     pub connect_timeout: Option<String>,
     /// Time to the upstream's response head; a streamed body may then run on. Default `60s`.
     pub response_header_timeout: Option<String>,
-    /// Keep-alive idle time, agent side and upstream pool. Default `90s`.
+    /// Idle time of pooled upstream connections. Default `90s`. (An idle agent connection is closed
+    /// after `header_read_timeout`: hyper's header timer also covers the wait for the next request.)
     pub idle_timeout: Option<String>,
     /// Concurrent agent connections; above it new ones are shed and counted. Default 1024.
     pub max_connections: Option<u64>,

@@ -104,6 +104,14 @@ async fn slow_upstream_head_is_504_and_slow_client_is_cut_off() {
     let mut buf = Vec::new();
     let r = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut buf)).await;
     assert!(r.is_ok(), "the slow client was not disconnected");
+    // An idle kept-alive connection is closed by the same timer.
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET /api/x HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let mut first = [0u8; 512];
+    assert!(s.read(&mut first).await.unwrap() > 0);
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut rest)).await;
+    assert!(r.is_ok(), "the idle agent connection was not closed");
     proxy.shutdown().await;
 }
 
