@@ -200,6 +200,13 @@ impl Shared {
         self.metrics.config_last_reload_timestamp.set(secs);
         match crate::config::load_file(&self.config_path) {
             Ok(policy) => {
+                let old = self.live.load();
+                let (a, b) = (&old.policy.listen, &policy.listen);
+                if (a.proxy, a.admin, a.control) != (b.proxy, b.admin, b.control)
+                    || old.policy.instance_id != policy.instance_id
+                {
+                    tracing::warn!("listen addresses and instance_id take effect at the next restart");
+                }
                 let tools = policy.tools.len();
                 self.install(Arc::new(policy));
                 self.metrics.config_reloads.with_label_values(&["ok"]).inc();
