@@ -42,7 +42,7 @@ fn every_shipped_config_passes_check() {
     assert!(n >= 2, "config/ holds the shipped policies");
 }
 
-/// Each fixture states what `check` must report: `# expect: PATH`, optional `# line: N` and `# message: TEXT`.
+/// Each fixture states what `check` must report: `# expect: PATH`, `# line: N` and optionally `# message: TEXT`.
 fn expectations(text: &str) -> (String, Option<String>, Option<String>) {
     let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(&format!("# {k}: ")).map(str::to_string));
     (field("expect").expect("fixture has # expect:"), field("line"), field("message"))
@@ -58,10 +58,8 @@ fn every_bad_fixture_fails_check_and_run_with_its_path_and_line() {
         let (want_path, line, message) = expectations(&text);
         let (ok, _, err) = check(&path);
         assert!(!ok, "{} passed check", path.display());
-        let want = match &line {
-            Some(l) => format!("{want_path} (line {l}): "),
-            None => format!("{want_path}: "),
-        };
+        let line = line.unwrap_or_else(|| panic!("{}: every fixture names its line", path.display()));
+        let want = format!("{want_path} (line {line}): ");
         assert!(err.contains(&want), "{}: wanted `{want}` in:\n{err}", path.display());
         if let Some(m) = message {
             assert!(err.contains(&m), "{}: wanted `{m}` in:\n{err}", path.display());
@@ -85,7 +83,7 @@ fn four_errors_are_listed_together_without_values() {
         "tools.openai.not_before",
         "tools.openai.routes[0].scheme",
     ] {
-        assert!(err.contains(p), "missing {p}:\n{err}");
+        assert!(err.contains(&format!("{p} (line ")), "missing {p} with its line:\n{err}");
     }
     assert!(!err.contains("sk-live"), "a value was echoed:\n{err}");
 }

@@ -8,6 +8,7 @@ use std::time::SystemTime;
 use super::RawPolicy;
 use crate::policy::Policy;
 
+mod locate;
 mod semantic;
 
 pub(crate) use semantic::trim_newline;
@@ -113,7 +114,12 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>, now: SystemTime) 
         let line = inner.location().map(|l| l.line());
         ConfigErrors::one(&path, line, sanitize(&inner.to_string()))
     })?;
-    semantic::check(raw, env, now)
+    semantic::check(raw, env, now).map_err(|mut errors| {
+        for e in errors.0.iter_mut().filter(|e| e.line.is_none()) {
+            e.line = locate::line_of(text, &e.path);
+        }
+        errors
+    })
 }
 
 fn depth(v: &serde_yaml::Value) -> usize {
