@@ -73,7 +73,12 @@ tools:
     proxy.rewrite(&policy.replace("requests: all", "requests: denied"));
     tokio::time::sleep(Duration::from_millis(400)).await;
     proxy.rewrite(&format!("{policy}    required: {canary}\n"));
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    for _ in 0..250 {
+        if metric(&proxy.metrics().await, "credproxy_config_last_reload_success") == Some(0.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     seen.push(raw(proxy.addr, b"GET /api/again HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await);
     seen.push(get(proxy.control, "/v1/credentials").await);
     seen.push(get(proxy.control, "/v1/policy").await);
