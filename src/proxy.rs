@@ -174,17 +174,21 @@ async fn accept_proxy(
 
 /// Answer a connection over the limit with 503 `too_many_connections` and close it.
 async fn shed(mut stream: TcpStream) {
-    let resp = ProxyError::TooManyConnections.into_response(None);
-    let (parts, _) = resp.into_parts();
-    let (_, code, _) = ProxyError::TooManyConnections.parts();
-    let body = format!(r#"{{"error":{{"code":"{code}","message":"too many connections","tool":null}}}}"#);
+    // No hyper connection is served here, so the one error mapping's response is written by hand.
+    let (parts, body) = ProxyError::TooManyConnections.into_response(None).into_parts();
+    let body = match body {
+        Body::Full(b) => b.unwrap_or_default(),
+        Body::Upstream(_) => bytes::Bytes::new(),
+    };
     let mut head = format!("HTTP/1.1 {}\r\n", parts.status);
     for (k, v) in &parts.headers {
         head.push_str(&format!("{k}: {}\r\n", v.to_str().unwrap_or_default()));
     }
-    head.push_str(&format!("connection: close\r\ncontent-length: {}\r\n\r\n{body}", body.len()));
+    head.push_str(&format!("connection: close\r\ncontent-length: {}\r\n\r\n", body.len()));
+    let mut head = head.into_bytes();
+    head.extend_from_slice(&body);
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        let _ = stream.write_all(head.as_bytes()).await;
+        let _ = stream.write_all(&head).await;
         let _ = stream.shutdown().await;
     })
     .await;

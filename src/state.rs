@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 use http::header::HeaderName;
 
 use crate::audit::Audit;
+use crate::config::validate::read_capped;
 use crate::config::watch::FsWatch;
 use crate::creds::refresher::{self, CredCtx, TaskHandle};
 use crate::creds::Slot;
@@ -193,12 +194,12 @@ impl Shared {
         self.live.store(Arc::new(Live { policy, tools }));
     }
 
-    /// Re-read the policy file: install it if valid, else keep the running one. Returns success.
-    pub fn reload(&self) -> bool {
+    /// Validate new policy text: install it if valid, else keep the running one. Returns success.
+    pub fn reload(&self, text: &str) -> bool {
         let now = SystemTime::now();
         let secs = now.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
         self.metrics.config_last_reload_timestamp.set(secs);
-        match crate::config::load_file(&self.config_path) {
+        match crate::config::parse(text, &|name| std::env::var(name).ok(), now) {
             Ok(policy) => {
                 let old = self.live.load();
                 let (a, b) = (&old.policy.listen, &policy.listen);
@@ -235,23 +236,21 @@ impl Shared {
     /// Watch the policy file's folder and reload on change, debounced, until the process ends.
     pub fn spawn_reloader(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let shared = Arc::downgrade(self);
-        let (changed, watched) = self.watch.subscribe(&self.config_path);
+        let changes = self.watch.subscribe(&self.config_path);
         let path = self.config_path.clone();
+        let read = move || {
+            let path = path.clone();
+            async move { tokio::task::spawn_blocking(move || read_capped(&path).ok()).await.ok().flatten() }
+        };
         tokio::spawn(async move {
-            let mut last = std::fs::read(&path).ok();
-            let poll = if watched { std::time::Duration::from_secs(60) } else { std::time::Duration::from_secs(2) };
+            let mut last = read().await;
             loop {
-                tokio::select! {
-                    _ = changed.notified() => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
-                    _ = tokio::time::sleep(poll) => {}
-                }
-                let now = std::fs::read(&path).ok();
-                if now.is_none() || now == last {
-                    continue;
-                }
-                last = now;
+                changes.changed(Duration::from_millis(200), None).await;
+                // Read once (capped), compare, and validate those same bytes.
+                let Some(text) = read().await.filter(|t| last.as_ref() != Some(t)) else { continue };
                 let Some(shared) = shared.upgrade() else { return };
-                shared.reload();
+                shared.reload(&text);
+                last = Some(text);
             }
         })
     }
@@ -264,13 +263,7 @@ impl Shared {
             .tools
             .iter()
             .zip(&live.tools)
-            .filter(|(t, rt)| {
-                t.required
-                    && rt
-                        .slot
-                        .as_ref()
-                        .is_some_and(|s| !s.current().is_some_and(|tok| tok.usable_at(now, Default::default())))
-            })
+            .filter(|(t, rt)| t.required && rt.slot.as_ref().is_some_and(|s| s.usable(now).is_none()))
             .map(|(_, rt)| rt.name.clone())
             .collect()
     }

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::Notify;
@@ -57,9 +58,9 @@ impl FsWatch {
         Arc::new(FsWatch { watcher: Mutex::new(watcher.ok()), subs })
     }
 
-    /// Be notified of changes to `file`. Returns whether its folder is watched (when not, the
-    /// caller must poll).
-    pub fn subscribe(&self, file: &Path) -> (Arc<Notify>, bool) {
+    /// Be notified of changes to `file` (by inotify on its folder, or by polling when the folder
+    /// cannot be watched).
+    pub fn subscribe(&self, file: &Path) -> Subscription {
         let notify = Arc::new(Notify::new());
         let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
@@ -77,6 +78,29 @@ impl FsWatch {
                 }
             }
         }
-        (notify, watched)
+        Subscription { notify, poll: if watched { SAFETY_POLL } else { FALLBACK_POLL } }
+    }
+}
+
+/// Re-check this often even when the folder is watched (a safety net for missed events).
+const SAFETY_POLL: Duration = Duration::from_secs(60);
+/// Re-check this often when the folder cannot be watched.
+const FALLBACK_POLL: Duration = Duration::from_secs(2);
+
+/// One file's change notifications.
+pub struct Subscription {
+    notify: Arc<Notify>,
+    poll: Duration,
+}
+
+impl Subscription {
+    /// Wait until the file may have changed (then `debounce` more, so a burst of events settles),
+    /// or until the poll interval or `at_most` has passed, whichever is first.
+    pub async fn changed(&self, debounce: Duration, at_most: Option<Duration>) {
+        let wait = at_most.map_or(self.poll, |d| d.min(self.poll));
+        tokio::select! {
+            _ = self.notify.notified() => tokio::time::sleep(debounce).await,
+            _ = tokio::time::sleep(wait) => {}
+        }
     }
 }

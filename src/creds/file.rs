@@ -14,10 +14,10 @@ use crate::config::validate::trim_newline;
 
 /// Largest credential file read.
 const MAX_FILE_BYTES: u64 = 64 * 1024;
-/// Poll interval when the folder cannot be watched, and a safety net when it can.
-const POLL: Duration = Duration::from_secs(60);
-/// Retry interval after an empty or failed read.
-const RETRY: Duration = Duration::from_millis(500);
+/// Read again this soon after an empty read (a writer truncated and is about to write).
+const EMPTY_RETRY: Duration = Duration::from_millis(500);
+/// Read again this soon after a failed read.
+const ERROR_RETRY: Duration = Duration::from_secs(2);
 /// Let a burst of events settle before reading.
 const DEBOUNCE: Duration = Duration::from_millis(50);
 
@@ -38,29 +38,25 @@ pub fn prime(path: &Path, cx: &CredCtx) -> Option<String> {
 
 /// Wait for a change, read, publish; forever. `last_error` is what was already reported.
 pub async fn run(path: &Path, cx: &CredCtx, mut last_error: Option<String>) {
-    let (changed, watched) = cx.watch.subscribe(path);
-    let poll = if watched { POLL } else { Duration::from_secs(2) };
+    let changes = cx.watch.subscribe(path);
     loop {
-        let wait = match read(path).await {
+        let retry = match read(path).await {
             Ok(Some((secret, mtime))) => {
                 last_error = None;
                 cx.offer(secret, mtime, None);
-                poll
+                None
             }
-            Ok(None) => RETRY,
+            Ok(None) => Some(EMPTY_RETRY),
             Err(msg) => {
                 // Report a persistent error once, not every retry.
                 if last_error.as_deref() != Some(msg.as_str()) {
                     cx.failure("unreachable", &msg);
                     last_error = Some(msg);
                 }
-                RETRY.max(Duration::from_secs(2))
+                Some(ERROR_RETRY)
             }
         };
-        tokio::select! {
-            _ = changed.notified() => tokio::time::sleep(DEBOUNCE).await,
-            _ = tokio::time::sleep(wait) => {}
-        }
+        changes.changed(DEBOUNCE, retry).await;
     }
 }
 

@@ -7,11 +7,11 @@ use hyper_util::rt::TokioIo;
 
 use super::body::{full, Body};
 use super::forward::{connect_guarded, ConnectError};
-use super::request::audit_request;
+use super::request::{audit_request, RequestEvent};
 use super::target::Target;
 use crate::error::ProxyError;
 use crate::metrics::Outcome;
-use crate::policy::{normalize_host, AuditRequests, ConnectDecision, Scheme};
+use crate::policy::{normalize_host, ConnectDecision, Scheme};
 use crate::state::{Live, Shared};
 
 /// Serve a CONNECT request.
@@ -35,9 +35,7 @@ pub async fn handle(
     let (tool, allow_private) = match policy.decide_connect(&target.host, port) {
         ConnectDecision::Tunnel { tool, allow_private } => (tool, allow_private),
         ConnectDecision::Deny(why) => {
-            if policy.audit.requests != AuditRequests::None {
-                audit_request(&shared.audit, "request.denied", req.method(), &target, None, Some(why.code()), None);
-            }
+            audit_request(shared, live, RequestEvent::Denied(why.code()), req.method(), &target, None);
             let msg = match why {
                 crate::policy::ConnectDenial::UnknownHost => "no route names this host and port (deny by default)",
                 crate::policy::ConnectDenial::NeedsInterception => {
@@ -51,41 +49,18 @@ pub async fn handle(
     let connected =
         tokio::time::timeout(settings.connect_timeout, connect_guarded(&settings, &target.host, port, allow_private))
             .await;
+    let name = Some(policy.tools[tool].name.as_str());
     let mut upstream = match connected {
         Err(_) => return (Some(tool), Err(ProxyError::UpstreamTimeout)),
-        Ok(Err(ConnectError::Private)) => {
-            if policy.audit.requests != AuditRequests::None {
-                audit_request(
-                    &shared.audit,
-                    "request.denied",
-                    req.method(),
-                    &target,
-                    Some(&policy.tools[tool].name),
-                    Some("private_address"),
-                    None,
-                );
+        Ok(Err(e)) => {
+            if matches!(e, ConnectError::Private) {
+                audit_request(shared, live, RequestEvent::Denied("private_address"), req.method(), &target, name);
             }
-            return (
-                Some(tool),
-                Err(ProxyError::RouteDenied("the destination address is private, loopback or link-local")),
-            );
+            return (Some(tool), Err((&e).into()));
         }
-        Ok(Err(ConnectError::Loop)) => return (Some(tool), Err(ProxyError::LoopDetected)),
-        Ok(Err(ConnectError::Timeout)) => return (Some(tool), Err(ProxyError::UpstreamTimeout)),
-        Ok(Err(e)) => return (Some(tool), Err(ProxyError::UpstreamUnreachable(e.to_string()))),
         Ok(Ok(s)) => s,
     };
-    if policy.audit.requests == AuditRequests::All {
-        audit_request(
-            &shared.audit,
-            "request.forwarded",
-            req.method(),
-            &target,
-            Some(&policy.tools[tool].name),
-            None,
-            None,
-        );
-    }
+    audit_request(shared, live, RequestEvent::Forwarded(None), req.method(), &target, name);
     tokio::spawn(async move {
         match hyper::upgrade::on(req).await {
             Ok(agent) => {

@@ -49,6 +49,20 @@ pub enum ConnectError {
     Timeout,
 }
 
+impl From<&ConnectError> for crate::error::ProxyError {
+    fn from(e: &ConnectError) -> Self {
+        use crate::error::ProxyError;
+        match e {
+            ConnectError::Private => {
+                ProxyError::RouteDenied("the destination address is private, loopback or link-local")
+            }
+            ConnectError::Loop => ProxyError::LoopDetected,
+            ConnectError::Timeout => ProxyError::UpstreamTimeout,
+            other => ProxyError::UpstreamUnreachable(other.to_string()),
+        }
+    }
+}
+
 /// What every connector reads at connect time; swapped on reload.
 #[derive(Debug, Default)]
 pub struct ConnectSettings {
@@ -323,16 +337,16 @@ const HOP_BY_HOP: &[&str] = &[
     "http2-settings",
 ];
 
+/// The comma-separated tokens of every `Connection` field, trimmed.
+pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers.get_all(CONNECTION).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim)
+}
+
 /// Remove hop-by-hop fields, including every field named in `Connection`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
+        let named: Vec<HeaderName> =
+            connection_tokens(headers).filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok()).collect();
         for name in named {
             headers.remove(&name);
         }

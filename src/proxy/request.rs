@@ -11,9 +11,8 @@ use hyper_util::rt::TokioIo;
 use secrecy::ExposeSecret;
 
 use super::body::{Body, UpstreamBody};
-use super::forward::{remove_hop_by_hop, ConnectError};
+use super::forward::{connection_tokens, remove_hop_by_hop, ConnectError};
 use super::target::Target;
-use crate::audit::Audit;
 use crate::creds::{Slot, Token};
 use crate::error::{ProxyError, CREDPROXY_ERROR};
 use crate::fields;
@@ -143,48 +142,56 @@ fn deny(
     code: &'static str,
     message: &'static str,
 ) -> Served {
-    if live.policy.audit.requests != AuditRequests::None {
-        audit_request(
-            &shared.audit,
-            "request.denied",
-            req.method(),
-            target,
-            tool.map(|t| live.policy.tools[t].name.as_str()),
-            Some(code),
-            None,
-        );
-    }
+    let name = tool.map(|t| live.policy.tools[t].name.as_str());
+    audit_request(shared, live, RequestEvent::Denied(code), req.method(), target, name);
     (tool, Err(ProxyError::RouteDenied(message)))
 }
 
+/// A request audit event, with what only that kind carries.
+pub(super) enum RequestEvent<'a> {
+    /// `request.denied`, with its reason code: audited unless `audit.requests: none`.
+    Denied(&'a str),
+    /// `request.forwarded`, with the credential fingerprint: audited with `audit.requests: all`.
+    Forwarded(Option<&'a str>),
+}
+
+/// Emit a request audit event if the policy's `audit.requests` level asks for it.
 pub(super) fn audit_request(
-    audit: &Audit,
-    event: &str,
+    shared: &Shared,
+    live: &Live,
+    event: RequestEvent<'_>,
     method: &Method,
     t: &Target,
     tool: Option<&str>,
-    reason: Option<&str>,
-    credential_id: Option<&str>,
 ) {
+    let level = live.policy.audit.requests;
+    let wanted = match event {
+        RequestEvent::Denied(_) => level != AuditRequests::None,
+        RequestEvent::Forwarded(_) => level == AuditRequests::All,
+    };
+    if !wanted {
+        return;
+    }
     let mut f = fields! {"method" => method.as_str(), "scheme" => t.scheme.as_str(), "host" => &t.host,
     "port" => t.port, "path" => &t.path, "tool" => tool};
-    if let Some(r) = reason {
-        f.insert("reason".into(), r.into());
-    }
-    if let Some(c) = credential_id {
-        f.insert("credential_id".into(), c.into());
-    }
-    audit.emit(event, f);
+    let name = match event {
+        RequestEvent::Denied(reason) => {
+            f.insert("reason".into(), reason.into());
+            "request.denied"
+        }
+        RequestEvent::Forwarded(credential_id) => {
+            if let Some(c) = credential_id {
+                f.insert("credential_id".into(), c.into());
+            }
+            "request.forwarded"
+        }
+    };
+    shared.audit.emit(name, f);
 }
 
 fn is_websocket(h: &HeaderMap) -> bool {
-    let conn_upgrade = h
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    conn_upgrade && h.get(UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+    connection_tokens(h).any(|t| t.eq_ignore_ascii_case("upgrade"))
+        && h.get(UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
 }
 
 fn head_bytes(h: &HeaderMap) -> usize {
@@ -244,11 +251,13 @@ async fn forward(
         Err(_) => return Err(ProxyError::UpstreamTimeout),
         Ok(Err(e)) => {
             let err = classify(&e);
-            if matches!(err, ProxyError::RouteDenied(_) | ProxyError::LoopDetected)
-                && policy.audit.requests != AuditRequests::None
-            {
-                let reason = if matches!(err, ProxyError::LoopDetected) { "loop_detected" } else { "private_address" };
-                audit_request(&shared.audit, "request.denied", &method, &target, Some(&spec.name), Some(reason), None);
+            let reason = match err {
+                ProxyError::LoopDetected => Some("loop_detected"),
+                ProxyError::RouteDenied(_) => Some("private_address"),
+                _ => None,
+            };
+            if let Some(reason) = reason {
+                audit_request(shared, live, RequestEvent::Denied(reason), &method, &target, Some(&spec.name));
             }
             return Err(err);
         }
@@ -267,17 +276,8 @@ async fn forward(
     resp.headers_mut().remove(&CREDPROXY_ERROR);
     // The agent speaks HTTP/1.x with us, whatever the upstream spoke (h2, or 1.0).
     *resp.version_mut() = agent_version;
-    if policy.audit.requests == AuditRequests::All {
-        audit_request(
-            &shared.audit,
-            "request.forwarded",
-            &method,
-            &target,
-            Some(&spec.name),
-            None,
-            token.as_ref().map(|t| t.fingerprint.as_str()),
-        );
-    }
+    let credential_id = token.as_ref().map(|t| t.fingerprint.as_str());
+    audit_request(shared, live, RequestEvent::Forwarded(credential_id), &method, &target, Some(&spec.name));
     tracing::trace!(%peer, tool = %spec.name, status = resp.status().as_u16(), "forwarded");
     let outcome = if rt.slot.is_some() { Outcome::Injected } else { Outcome::Passthrough };
     Ok((resp.map(Body::Upstream), outcome))
@@ -332,14 +332,7 @@ fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
     let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = src {
         if let Some(c) = s.downcast_ref::<ConnectError>() {
-            return match c {
-                ConnectError::Private => {
-                    ProxyError::RouteDenied("the destination address is private, loopback or link-local")
-                }
-                ConnectError::Loop => ProxyError::LoopDetected,
-                ConnectError::Timeout => ProxyError::UpstreamTimeout,
-                other => ProxyError::UpstreamUnreachable(other.to_string()),
-            };
+            return c.into();
         }
         if let Some(t) = s.downcast_ref::<rustls::Error>() {
             return ProxyError::UpstreamTls(t.to_string());
