@@ -29,7 +29,7 @@ fn main() {
         .tools
         .iter()
         .map(|t| {
-            let slot = Arc::new(Slot::new("env"));
+            let slot = Arc::new(Slot::new("env", None));
             slot.publish(
                 Token::new(SecretString::from(format!("token-for-{}", t.name)), &t.inject, now, None).unwrap(),
             );

@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::audit::timestamp;
+use crate::creds::Command;
 use crate::policy::{Inject, Policy};
 use crate::proxy::{full, Body};
 use crate::state::Shared;
@@ -63,6 +64,9 @@ fn json_response(status: StatusCode, v: Value) -> Response<Body> {
 }
 
 fn route(shared: &Shared, kind: Kind, req: Request<Incoming>) -> Response<Body> {
+    if kind == Kind::Control && req.method() == Method::POST {
+        return command(shared, req.uri().path());
+    }
     if req.method() != Method::GET {
         return json_response(StatusCode::METHOD_NOT_ALLOWED, json!({"error": {"code": "method_not_allowed"}}));
     }
@@ -84,10 +88,35 @@ fn route(shared: &Shared, kind: Kind, req: Request<Incoming>) -> Response<Body> 
     }
 }
 
+/// `POST /v1/credentials/{tool}/rotate` and `.../revoke`: queue the command for the tool's task.
+fn command(shared: &Shared, path: &str) -> Response<Body> {
+    let err =
+        |status, code: &str, message: &str| json_response(status, json!({"error": {"code": code, "message": message}}));
+    let Some((tool, action)) = path.strip_prefix("/v1/credentials/").and_then(|r| r.split_once('/')) else {
+        return err(StatusCode::NOT_FOUND, "not_found", "POST /v1/credentials/{tool}/rotate or /revoke");
+    };
+    let cmd = match action {
+        "rotate" => Command::Refresh { reason: "rotate" },
+        "revoke" => Command::Revoke { reason: "api" },
+        _ => return err(StatusCode::NOT_FOUND, "not_found", "the actions are rotate and revoke"),
+    };
+    let live = shared.live.load();
+    let Some(slot) = live.tools.iter().find(|t| &*t.name == tool).and_then(|t| t.slot.as_ref()) else {
+        return err(StatusCode::NOT_FOUND, "unknown_tool", "no tool of that name has a credential");
+    };
+    if slot.control().is_none() {
+        return err(StatusCode::CONFLICT, "not_rotating", "file and env credentials change when their source does");
+    }
+    if !slot.command(cmd) {
+        return err(StatusCode::SERVICE_UNAVAILABLE, "busy", "the credential's task has commands pending; try again");
+    }
+    json_response(StatusCode::ACCEPTED, json!({"tool": tool, "action": action, "accepted": true}))
+}
+
 /// The control API's credential list (DESIGN §6).
 pub fn credentials(shared: &Shared) -> Value {
     let live = shared.live.load();
-    let now = SystemTime::now();
+    let now = shared.clock.now();
     let list: Vec<Value> = live
         .policy
         .tools
@@ -104,10 +133,10 @@ pub fn credentials(shared: &Shared) -> Value {
                 "issued_at": token.as_ref().map(|t| timestamp(t.issued_at)),
                 "expires_at": token.as_ref().and_then(|t| t.expires_at).map(timestamp),
                 "age_seconds": token.as_ref().and_then(|t| now.duration_since(t.issued_at).ok()).map(|d| d.as_secs()),
-                "next_refresh_at": null,
+                "next_refresh_at": slot.next_refresh().map(timestamp),
                 "consecutive_failures": slot.consecutive_failures(),
                 "last_error": slot.last_error(),
-                "lease_id": null,
+                "lease_id": token.as_ref().and_then(|t| t.lease_id.clone()),
                 "required": tool.required,
             }))
         })

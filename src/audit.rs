@@ -38,13 +38,23 @@ impl Audit {
         let (tx, mut rx) = mpsc::channel::<Msg>(QUEUE);
         tokio::spawn(async move {
             let mut sink = open(output.as_ref());
-            while let Some(msg) = rx.recv().await {
+            let mut next = rx.recv().await;
+            while let Some(msg) = next.take() {
                 match msg {
                     Msg::Line(line) => {
                         let _ = sink.write_all(line.as_bytes());
-                        // Drain what is queued, then flush once.
-                        while let Ok(Msg::Line(more)) = rx.try_recv() {
-                            let _ = sink.write_all(more.as_bytes());
+                        // Drain the lines queued behind it, then flush once.
+                        loop {
+                            match rx.try_recv() {
+                                Ok(Msg::Line(more)) => {
+                                    let _ = sink.write_all(more.as_bytes());
+                                }
+                                Ok(other) => {
+                                    next = Some(other);
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
                         }
                         let _ = sink.flush();
                     }
@@ -53,6 +63,9 @@ impl Audit {
                         let _ = sink.flush();
                         let _ = done.send(());
                     }
+                }
+                if next.is_none() {
+                    next = rx.recv().await;
                 }
             }
         });

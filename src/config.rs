@@ -92,6 +92,8 @@ pub struct RawTool {
     pub credential: Option<RawCredential>,
     /// Whether `/ready` waits for this tool's credential. Default `true`.
     pub required: Option<bool>,
+    /// When a rotating credential is refreshed. Default `{ at: 0.5, jitter: 0.1 }`.
+    pub refresh: Option<RawRefresh>,
     /// How the token is attached. Default `{ header: Authorization, value: "Bearer {token}" }`.
     pub inject: Option<RawInject>,
     /// More request headers to remove before injecting (besides the built-in list).
@@ -128,6 +130,128 @@ pub enum RawCredential {
         /// The variable's name.
         var: String,
     },
+    /// RFC 6749 §4.4 client credentials grant.
+    #[serde(rename = "oauth2_client_credentials")]
+    OAuth2ClientCredentials(RawOAuth),
+    /// RFC 8693 token exchange of a subject token read from a file.
+    #[serde(rename = "oauth2_token_exchange")]
+    OAuth2TokenExchange(RawOAuth),
+    /// RFC 6749 §6 refresh token grant, the refresh token read from a file.
+    #[serde(rename = "oauth2_refresh_token")]
+    OAuth2RefreshToken(RawOAuth),
+    /// A JWT credproxy signs itself.
+    Jwt(RawJwt),
+    /// A credential helper command printing `{"token": ..., "expires_at"|"expires_in": ...}`.
+    Exec(RawExec),
+}
+
+/// The fields of the three `oauth2_*` sources (each names which grants accept it).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOAuth {
+    /// The token endpoint; `https` unless the host is loopback.
+    pub token_url: String,
+    /// The client's identifier.
+    pub client_id: String,
+    /// A file holding the client secret (`client_secret_basic` and `client_secret_post`).
+    pub client_secret_file: Option<String>,
+    /// `client_secret_basic` (the default with a secret), `client_secret_post` or `private_key_jwt`.
+    pub client_auth: Option<String>,
+    /// `private_key_jwt`: the PEM private key that signs the client assertion.
+    pub client_key_file: Option<String>,
+    /// `private_key_jwt`: `RS256`, `ES256` (the default) or `EdDSA`.
+    pub client_key_alg: Option<String>,
+    /// `private_key_jwt`: the `kid` put in the assertion's header.
+    pub client_key_id: Option<String>,
+    /// Requested scopes, sent space-separated as `scope`.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// The `audience` parameter.
+    pub audience: Option<String>,
+    /// RFC 8707 resource indicators, one `resource` parameter each.
+    #[serde(default)]
+    pub resource: Vec<String>,
+    /// `oauth2_token_exchange`: the subject token's file, read at every exchange.
+    pub subject_token_file: Option<String>,
+    /// `oauth2_token_exchange`: the subject token's type. Default `urn:ietf:params:oauth:token-type:jwt`.
+    pub subject_token_type: Option<String>,
+    /// `oauth2_token_exchange`: an actor token's file (optional).
+    pub actor_token_file: Option<String>,
+    /// `oauth2_token_exchange`: the actor token's type. Default `urn:ietf:params:oauth:token-type:jwt`.
+    pub actor_token_type: Option<String>,
+    /// `oauth2_token_exchange`: the token type asked for, and required of the answer's
+    /// `issued_token_type`. Default `urn:ietf:params:oauth:token-type:access_token`.
+    pub requested_token_type: Option<String>,
+    /// `oauth2_refresh_token`: the refresh token's file; a rotated one is written back when writable.
+    pub refresh_token_file: Option<String>,
+    /// RFC 7009 revocation endpoint, called when a token is revoked.
+    pub revocation_url: Option<String>,
+    /// A PEM file of CA certificates trusted (besides the system roots) for the token endpoint.
+    pub ca_file: Option<String>,
+    /// Time allowed for one token request, connect included. Default `10s`.
+    pub timeout: Option<String>,
+    /// Lifetime assumed when the answer states none (no `expires_in`, not a JWT). Default `5m`.
+    pub default_ttl: Option<String>,
+    /// Longer stated lifetimes are clamped to this. Default `24h`.
+    pub max_ttl: Option<String>,
+    /// A token is no longer injected this long before its expiry. Default `5s`, and never more
+    /// than a tenth of the token's lifetime.
+    pub expiry_margin: Option<String>,
+    /// Revoke the token at the authority on shutdown (needs `revocation_url`). Default `false`.
+    #[serde(default)]
+    pub revoke_on_shutdown: bool,
+}
+
+/// `source: jwt` — a JWT signed by credproxy with a key file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwt {
+    /// PEM private key (PKCS#8; RSA, P-256 or Ed25519), read at every signing.
+    pub key_file: String,
+    /// `RS256`, `ES256` or `EdDSA`.
+    pub algorithm: String,
+    /// The `kid` header.
+    pub kid: String,
+    /// The `iss` claim.
+    pub issuer: String,
+    /// The `sub` claim.
+    pub subject: String,
+    /// The `aud` claim.
+    pub audience: String,
+    /// The `scope` claim, space-separated (omitted when empty).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// The token's lifetime (`exp` - now). Default `5m`.
+    pub ttl: Option<String>,
+    /// A token is no longer injected this long before its expiry (see the OAuth sources).
+    pub expiry_margin: Option<String>,
+}
+
+/// `source: exec` — a credential helper.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExec {
+    /// The program and its arguments (run directly, no shell).
+    pub command: Vec<String>,
+    /// Time allowed for one run; it is killed after. Default `10s`.
+    pub timeout: Option<String>,
+    /// Lifetime assumed when the helper prints no expiry. Default `5m`.
+    pub default_ttl: Option<String>,
+    /// Longer lifetimes are clamped to this. Default `24h`.
+    pub max_ttl: Option<String>,
+    /// A token is no longer injected this long before its expiry (see the OAuth sources).
+    pub expiry_margin: Option<String>,
+}
+
+/// `refresh:` — when a rotating credential is refreshed: at `at` of its lifetime, plus or
+/// minus `jitter` of its lifetime.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRefresh {
+    /// Fraction of the lifetime, in (0, 1). Default `0.5`.
+    pub at: Option<f64>,
+    /// Fraction of the lifetime added or taken at random, so a fleet spreads out. Default `0.1`.
+    pub jitter: Option<f64>,
 }
 
 /// `inject:` — exactly one of `header` (with `value`), `query` or `basic`.

@@ -3,17 +3,24 @@
 //! The request path only ever calls [`Slot::header`] (or [`Slot::query_value`]): one atomic load,
 //! no lock, no await, no I/O. Sources publish into the slot from their own task.
 
+pub mod authority;
 pub mod env;
+pub mod exec;
 pub mod file;
+pub mod jwt;
+pub mod lifecycle;
+pub mod oauth;
 pub mod refresher;
+pub mod schedule;
+pub mod source;
 
-use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use ::http::HeaderValue;
 use arc_swap::ArcSwapOption;
 use base64::Engine;
-use http::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::policy::Inject;
@@ -27,6 +34,10 @@ pub struct Token {
     pub issued_at: SystemTime,
     /// When it expires, if the source says.
     pub expires_at: Option<SystemTime>,
+    /// Injected only before this (its expiry less the margin); `None`: no expiry.
+    pub valid_until: Option<SystemTime>,
+    /// A Vault lease id.
+    pub lease_id: Option<String>,
     /// The header value to inject, marked sensitive (header and basic injection).
     header: Option<HeaderValue>,
     /// The percent-encoded token (query injection).
@@ -111,12 +122,19 @@ impl Token {
             }
             Inject::Query { .. } => (None, Some(percent_encode(raw))),
         };
-        Ok(Token { fingerprint: fingerprint(raw), secret, issued_at, expires_at, header, query })
+        let fingerprint = fingerprint(raw);
+        Ok(Token { fingerprint, secret, issued_at, expires_at, valid_until: expires_at, lease_id: None, header, query })
     }
 
-    /// Whether the token is usable at `now`, keeping `margin` before its expiry.
-    pub fn usable_at(&self, now: SystemTime, margin: std::time::Duration) -> bool {
-        self.expires_at.is_none_or(|e| now + margin < e)
+    /// Stop injecting `margin` before expiry.
+    pub fn with_margin(mut self, margin: std::time::Duration) -> Self {
+        self.valid_until = self.expires_at.map(|e| e.checked_sub(margin).unwrap_or(e));
+        self
+    }
+
+    /// Whether the token may be injected at `now` (before expiry less the margin).
+    pub fn usable_at(&self, now: SystemTime) -> bool {
+        self.valid_until.is_none_or(|e| now < e)
     }
 
     /// The pre-built, sensitive header value (header and basic injection).
@@ -185,6 +203,26 @@ impl State {
     }
 }
 
+/// What the control API, the request path and shutdown ask of a rotating credential's task.
+#[derive(Debug)]
+pub enum Command {
+    /// Fetch a new token now (control API `rotate`, or an upstream `401`); the current one
+    /// serves until the new one is published.
+    Refresh {
+        /// `rotate` or `upstream_401`.
+        reason: &'static str,
+    },
+    /// Drop the token at once, revoke it at the authority where possible, fetch a new one.
+    Revoke {
+        /// `api` or `not_before`.
+        reason: &'static str,
+    },
+    /// Re-check the schedule against the wall clock (the request path saw an expired token).
+    Check,
+    /// Revoke at the authority if `revoke_on_shutdown`, then stop; answers when done.
+    Shutdown(tokio::sync::oneshot::Sender<()>),
+}
+
 /// One tool's published credential plus the status the control API shows.
 #[derive(Debug)]
 pub struct Slot {
@@ -192,20 +230,81 @@ pub struct Slot {
     state: AtomicU8,
     consecutive_failures: AtomicU32,
     last_error: Mutex<Option<String>>,
+    next_refresh: Mutex<Option<SystemTime>>,
+    /// Monotonic milliseconds (since `epoch`) of the last 401-forced refresh.
+    forced_ms: AtomicU64,
+    epoch: tokio::time::Instant,
+    /// Woken whenever a token is published.
+    published: tokio::sync::Notify,
+    /// The task's command channel (rotating sources only).
+    control: Option<tokio::sync::mpsc::Sender<Command>>,
     /// The source name (`file`, `env`, ...).
     pub source: &'static str,
 }
 
 impl Slot {
     /// An empty slot for a source.
-    pub fn new(source: &'static str) -> Self {
+    pub fn new(source: &'static str, control: Option<tokio::sync::mpsc::Sender<Command>>) -> Self {
         Slot {
             token: ArcSwapOption::empty(),
             state: AtomicU8::new(State::Pending as u8),
             consecutive_failures: AtomicU32::new(0),
             last_error: Mutex::new(None),
+            next_refresh: Mutex::new(None),
+            forced_ms: AtomicU64::new(0),
+            epoch: tokio::time::Instant::now(),
+            published: tokio::sync::Notify::new(),
+            control,
             source,
         }
+    }
+
+    /// Send a command to the credential's task without waiting; false when it has no task or
+    /// its queue is full (a command of the same kind is then already pending).
+    pub fn command(&self, c: Command) -> bool {
+        self.control.as_ref().is_some_and(|tx| tx.try_send(c).is_ok())
+    }
+
+    /// The task's command channel.
+    pub fn control(&self) -> Option<&tokio::sync::mpsc::Sender<Command>> {
+        self.control.as_ref()
+    }
+
+    /// Whether an upstream `401` may force a refresh now: at most once per `every`. Lock-free.
+    pub fn try_force(&self, every: std::time::Duration) -> bool {
+        let now = self.epoch.elapsed().as_millis() as u64 + every.as_millis() as u64;
+        let last = self.forced_ms.load(Ordering::Acquire);
+        now >= last + every.as_millis() as u64
+            && self.forced_ms.compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
+    /// Wait (at most `limit`) until a token other than `fingerprint` is published and usable.
+    pub async fn wait_new(
+        &self,
+        fingerprint: &str,
+        now: impl Fn() -> SystemTime,
+        limit: std::time::Duration,
+    ) -> Option<Arc<Token>> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.published.notified();
+            if let Some(t) = self.usable(now()).filter(|t| t.fingerprint != fingerprint) {
+                return Some(t);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// When the task plans its next fetch.
+    pub fn next_refresh(&self) -> Option<SystemTime> {
+        *self.next_refresh.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Record when the task plans its next fetch.
+    pub fn set_next_refresh(&self, at: Option<SystemTime>) {
+        *self.next_refresh.lock().unwrap_or_else(|e| e.into_inner()) = at;
     }
 
     /// The current token, if one is published.
@@ -215,7 +314,7 @@ impl Slot {
 
     /// Request path: the published token, if it is usable at `now` (never an expired one).
     pub fn usable(&self, now: SystemTime) -> Option<Arc<Token>> {
-        self.token.load_full().filter(|t| t.usable_at(now, std::time::Duration::ZERO))
+        self.token.load_full().filter(|t| t.usable_at(now))
     }
 
     /// Publish a new token; returns the previous one.
@@ -223,7 +322,16 @@ impl Slot {
         self.state.store(State::Valid as u8, Ordering::Release);
         self.consecutive_failures.store(0, Ordering::Release);
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        self.token.swap(Some(Arc::new(token)))
+        let old = self.token.swap(Some(Arc::new(token)));
+        self.published.notify_waiters();
+        old
+    }
+
+    /// Install a still-valid token from the previous policy version's slot (no event: it was
+    /// already announced).
+    pub fn carry_over(&self, token: Arc<Token>) {
+        self.state.store(State::Valid as u8, Ordering::Release);
+        self.token.store(Some(token));
     }
 
     /// Drop the token (revoked or expired).
@@ -234,7 +342,11 @@ impl Slot {
 
     /// Record a failed fetch; the published token (if any) stays.
     pub fn record_failure(&self, message: String) -> u32 {
-        self.state.store(State::Failing as u8, Ordering::Release);
+        // "expired" and "revoked" say more than "failing" while nothing is published.
+        let keep = self.token.load().is_none() && matches!(self.state(), State::Expired | State::Revoked);
+        if !keep {
+            self.state.store(State::Failing as u8, Ordering::Release);
+        }
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(message);
         self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1
     }
@@ -268,7 +380,7 @@ mod tests {
     fn token_prebuilds_sensitive_header_and_fingerprint() {
         let t = Token::new(SecretString::from("abc"), &bearer(), SystemTime::now(), None).unwrap();
         assert_eq!(t.fingerprint, "sha256:ba7816bf8f01");
-        let slot = Slot::new("file");
+        let slot = Slot::new("file", None);
         assert!(slot.usable(SystemTime::now()).is_none());
         slot.publish(t);
         let t = slot.usable(SystemTime::now()).unwrap();
@@ -282,7 +394,7 @@ mod tests {
     fn expired_token_is_never_returned() {
         let now = SystemTime::now();
         let t = Token::new(SecretString::from("x"), &bearer(), now, Some(now + Duration::from_secs(10))).unwrap();
-        let slot = Slot::new("file");
+        let slot = Slot::new("file", None);
         slot.publish(t);
         assert!(slot.usable(now).is_some());
         assert!(slot.usable(now + Duration::from_secs(10)).is_none());

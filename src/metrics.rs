@@ -43,6 +43,8 @@ pub struct Metrics {
     pub credential_task_restarts: IntCounterVec,
     /// `credproxy_credential_revocations_total{tool,reason}`.
     pub credential_revocations: IntCounterVec,
+    /// `credproxy_credential_refresh_duration_seconds{tool,source}`.
+    pub credential_refresh_duration: HistogramVec,
 }
 
 /// One tool's request metrics, resolved once per policy load so the request path only touches atomics.
@@ -196,6 +198,18 @@ impl Metrics {
                 "credproxy_credential_revocations_total",
                 "Tokens revoked, by reason.",
                 &["tool", "reason"],
+            ),
+            credential_refresh_duration: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "credproxy_credential_refresh_duration_seconds",
+                        "Time one credential fetch took.",
+                    )
+                    .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+                    &["tool", "source"],
+                )
+                .unwrap(),
             ),
             registry: r,
         };

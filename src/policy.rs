@@ -1,5 +1,6 @@
 //! The validated policy and its one pure question: which tool and route may take this request, and why.
 
+mod creds;
 pub mod path;
 mod types;
 

@@ -20,6 +20,7 @@ use tokio::sync::{watch, Semaphore};
 
 pub use body::{full, Body};
 
+use crate::clock::Clock;
 use crate::config::ConfigErrors;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
@@ -64,6 +65,11 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Start
 
 /// Load the policy, bind the listeners, and serve. Must run inside a Tokio runtime.
 pub async fn start(config_path: PathBuf) -> Result<Running, StartError> {
+    start_with_clock(config_path, Clock::system()).await
+}
+
+/// [`start`] with a given clock (tests jump its wall time).
+pub async fn start_with_clock(config_path: PathBuf, clock: Clock) -> Result<Running, StartError> {
     let policy = crate::config::load_file(&config_path)?;
     let proxy = bind("proxy", policy.listen.proxy).await?;
     let admin = bind("admin", policy.listen.admin).await?;
@@ -74,7 +80,7 @@ pub async fn start(config_path: PathBuf) -> Result<Running, StartError> {
     metrics.config_last_reload_success.set(1);
     metrics.config_reloads.with_label_values(&["ok"]).inc();
     let max_connections = policy.limits.max_connections;
-    let shared = Shared::new(policy, config_path, own.clone(), metrics);
+    let shared = Shared::new(policy, config_path, own.clone(), metrics, clock);
     let (shutdown, rx) = watch::channel(false);
     let connections = Arc::new(());
     let sem = Arc::new(Semaphore::new(max_connections));
@@ -97,6 +103,22 @@ impl Running {
         let left = Arc::strong_count(&self.connections) - 1;
         if left > 0 {
             tracing::warn!(connections = left, "shutdown deadline reached with connections still open");
+        }
+        // Rotating credentials stop; those with `revoke_on_shutdown` revoke first, within the deadline.
+        let live = self.shared.live.load();
+        let mut acks = Vec::new();
+        for slot in live.tools.iter().filter_map(|t| t.slot.as_ref()) {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if slot.command(crate::creds::Command::Shutdown(tx)) {
+                acks.push(rx);
+            }
+        }
+        let until = until.max(tokio::time::Instant::now() + Duration::from_secs(1));
+        for ack in acks {
+            if tokio::time::timeout_at(until, ack).await.is_err() {
+                tracing::warn!("shutdown deadline reached before every credential was revoked");
+                break;
+            }
         }
         self.shared.audit.flush().await;
     }

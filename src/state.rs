@@ -12,13 +12,14 @@ use arc_swap::ArcSwap;
 use http::header::HeaderName;
 
 use crate::audit::Audit;
+use crate::clock::Clock;
 use crate::config::validate::read_capped;
 use crate::config::watch::FsWatch;
 use crate::creds::refresher::{self, CredCtx, TaskHandle};
 use crate::creds::Slot;
 use crate::fields;
 use crate::metrics::{Metrics, ToolMetrics};
-use crate::policy::{CredentialSpec, Inject, Policy, Tool};
+use crate::policy::{CredentialSpec, Inject, Policy, Refresh, Tool};
 use crate::proxy::forward::{Client, ClientOpts, ConnectSettings, Upstreams};
 
 /// Headers removed from every credentialed request, besides the tool's `strip_headers` and its
@@ -80,7 +81,7 @@ impl ToolRt {
 }
 
 struct CredEntry {
-    key: (CredentialSpec, Inject, Option<SystemTime>),
+    key: (CredentialSpec, Inject, Option<SystemTime>, Refresh),
     slot: Arc<Slot>,
     _task: TaskHandle,
 }
@@ -94,7 +95,9 @@ pub struct Shared {
     /// Audit events.
     pub audit: Audit,
     /// Upstream clients.
-    pub upstreams: Upstreams,
+    pub upstreams: Arc<Upstreams>,
+    /// Time, for credentials and the request path's expiry checks.
+    pub clock: Clock,
     /// Request metrics for traffic that matched no tool (`tool=""`).
     pub no_tool: ToolMetrics,
     /// File watcher (policy and credential files).
@@ -108,10 +111,16 @@ pub struct Shared {
 
 impl Shared {
     /// Build the shared state around a first policy. Must run inside a Tokio runtime.
-    pub fn new(policy: Policy, config_path: PathBuf, own: Vec<SocketAddr>, metrics: Metrics) -> Arc<Self> {
+    pub fn new(
+        policy: Policy,
+        config_path: PathBuf,
+        own: Vec<SocketAddr>,
+        metrics: Metrics,
+        clock: Clock,
+    ) -> Arc<Self> {
         let audit = Audit::start(policy.audit.file.clone(), &policy.instance_id, metrics.clone());
         let no_tool = metrics.tool("");
-        let upstreams = Upstreams::new();
+        let upstreams = Arc::new(Upstreams::new());
         let watch = FsWatch::new();
         let creds = Mutex::new(HashMap::new());
         let policy = Arc::new(policy);
@@ -122,6 +131,7 @@ impl Shared {
             metrics,
             audit,
             upstreams,
+            clock,
             no_tool,
             watch,
             config_path,
@@ -148,11 +158,28 @@ impl Shared {
         for tool in &policy.tools {
             let name: Arc<str> = Arc::from(tool.name.as_str());
             let slot = tool.credential.as_ref().map(|spec| {
-                let key = (spec.clone(), tool.inject.clone(), tool.not_before);
+                let key = (spec.clone(), tool.inject.clone(), tool.not_before, tool.refresh);
                 match creds.get(&tool.name) {
                     Some(e) if e.key == key => e.slot.clone(),
-                    _ => {
-                        let slot = Arc::new(Slot::new(spec.source()));
+                    old => {
+                        let (tx, rx) = match spec.lifetime() {
+                            Some(_) => {
+                                let (tx, rx) = tokio::sync::mpsc::channel(refresher::COMMAND_QUEUE);
+                                (Some(tx), Some(rx))
+                            }
+                            None => (None, None),
+                        };
+                        let slot = Arc::new(Slot::new(spec.source(), tx));
+                        // A rotating credential whose settings changed is fetched again at once;
+                        // its still-valid token serves meanwhile unless the injection form changed
+                        // or `not_before` revokes it.
+                        if let Some(t) = old.and_then(|e| e.slot.current()) {
+                            let same_inject = old.is_some_and(|e| e.key.1 == tool.inject);
+                            let revoked = tool.not_before.is_some_and(|nb| t.issued_at < nb);
+                            if spec.lifetime().is_some() && same_inject && !revoked {
+                                slot.carry_over(t);
+                            }
+                        }
                         let cx = CredCtx {
                             tool: name.clone(),
                             slot: slot.clone(),
@@ -161,8 +188,10 @@ impl Shared {
                             audit: self.audit.clone(),
                             metrics: self.metrics.clone(),
                             watch: self.watch.clone(),
+                            clock: self.clock.clone(),
+                            upstreams: self.upstreams.clone(),
                         };
-                        let task = refresher::spawn(spec.clone(), cx);
+                        let task = refresher::spawn(spec.clone(), tool.refresh, cx, rx);
                         creds.insert(tool.name.clone(), CredEntry { key, slot: slot.clone(), _task: task });
                         slot
                     }
@@ -258,7 +287,7 @@ impl Shared {
     /// Ready when every required tool's credential is fetched and not expired.
     pub fn not_ready(&self) -> Vec<Arc<str>> {
         let live = self.live.load();
-        let now = SystemTime::now();
+        let now = self.clock.now();
         live.policy
             .tools
             .iter()

@@ -3,30 +3,13 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn the_secret_never_leaks() {
-    let capture = Capture::default();
-    let writer = capture.clone();
-    tracing_subscriber::fmt().with_max_level(tracing::Level::TRACE).with_writer(move || writer.clone()).init();
+    let capture = Capture::install();
 
     let mut rnd = [0u8; 8];
     aws_lc_rs::rand::fill(&mut rnd).unwrap();
@@ -93,7 +76,7 @@ tools:
     let audit = std::fs::read_to_string(&audit_path).unwrap();
     proxy.shutdown().await;
 
-    let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
+    let logs = capture.text();
     assert!(logs.contains("TRACE") || logs.contains("DEBUG"), "trace logging was on");
     assert!(logs.contains("policy rejected"), "the rejection was logged");
     assert!(!logs.contains(&canary), "secret in logs");

@@ -16,7 +16,7 @@ fn policy(port: u16, path: &str, token_file: &str) -> String {
 }
 
 async fn eventually<F: AsyncFnMut() -> bool>(mut f: F, what: &str) {
-    for _ in 0..150 {
+    for _ in 0..500 {
         if f().await {
             return;
         }

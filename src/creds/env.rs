@@ -12,6 +12,8 @@ pub fn run(var: &str, cx: &CredCtx) {
         Ok(v) => {
             cx.offer(SecretString::from(v), SystemTime::now(), None);
         }
-        Err(_) => cx.failure("unreachable", &format!("environment variable {var} is not set or not UTF-8")),
+        Err(_) => {
+            cx.failure("local_error", &format!("environment variable {var} is not set or not UTF-8"), None);
+        }
     }
 }

@@ -30,7 +30,7 @@ pub fn prime(path: &Path, cx: &CredCtx) -> Option<String> {
         }
         Ok(None) => None,
         Err(msg) => {
-            cx.failure("unreachable", &msg);
+            cx.failure("local_error", &msg, None);
             Some(msg)
         }
     }
@@ -50,7 +50,7 @@ pub async fn run(path: &Path, cx: &CredCtx, mut last_error: Option<String>) {
             Err(msg) => {
                 // Report a persistent error once, not every retry.
                 if last_error.as_deref() != Some(msg.as_str()) {
-                    cx.failure("unreachable", &msg);
+                    cx.failure("local_error", &msg, None);
                     last_error = Some(msg);
                 }
                 Some(ERROR_RETRY)
@@ -83,4 +83,14 @@ fn read_sync(path: &Path) -> Result<Option<(SecretString, SystemTime)>, String> 
         return Ok(None);
     }
     Ok(Some((SecretString::from(token.to_string()), mtime.unwrap_or_else(|_| SystemTime::now()))))
+}
+
+/// Read a secret another source needs (client secret, key, subject or refresh token), capped
+/// like a `file` credential; empty is an error.
+pub async fn read_secret(path: &Path) -> Result<SecretString, super::source::FetchError> {
+    match read(path).await {
+        Ok(Some((s, _))) => Ok(s),
+        Ok(None) => Err(super::source::FetchError::local(format!("{} is empty", path.display()))),
+        Err(m) => Err(super::source::FetchError::local(m)),
+    }
 }

@@ -1,17 +1,21 @@
-//! One task per credential: run its source, publish tokens, and record every step as metrics and audit.
+//! One task per credential: start its source under a supervisor that restarts it after a panic,
+//! and record every step (publish, failure, expiry, revocation) as metrics and audit events.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use secrecy::SecretString;
+use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinHandle;
 
-use super::{Slot, State, Token};
-use crate::audit::Audit;
+use super::{Command, Slot, State, Token};
+use crate::audit::{timestamp, Audit};
+use crate::clock::Clock;
 use crate::config::watch::FsWatch;
 use crate::fields;
 use crate::metrics::Metrics;
-use crate::policy::{CredentialSpec, Inject};
+use crate::policy::{CredentialSpec, Inject, Refresh};
+use crate::proxy::forward::Upstreams;
 
 /// What a credential task needs besides its source settings.
 #[derive(Clone)]
@@ -30,6 +34,10 @@ pub struct CredCtx {
     pub metrics: Metrics,
     /// File watcher.
     pub watch: Arc<FsWatch>,
+    /// Time.
+    pub clock: Clock,
+    /// Connect settings (`resolve`, timeouts) for token endpoints.
+    pub upstreams: Arc<Upstreams>,
 }
 
 fn secs(t: SystemTime) -> f64 {
@@ -37,42 +45,40 @@ fn secs(t: SystemTime) -> f64 {
 }
 
 impl CredCtx {
-    /// Publish a fetched secret unless it is the one already published. Returns whether it was new.
+    /// File and env sources: publish a secret unless it is the one already published.
     pub fn offer(&self, secret: SecretString, issued_at: SystemTime, expires_at: Option<SystemTime>) -> bool {
-        let source = self.slot.source;
         let token = match Token::new(secret, &self.inject, issued_at, expires_at) {
             Ok(t) => t,
             Err(e) => {
-                self.failure("invalid_response", &e.to_string());
+                self.failure("invalid_response", &e.to_string(), None);
                 return false;
             }
         };
-        if let Some(nb) = self.not_before {
-            if issued_at < nb {
-                if self.slot.state() != State::Revoked {
-                    self.slot.clear(State::Revoked);
-                    self.metrics.credential_valid.with_label_values(&[&self.tool]).set(0);
-                    self.metrics.credential_revocations.with_label_values(&[&self.tool, "not_before"]).inc();
-                    self.audit.emit(
-                        "credential.revoked",
-                        fields! {"tool" => &*self.tool, "source" => source, "credential_id" => &token.fingerprint,
-                        "reason" => "not_before", "lease_id" => serde_json::Value::Null},
-                    );
-                    tracing::warn!(tool = %self.tool, credential_id = %token.fingerprint, "token issued before not_before; not used");
-                }
-                return false;
+        if self.not_before.is_some_and(|nb| issued_at < nb) {
+            if self.slot.state() != State::Revoked {
+                self.revoked("not_before");
+                tracing::warn!(tool = %self.tool, credential_id = %token.fingerprint, "token issued before not_before; not used");
             }
+            return false;
         }
         if self.slot.current().is_some_and(|c| c.fingerprint == token.fingerprint) {
             return false;
         }
-        let (fp, exp) = (token.fingerprint.clone(), token.expires_at);
+        self.publish(token);
+        true
+    }
+
+    /// Publish a token: metrics, `credential.issued` (the first) or `credential.refreshed` audit.
+    pub fn publish(&self, token: Token) {
+        let source = self.slot.source;
+        let (fp, exp, issued_at, lease) =
+            (token.fingerprint.clone(), token.expires_at, token.issued_at, token.lease_id.clone());
         let previous = self.slot.publish(token);
         let m = &self.metrics;
         let tool: &str = &self.tool;
         m.credential_valid.with_label_values(&[tool]).set(1);
         m.credential_issued.with_label_values(&[tool]).set(secs(issued_at));
-        m.credential_last_success.with_label_values(&[tool]).set(secs(SystemTime::now()));
+        m.credential_last_success.with_label_values(&[tool]).set(secs(self.clock.now()));
         m.credential_consecutive_failures.with_label_values(&[tool]).set(0);
         m.credential_refreshes.with_label_values(&[tool, source, "ok"]).inc();
         match exp {
@@ -85,51 +91,108 @@ impl CredCtx {
         self.audit.emit(
             event,
             fields! {"tool" => tool, "source" => source, "credential_id" => &fp,
-            "expires_at" => exp.map(crate::audit::timestamp), "lease_id" => serde_json::Value::Null},
+            "expires_at" => exp.map(timestamp), "lease_id" => lease},
         );
         tracing::info!(tool, source, credential_id = %fp, "{event}");
-        true
     }
 
     /// Record a failed fetch with a reason from the fixed set and a message without secrets.
-    pub fn failure(&self, reason: &'static str, message: &str) {
+    /// Returns the attempt number (failures since the last success).
+    pub fn failure(&self, reason: &'static str, message: &str, retry_at: Option<SystemTime>) -> u32 {
         let source = self.slot.source;
         let tool: &str = &self.tool;
-        let attempt = self.slot.record_failure(message.to_string());
+        let attempt = self.slot.record_failure(format!("{reason}: {message}"));
         self.metrics.credential_refreshes.with_label_values(&[tool, source, "error"]).inc();
         self.metrics.credential_refresh_errors.with_label_values(&[tool, source, reason]).inc();
         self.metrics.credential_consecutive_failures.with_label_values(&[tool]).set(i64::from(attempt));
         self.audit.emit(
             "credential.refresh_failed",
             fields! {"tool" => tool, "source" => source, "reason" => reason, "message" => message,
-            "attempt" => attempt, "retry_at" => serde_json::Value::Null},
+            "attempt" => attempt, "retry_at" => retry_at.map(timestamp)},
         );
         tracing::warn!(tool, source, reason, attempt, "credential fetch failed: {message}");
+        attempt
+    }
+
+    /// The token reached its end (expiry less margin) with nothing to replace it: empty the slot.
+    pub fn expired(&self) {
+        let Some(t) = self.slot.clear(State::Expired) else { return };
+        self.metrics.credential_valid.with_label_values(&[&self.tool]).set(0);
+        self.audit.emit(
+            "credential.expired",
+            fields! {"tool" => &*self.tool, "source" => self.slot.source, "credential_id" => &t.fingerprint,
+            "expires_at" => t.expires_at.map(timestamp), "lease_id" => t.lease_id.clone()},
+        );
+        tracing::warn!(tool = %self.tool, credential_id = %t.fingerprint, "credential expired; requests get 503 until a new one is fetched");
+    }
+
+    /// Drop the token at once for `reason`; returns it (for revocation at the authority).
+    pub fn revoked(&self, reason: &'static str) -> Option<Arc<Token>> {
+        let t = self.slot.clear(State::Revoked);
+        self.metrics.credential_valid.with_label_values(&[&self.tool]).set(0);
+        self.metrics.credential_revocations.with_label_values(&[&self.tool, reason]).inc();
+        self.audit.emit(
+            "credential.revoked",
+            fields! {"tool" => &*self.tool, "source" => self.slot.source, "reason" => reason,
+            "credential_id" => t.as_ref().map(|t| t.fingerprint.clone()),
+            "expires_at" => t.as_ref().and_then(|t| t.expires_at).map(timestamp),
+            "lease_id" => t.as_ref().and_then(|t| t.lease_id.clone())},
+        );
+        tracing::warn!(tool = %self.tool, reason, "credential revoked");
+        t
     }
 }
 
-/// Fetch once now (at load time, so a credential that is there serves the first request), then
-/// start the credential's task. Dropping the handle stops it.
-pub fn spawn(spec: CredentialSpec, cx: CredCtx) -> TaskHandle {
-    let path = match spec {
-        // Read once, at start: nothing to watch.
+/// Commands a rotating credential's task accepts before it blocks senders (they use `try_send`).
+pub const COMMAND_QUEUE: usize = 8;
+
+/// Start a credential: `file` and `env` are read once now (so a credential that is there serves
+/// the first request) and `file` then watched; rotating sources run the lifecycle. Dropping the
+/// handle stops the task.
+pub fn spawn(spec: CredentialSpec, refresh: Refresh, cx: CredCtx, rx: Option<mpsc::Receiver<Command>>) -> TaskHandle {
+    let rx = Arc::new(Mutex::new(rx));
+    let mut last_error = match &spec {
         CredentialSpec::Env { var } => {
-            super::env::run(&var, &cx);
+            super::env::run(var, &cx);
             return TaskHandle(None);
         }
-        CredentialSpec::File { path } => path,
+        CredentialSpec::File { path } => super::file::prime(path, &cx),
+        _ => None,
     };
-    let mut last_error = super::file::prime(&path, &cx);
+    let run_cx = cx.clone();
+    supervise(cx, move || {
+        let (spec, cx, rx, last_error) = (spec.clone(), run_cx.clone(), rx.clone(), last_error.take());
+        async move {
+            match &spec {
+                CredentialSpec::File { path } => super::file::run(path, &cx, last_error).await,
+                _ => {
+                    // The receiver outlives a panicking run: the lock is released on unwind.
+                    let mut rx = rx.lock().await;
+                    let Some(rx) = rx.as_mut() else { return };
+                    super::lifecycle::run_spec(&spec, refresh, &cx, rx).await;
+                }
+            }
+        }
+    })
+}
+
+/// Run `run()` as the credential's task; when it panics, count it and start it again a second
+/// later. The other credentials' tasks are untouched.
+pub fn supervise<F, Fut>(cx: CredCtx, mut run: F) -> TaskHandle
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let handle = tokio::spawn(async move {
         loop {
-            let run = tokio::spawn({
-                let (path, cx, last_error) = (path.clone(), cx.clone(), last_error.take());
-                async move { super::file::run(&path, &cx, last_error).await }
-            });
-            match run.await {
+            // Aborting the supervisor (the handle dropped) must abort the run too.
+            let inner = tokio::spawn(run());
+            let _stop = AbortOnDrop(inner.abort_handle());
+            match inner.await {
                 Ok(()) => return,
                 Err(e) if e.is_panic() => {
                     cx.metrics.credential_task_restarts.with_label_values(&[&cx.tool]).inc();
+                    cx.slot.record_failure("task_panicked: restarting".into());
                     tracing::error!(tool = %cx.tool, "credential task panicked; restarting in 1s");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
@@ -138,6 +201,14 @@ pub fn spawn(spec: CredentialSpec, cx: CredCtx) -> TaskHandle {
         }
     });
     TaskHandle(Some(handle))
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Aborts the credential task when dropped (a reload replaced or removed the credential).

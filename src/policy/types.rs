@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use http::header::HeaderName;
 use secrecy::SecretString;
 
+pub use super::creds::*;
 use super::path::PathGlob;
 use super::RouteIndex;
 
@@ -117,6 +118,8 @@ pub struct Tool {
     pub credential: Option<CredentialSpec>,
     /// Whether readiness waits for this tool's credential.
     pub required: bool,
+    /// When a rotating credential is refreshed.
+    pub refresh: Refresh,
     /// How the token is attached.
     pub inject: Inject,
     /// Extra request headers removed before injection.
@@ -133,31 +136,6 @@ pub struct Tool {
     pub ca_certs: Vec<rustls_pki_types::CertificateDer<'static>>,
     /// Routes in file order.
     pub routes: Vec<Route>,
-}
-
-/// Where a credential comes from (this issue: `file` and `env`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CredentialSpec {
-    /// A file, re-read when it changes.
-    File {
-        /// The file's path.
-        path: PathBuf,
-    },
-    /// An environment variable of the proxy, read once.
-    Env {
-        /// The variable's name.
-        var: String,
-    },
-}
-
-impl CredentialSpec {
-    /// The `source` name as written in the policy.
-    pub fn source(&self) -> &'static str {
-        match self {
-            CredentialSpec::File { .. } => "file",
-            CredentialSpec::Env { .. } => "env",
-        }
-    }
 }
 
 /// How a token is attached to a request.

@@ -57,14 +57,20 @@ impl HttpBody for Body {
 /// headers that carry credentials.
 #[derive(Debug)]
 pub struct UpstreamBody {
-    inner: Incoming,
+    /// `None`: no body (a retried bodiless request).
+    inner: Option<Incoming>,
     strip: Option<Arc<[HeaderName]>>,
 }
 
 impl UpstreamBody {
     /// Wrap `inner`; `strip` names trailer fields to drop (`None` passes trailers untouched).
     pub fn new(inner: Incoming, strip: Option<Arc<[HeaderName]>>) -> Self {
-        UpstreamBody { inner, strip }
+        UpstreamBody { inner: Some(inner), strip }
+    }
+
+    /// No body.
+    pub fn empty() -> Self {
+        UpstreamBody { inner: None, strip: None }
     }
 }
 
@@ -74,7 +80,8 @@ impl HttpBody for UpstreamBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let Some(inner) = this.inner.as_mut() else { return Poll::Ready(None) };
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 let frame = match (frame.into_trailers(), &this.strip) {
                     (Ok(mut trailers), Some(strip)) => {
@@ -93,10 +100,10 @@ impl HttpBody for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
     }
 }

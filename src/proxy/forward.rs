@@ -28,6 +28,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A pooled upstream client.
 pub type Client = HyperClient<Deadline<HttpsConnector<Guarded>>, UpstreamBody>;
+/// The client token endpoints are called with.
+pub type TokenClient = HyperClient<Deadline<HttpsConnector<Guarded>>, http_body_util::Full<bytes::Bytes>>;
 
 /// Why a connection to an upstream was not made.
 #[derive(Debug, thiserror::Error)]
@@ -294,6 +296,26 @@ impl Upstreams {
     }
 
     fn build(&self, ca: &[CertificateDer<'static>], opts: ClientOpts) -> Client {
+        HyperClient::builder(TokioExecutor::new())
+            .pool_idle_timeout(opts.idle)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(self.connector(ca, opts))
+    }
+
+    /// A client for token endpoints (trusted configuration: private addresses allowed), with
+    /// its own small pool. Redirects are never followed (hyper's client does not).
+    pub fn token_client(&self, ca: &[CertificateDer<'static>]) -> TokenClient {
+        let opts = ClientOpts { tls: true, allow_private: true, http1_only: false, idle: Duration::from_secs(90) };
+        HyperClient::builder(TokioExecutor::new())
+            .pool_idle_timeout(opts.idle)
+            .pool_max_idle_per_host(2)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(self.connector(ca, opts))
+    }
+
+    fn connector(&self, ca: &[CertificateDer<'static>], opts: ClientOpts) -> Deadline<HttpsConnector<Guarded>> {
         // A cleartext route never handshakes: it gets no roots (and loads none).
         let mut roots = if opts.tls { (*system_roots()).clone() } else { RootCertStore::empty() };
         roots.add_parsable_certificates(ca.iter().cloned());
@@ -310,12 +332,7 @@ impl Upstreams {
         } else {
             builder.enable_http2().wrap_connector(guarded)
         };
-        let connector = Deadline { inner: https, settings: self.settings.clone() };
-        HyperClient::builder(TokioExecutor::new())
-            .pool_idle_timeout(opts.idle)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector)
+        Deadline { inner: https, settings: self.settings.clone() }
     }
 }
 

@@ -13,7 +13,7 @@ use secrecy::ExposeSecret;
 use super::body::{Body, UpstreamBody};
 use super::forward::{connection_tokens, remove_hop_by_hop, ConnectError};
 use super::target::Target;
-use crate::creds::{Slot, Token};
+use crate::creds::{Command, Slot, Token};
 use crate::error::{ProxyError, CREDPROXY_ERROR};
 use crate::fields;
 use crate::metrics::Outcome;
@@ -225,32 +225,57 @@ async fn forward(
     }
     let credential = rt.slot.as_deref().map(|slot| (slot, &spec.inject));
     let max = policy.limits.max_header_bytes;
-    let token = strip_and_inject(&mut parts.headers, &rt.strip, credential, max, SystemTime::now())?;
-    let query = match (&spec.inject, &token) {
-        (Inject::Query { param }, Some(t)) => {
-            Some(with_param(target.query.as_deref(), param, t.query_value().unwrap_or("")))
-        }
-        _ => target.query.clone(),
-    };
-    let pq = match &query {
-        Some(q) => format!("{}?{q}", target.path),
-        None => target.path.clone(),
-    };
-    parts.uri = Uri::builder()
-        .scheme(target.scheme.as_str())
-        .authority(target.authority())
-        .path_and_query(pq)
-        .build()
-        .map_err(|_| ProxyError::BadRequest("cannot build the upstream URL"))?;
+    let token = strip_and_inject(&mut parts.headers, &rt.strip, credential, max, shared.clock.now())?;
+    parts.uri = upstream_uri(&target, &spec.inject, token.as_deref())?;
     parts.version = Version::HTTP_11;
+    // A rotating token that meets a 401 is refreshed at once; a bodiless idempotent request is
+    // then retried once with the new token, so keep what it takes to send it again.
+    let retry = match (&rt.slot, &token) {
+        (Some(slot), Some(_)) if slot.control().is_some() && !websocket && http_body::Body::is_end_stream(&body) => {
+            is_idempotent(&method).then(|| (parts.headers.clone(), parts.uri.clone()))
+        }
+        _ => None,
+    };
     let strip_trailers = rt.slot.as_ref().map(|_| rt.strip.clone());
     let upstream_req = Request::from_parts(parts, UpstreamBody::new(body, strip_trailers));
     let client = rt.client(&shared.upstreams, spec, route, websocket, policy.limits.idle_timeout);
     let limit = policy.limits.response_header_timeout;
-    let mut resp = match tokio::time::timeout(limit, client.request(upstream_req)).await {
-        Err(_) => return Err(ProxyError::UpstreamTimeout),
-        Ok(Err(e)) => {
-            let err = classify(&e);
+    let send = |req| async move {
+        match tokio::time::timeout(limit, client.request(req)).await {
+            Err(_) => Err(ProxyError::UpstreamTimeout),
+            Ok(Err(e)) => Err(classify(&e)),
+            Ok(Ok(r)) => Ok(r),
+        }
+    };
+    let mut result = send(upstream_req).await;
+    let mut token = token;
+    if let (Ok(r), Some(slot), Some(used)) = (&result, &rt.slot, &token) {
+        if r.status() == StatusCode::UNAUTHORIZED && slot.control().is_some() && slot.try_force(FORCED_REFRESH_EVERY) {
+            slot.command(Command::Refresh { reason: "upstream_401" });
+            tracing::warn!(tool = %spec.name, credential_id = %used.fingerprint, "upstream answered 401; refreshing the credential");
+            if let Some((mut headers, uri)) = retry {
+                let clock = &shared.clock;
+                if let Some(new) = slot.wait_new(&used.fingerprint, || clock.now(), RETRY_WAIT).await {
+                    let uri = match &spec.inject {
+                        Inject::Query { .. } => upstream_uri(&target, &spec.inject, Some(&new))?,
+                        _ => uri,
+                    };
+                    if let (Some(v), Some(name)) = (new.header_value(), injected_header(&spec.inject)) {
+                        headers.insert(name, v.clone());
+                    }
+                    let mut again = Request::new(UpstreamBody::empty());
+                    *again.method_mut() = method.clone();
+                    *again.uri_mut() = uri;
+                    *again.headers_mut() = headers;
+                    result = send(again).await;
+                    token = Some(new);
+                }
+            }
+        }
+    }
+    let mut resp = match result {
+        Ok(r) => r,
+        Err(err) => {
             let reason = match err {
                 ProxyError::LoopDetected => Some("loop_detected"),
                 ProxyError::RouteDenied(_) => Some("private_address"),
@@ -261,7 +286,6 @@ async fn forward(
             }
             return Err(err);
         }
-        Ok(Ok(r)) => r,
     };
     if let (Some(agent), StatusCode::SWITCHING_PROTOCOLS) = (agent_upgrade, resp.status()) {
         let upstream = hyper::upgrade::on(&mut resp);
@@ -297,18 +321,59 @@ pub fn strip_and_inject(
         headers.remove(name);
     }
     let Some((slot, inject)) = credential else { return Ok(None) };
-    let token = slot.usable(now).ok_or(ProxyError::CredentialUnavailable)?;
-    let name = match inject {
-        Inject::Header { name, .. } => name.clone(),
-        Inject::Basic { .. } => http::header::AUTHORIZATION,
-        Inject::Query { .. } => return Ok(Some(token)),
+    let Some(token) = slot.usable(now) else {
+        // A token past its end that the task has not cleared yet: the host was suspended, or
+        // its wall clock jumped. Ask the task to look at the schedule again.
+        if slot.current().is_some() {
+            slot.command(Command::Check);
+        }
+        return Err(ProxyError::CredentialUnavailable);
     };
+    let Some(name) = injected_header(inject) else { return Ok(Some(token)) };
     let value = token.header_value().ok_or(ProxyError::CredentialUnavailable)?.clone();
     if head_bytes(headers) + name.as_str().len() + value.len() + 4 > max_header_bytes {
         return Err(ProxyError::HeadersTooLarge);
     }
     headers.insert(name, value);
     Ok(Some(token))
+}
+
+/// An upstream `401` forces a refresh at most this often per tool.
+const FORCED_REFRESH_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+/// The one place a request waits on a credential: the refresh a `401` forced.
+const RETRY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
+}
+
+/// The header a token goes in (`None` for query injection).
+fn injected_header(inject: &Inject) -> Option<http::HeaderName> {
+    match inject {
+        Inject::Header { name, .. } => Some(name.clone()),
+        Inject::Basic { .. } => Some(http::header::AUTHORIZATION),
+        Inject::Query { .. } => None,
+    }
+}
+
+/// The upstream URL: the target, with the token's query parameter for query injection.
+fn upstream_uri(target: &Target, inject: &Inject, token: Option<&Token>) -> Result<Uri, ProxyError> {
+    let query = match (inject, token) {
+        (Inject::Query { param }, Some(t)) => {
+            Some(with_param(target.query.as_deref(), param, t.query_value().unwrap_or("")))
+        }
+        _ => target.query.clone(),
+    };
+    let pq = match &query {
+        Some(q) => format!("{}?{q}", target.path),
+        None => target.path.clone(),
+    };
+    Uri::builder()
+        .scheme(target.scheme.as_str())
+        .authority(target.authority())
+        .path_and_query(pq)
+        .build()
+        .map_err(|_| ProxyError::BadRequest("cannot build the upstream URL"))
 }
 
 /// Replace `param` in a query string with the token (already percent-encoded).

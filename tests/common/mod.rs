@@ -1,6 +1,8 @@
 //! Test fixtures: a recording upstream on loopback, an in-process proxy, and a raw client.
 #![allow(dead_code)]
 
+pub mod authority;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,6 +36,8 @@ pub struct Upstream {
     pub connections: Arc<AtomicUsize>,
     /// `/sse` waits for this before sending its last event.
     pub release: Arc<tokio::sync::Notify>,
+    /// Requests whose `Authorization` is listed here get `401`.
+    pub reject_auth: Arc<Mutex<Vec<String>>>,
 }
 
 type RespBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
@@ -59,6 +63,7 @@ impl Upstream {
             seen: Arc::default(),
             connections: Arc::default(),
             release: Arc::new(tokio::sync::Notify::new()),
+            reject_auth: Arc::default(),
         };
         let u = up.clone();
         tokio::spawn(async move {
@@ -165,6 +170,10 @@ impl Upstream {
                 .body(BodyExt::boxed(StreamBody::new(stream)))
                 .unwrap();
         }
+        let auth = parts.headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+        if self.reject_auth.lock().unwrap().iter().any(|r| r == auth) {
+            return Response::builder().status(StatusCode::UNAUTHORIZED).body(boxed("token revoked")).unwrap();
+        }
         if path.ends_with("/redirect") {
             return Response::builder()
                 .status(StatusCode::TEMPORARY_REDIRECT)
@@ -212,19 +221,41 @@ impl Proxy {
     }
 
     pub async fn start_in(dir: tempfile::TempDir, policy: &str) -> Proxy {
+        let p = Self::start_unready(dir, policy).await;
+        p.wait_ready().await;
+        p
+    }
+
+    /// Start without waiting for `/ready` (credentials that are meant to fail).
+    pub async fn start_unready(dir: tempfile::TempDir, policy: &str) -> Proxy {
         let policy_path = dir.path().join("policy.yaml");
         std::fs::write(&policy_path, Self::render(&dir, policy)).unwrap();
         let running = credproxy::proxy::start(policy_path.clone()).await.unwrap_or_else(|e| panic!("{e}"));
-        let p = Proxy {
+        Proxy {
             addr: running.proxy_addr,
             admin: running.admin_addr,
             control: running.control_addr,
             running: Some(running),
             dir,
             policy_path,
-        };
-        p.wait_ready().await;
-        p
+        }
+    }
+
+    /// The control API's credential entry for `tool`.
+    pub async fn credential(&self, tool: &str) -> serde_json::Value {
+        let resp = get(self.control, "/v1/credentials").await;
+        let body = resp.split("\r\n\r\n").nth(1).unwrap_or("");
+        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("control API: {resp}"));
+        v["credentials"].as_array().unwrap().iter().find(|c| c["tool"] == tool).cloned().unwrap_or_default()
+    }
+
+    /// `POST` to the control API.
+    pub async fn control_post(&self, path: &str) -> String {
+        raw(
+            self.control,
+            format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
     }
 
     pub fn render(dir: &tempfile::TempDir, policy: &str) -> String {
@@ -299,4 +330,32 @@ pub fn status(resp: &str) -> u16 {
 /// The value of a metric line (first sample whose name and labels start with `prefix`).
 pub fn metric(text: &str, prefix: &str) -> Option<f64> {
     text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+}
+
+/// Captures everything `tracing` writes (install with [`Capture::install`]).
+#[derive(Clone, Default)]
+pub struct Capture(pub Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Capture {
+    /// Route this process's logs, at TRACE, into a new capture.
+    pub fn install() -> Capture {
+        let capture = Capture::default();
+        let writer = capture.clone();
+        tracing_subscriber::fmt().with_max_level(tracing::Level::TRACE).with_writer(move || writer.clone()).init();
+        capture
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
 }

@@ -12,6 +12,7 @@ use crate::config::{RawLimits, RawPolicy};
 use crate::policy::*;
 use tools::{check_ties, host_pattern, tool};
 
+mod credential;
 mod tools;
 
 struct Ctx<'a> {

@@ -6,8 +6,9 @@ use std::time::SystemTime;
 
 use http::header::HeaderName;
 
+use super::credential::{credential, refresh};
 use super::Ctx;
-use crate::config::{RawCredential, RawInject, RawRoute, RawTool};
+use crate::config::{RawInject, RawRoute, RawTool};
 use crate::policy::*;
 
 fn valid_tool_name(name: &str) -> bool {
@@ -107,6 +108,7 @@ pub(super) fn tool(cx: &mut Ctx<'_>, name: &str, t: &RawTool, now: SystemTime) -
         name: name.to_string(),
         credential,
         required: t.required.unwrap_or(true),
+        refresh: refresh(cx, &format!("{base}.refresh"), t.refresh.as_ref()),
         inject,
         strip_headers,
         not_before,
@@ -115,27 +117,6 @@ pub(super) fn tool(cx: &mut Ctx<'_>, name: &str, t: &RawTool, now: SystemTime) -
         ca_file,
         ca_certs,
         routes,
-    }
-}
-
-fn credential(cx: &mut Ctx<'_>, path: &str, c: &RawCredential) -> Option<CredentialSpec> {
-    match c {
-        RawCredential::File { path: p } => {
-            let p = cx.expand(&format!("{path}.path"), p)?;
-            if p.is_empty() {
-                cx.err(format!("{path}.path"), "must not be empty");
-                return None;
-            }
-            Some(CredentialSpec::File { path: PathBuf::from(p) })
-        }
-        RawCredential::Env { var } => {
-            let v = cx.expand(&format!("{path}.var"), var)?;
-            if v.is_empty() || v.contains('=') || v.contains('\0') {
-                cx.err(format!("{path}.var"), "not an environment variable name");
-                return None;
-            }
-            Some(CredentialSpec::Env { var: v })
-        }
     }
 }
 

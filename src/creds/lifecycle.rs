@@ -1,0 +1,155 @@
+//! The lifecycle of one rotating credential (DESIGN §4), the same for every source: fetch,
+//! publish, sleep to the refresh point, back off on failure, empty the slot at the token's end,
+//! and answer rotate/revoke/shutdown commands. One linear loop; the arithmetic is in `schedule`.
+
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, Instant};
+
+use super::refresher::CredCtx;
+use super::schedule;
+use super::source::{FetchError, Source};
+use super::{Command, Token};
+use crate::clock::unit_random;
+use crate::policy::{CredentialSpec, Lifetime, Refresh};
+
+/// A fetch that outlives this is abandoned (sources apply their own, shorter, timeouts).
+const FETCH_LIMIT: Duration = Duration::from_secs(300);
+/// Revocation at the authority gets this long.
+const REVOKE_LIMIT: Duration = Duration::from_secs(5);
+
+/// Build the source for `spec` and run its lifecycle until the command channel closes.
+pub async fn run_spec(spec: &CredentialSpec, refresh: Refresh, cx: &CredCtx, rx: &mut mpsc::Receiver<Command>) {
+    let Some(life) = spec.lifetime().copied() else { return };
+    match spec {
+        CredentialSpec::OAuth(o) => run(super::oauth::OAuth::new(o, cx), life, refresh, cx, rx).await,
+        CredentialSpec::Jwt(j) => run(super::jwt::JwtSource::new(j, cx.clock.clone()), life, refresh, cx, rx).await,
+        CredentialSpec::Exec(e) => run(super::exec::Exec::new(e), life, refresh, cx, rx).await,
+        CredentialSpec::File { .. } | CredentialSpec::Env { .. } => {}
+    }
+}
+
+/// Where the published token stops being usable, on both clocks: monotonic (the schedule) and
+/// wall (a suspended host's monotonic clock stands still while tokens expire).
+#[derive(Clone, Copy)]
+struct End {
+    mono: Instant,
+    wall: SystemTime,
+}
+
+/// Run the lifecycle of one credential with `source`.
+pub async fn run<S: Source>(
+    mut source: S,
+    life: Lifetime,
+    refresh: Refresh,
+    cx: &CredCtx,
+    rx: &mut mpsc::Receiver<Command>,
+) {
+    let clock = cx.clock.clone();
+    // A token carried over from the previous policy version keeps serving until the first fetch.
+    let mut end: Option<End> = cx
+        .slot
+        .current()
+        .and_then(|t| t.valid_until)
+        .map(|w| End { mono: clock.mono() + w.duration_since(clock.now()).unwrap_or_default(), wall: w });
+    let mut next = End { mono: clock.mono(), wall: clock.now() };
+    loop {
+        cx.slot.set_next_refresh(Some(next.wall));
+        let forced = tokio::select! {
+            biased;
+            c = rx.recv() => match c {
+                None => return,
+                Some(Command::Check) => false,
+                Some(Command::Refresh { reason }) => {
+                    tracing::info!(tool = %cx.tool, reason, "credential refresh requested");
+                    if reason == "upstream_401" {
+                        cx.metrics.credential_revocations.with_label_values(&[&cx.tool, reason]).inc();
+                    }
+                    true
+                }
+                Some(Command::Revoke { reason }) => {
+                    end = None;
+                    if let Some(t) = cx.revoked(reason) {
+                        revoke_at_authority(&mut source, &t, cx).await;
+                    }
+                    true
+                }
+                Some(Command::Shutdown(done)) => {
+                    if life.revoke_on_shutdown {
+                        if let Some(t) = cx.revoked("shutdown") {
+                            revoke_at_authority(&mut source, &t, cx).await;
+                        }
+                    }
+                    let _ = done.send(());
+                    return;
+                }
+            },
+            _ = sleep_until(end.map_or(next.mono, |e| e.mono)), if end.is_some() => false,
+            _ = sleep_until(next.mono) => false,
+        };
+        let past = |e: End| clock.mono() >= e.mono || clock.now() >= e.wall;
+        if end.is_some_and(past) {
+            end = None;
+            cx.expired();
+        }
+        if !forced && !past(next) {
+            continue;
+        }
+        // Fetch, still enforcing the current token's end while the authority is slow.
+        let (started_wall, started) = (clock.now(), clock.mono());
+        let fetch = tokio::time::timeout(FETCH_LIMIT, source.fetch());
+        tokio::pin!(fetch);
+        let result = loop {
+            tokio::select! {
+                r = &mut fetch => break r.unwrap_or_else(|_| Err(FetchError::new("timeout", "the fetch did not finish"))),
+                _ = sleep_until(end.map_or(started, |e| e.mono)), if end.is_some() => {
+                    end = None;
+                    cx.expired();
+                }
+            }
+        };
+        cx.metrics
+            .credential_refresh_duration
+            .with_label_values(&[&cx.tool, cx.slot.source])
+            .observe(started.elapsed().as_secs_f64());
+        let built = result.and_then(|f| {
+            let ttl = schedule::lifetime(f.expiry, started_wall, &life)?;
+            let margin = schedule::margin(ttl, &life);
+            let mut token = Token::new(f.secret, &cx.inject, started_wall, Some(started_wall + ttl))
+                .map_err(|e| FetchError::new("invalid_response", e.to_string()))?
+                .with_margin(margin);
+            token.lease_id = f.lease_id;
+            Ok((token, ttl, margin))
+        });
+        match built {
+            Ok((token, ttl, margin)) => {
+                // Lifetimes count from when the request was sent: never later than the authority's.
+                end = Some(End { mono: started + (ttl - margin), wall: started_wall + (ttl - margin) });
+                cx.publish(token);
+                let after = schedule::refresh_after(ttl, &refresh, unit_random());
+                next = End { mono: started + after, wall: started_wall + after };
+            }
+            Err(e) => {
+                let left = end.map(|e| e.mono.saturating_duration_since(clock.mono()));
+                let attempt = cx.slot.consecutive_failures() + 1;
+                let delay = schedule::backoff(attempt, &e, left, unit_random());
+                next = End { mono: clock.mono() + delay, wall: clock.now() + delay };
+                cx.failure(e.reason, &e.message, Some(next.wall));
+            }
+        }
+    }
+}
+
+async fn revoke_at_authority<S: Source>(source: &mut S, t: &Token, cx: &CredCtx) {
+    match tokio::time::timeout(REVOKE_LIMIT, source.revoke(t.secret())).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(tool = %cx.tool, reason = e.reason, "revocation at the authority failed: {}", e.message)
+        }
+        Err(_) => tracing::warn!(tool = %cx.tool, "revocation at the authority timed out"),
+    }
+}
+
+#[cfg(test)]
+mod tests;

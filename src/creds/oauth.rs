@@ -1,0 +1,178 @@
+//! The three OAuth 2.0 sources: client credentials (RFC 6749 §4.4), token exchange (RFC 8693)
+//! and refresh token (RFC 6749 §6), with `client_secret_basic`, `client_secret_post` or
+//! `private_key_jwt` (RFC 7523) client authentication, and RFC 7009 revocation.
+
+use std::path::Path;
+
+use secrecy::{ExposeSecret, SecretString};
+
+use super::authority::{issued, post_form};
+use super::refresher::CredCtx;
+use super::source::{FetchError, Fetched, Source};
+use crate::clock::Clock;
+use crate::policy::{ClientAuth, Grant, OAuthSpec};
+use crate::proxy::forward::TokenClient;
+
+const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// One OAuth credential: its settings, its HTTP client, and a rotated refresh token.
+pub struct OAuth {
+    spec: OAuthSpec,
+    client: TokenClient,
+    clock: Clock,
+    /// The refresh token the server last returned (refresh grant), when it rotated it.
+    refresh_token: Option<SecretString>,
+}
+
+impl OAuth {
+    /// For one credential.
+    pub fn new(spec: &OAuthSpec, cx: &CredCtx) -> Self {
+        OAuth {
+            spec: spec.clone(),
+            client: cx.upstreams.token_client(&spec.ca_certs),
+            clock: cx.clock.clone(),
+            refresh_token: None,
+        }
+    }
+
+    /// Add client authentication to `form`; returns the Basic credentials when that is the method.
+    async fn authenticate(
+        &self,
+        form: &mut Vec<(&'static str, String)>,
+        endpoint: &http::Uri,
+    ) -> Result<Option<SecretString>, FetchError> {
+        let s = &self.spec;
+        match &s.client_auth {
+            ClientAuth::SecretBasic(f) => return Ok(Some(super::file::read_secret(f).await?)),
+            ClientAuth::SecretPost(f) => {
+                let secret = super::file::read_secret(f).await?;
+                form.push(("client_id", s.client_id.clone()));
+                form.push(("client_secret", secret.expose_secret().to_string()));
+            }
+            ClientAuth::PrivateKeyJwt { key_file, alg, kid } => {
+                let aud = endpoint.to_string();
+                let a =
+                    super::jwt::client_assertion(key_file, *alg, kid.as_deref(), &s.client_id, &aud, self.clock.now())
+                        .await?;
+                form.push(("client_id", s.client_id.clone()));
+                form.push(("client_assertion_type", JWT_BEARER_ASSERTION.into()));
+                form.push(("client_assertion", a));
+            }
+            ClientAuth::None => form.push(("client_id", s.client_id.clone())),
+        }
+        Ok(None)
+    }
+
+    async fn post(
+        &self,
+        url: &http::Uri,
+        mut form: Vec<(&'static str, String)>,
+    ) -> Result<super::authority::Answer, FetchError> {
+        let basic = self.authenticate(&mut form, url).await?;
+        let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let basic = basic.as_ref().map(|b| (self.spec.client_id.as_str(), b));
+        post_form(&self.client, url, &pairs, basic, self.spec.timeout).await
+    }
+}
+
+impl Source for OAuth {
+    async fn fetch(&mut self) -> Result<Fetched, FetchError> {
+        let s = &self.spec;
+        let mut form: Vec<(&'static str, String)> = Vec::with_capacity(12);
+        match &s.grant {
+            Grant::ClientCredentials => form.push(("grant_type", "client_credentials".into())),
+            Grant::TokenExchange { subject_token_file, subject_token_type, actor, requested_token_type } => {
+                // Read at every exchange: the kubelet rotates a projected token in place.
+                let subject = super::file::read_secret(subject_token_file).await?;
+                form.push(("grant_type", TOKEN_EXCHANGE.into()));
+                form.push(("subject_token", subject.expose_secret().to_string()));
+                form.push(("subject_token_type", subject_token_type.clone()));
+                if let Some((file, ty)) = actor {
+                    let a = super::file::read_secret(file).await?;
+                    form.push(("actor_token", a.expose_secret().to_string()));
+                    form.push(("actor_token_type", ty.clone()));
+                }
+                form.push(("requested_token_type", requested_token_type.clone()));
+            }
+            Grant::RefreshToken { refresh_token_file } => {
+                let rt = match &self.refresh_token {
+                    Some(rt) => rt.clone(),
+                    None => super::file::read_secret(refresh_token_file).await?,
+                };
+                form.push(("grant_type", "refresh_token".into()));
+                form.push(("refresh_token", rt.expose_secret().to_string()));
+            }
+        }
+        if !s.scopes.is_empty() {
+            form.push(("scope", s.scopes.join(" ")));
+        }
+        if let Some(a) = &s.audience {
+            form.push(("audience", a.clone()));
+        }
+        for r in &s.resource {
+            form.push(("resource", r.clone()));
+        }
+        let answer = self.post(&s.token_url, form).await?;
+        let got = issued(&answer, self.clock.now())?;
+        match &self.spec.grant {
+            Grant::TokenExchange { requested_token_type, .. } => {
+                if got.issued_token_type.as_deref() != Some(requested_token_type) {
+                    return Err(FetchError::new(
+                        "invalid_response",
+                        "issued_token_type is missing or not the requested_token_type",
+                    ));
+                }
+            }
+            Grant::RefreshToken { refresh_token_file } => {
+                if let Some(new) = got.refresh_token {
+                    keep_refresh_token(refresh_token_file, &new).await;
+                    self.refresh_token = Some(new);
+                }
+            }
+            Grant::ClientCredentials => {}
+        }
+        Ok(Fetched { secret: got.access_token, expiry: got.expiry, lease_id: None })
+    }
+
+    async fn revoke(&mut self, token: &SecretString) -> Result<(), FetchError> {
+        let Some(url) = self.spec.revocation_url.clone() else { return Ok(()) };
+        let form = vec![("token", token.expose_secret().to_string()), ("token_type_hint", "access_token".into())];
+        let a = self.post(&url, form).await?;
+        // RFC 7009 §2.2: 200 whether or not the token was known.
+        if a.status.is_success() {
+            Ok(())
+        } else {
+            Err(FetchError::new("invalid_response", format!("revocation answered status {}", a.status.as_u16())))
+        }
+    }
+}
+
+/// Write a rotated refresh token back to its file (atomically, owner-only) when the file's
+/// folder is writable; otherwise it is kept in memory only, which a restart loses.
+async fn keep_refresh_token(path: &Path, token: &SecretString) {
+    let (path, token) = (path.to_path_buf(), token.expose_secret().to_string());
+    let r = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        use std::io::Write;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let tmp = dir.join(format!(".{}.credproxy-tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("token")));
+        let mut o = std::fs::OpenOptions::new();
+        o.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+        let mut f = o.open(&tmp)?;
+        f.write_all(token.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path).inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
+    })
+    .await;
+    match r {
+        Ok(Ok(())) => tracing::info!("rotated refresh token written back"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e.kind(), "rotated refresh token kept in memory only (its file is not writable)")
+        }
+        Err(_) => tracing::warn!("rotated refresh token kept in memory only"),
+    }
+}
