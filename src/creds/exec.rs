@@ -64,9 +64,12 @@ impl Source for Exec {
             // The helper's stderr goes to ours: it may explain a failure, and never holds the token.
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
+            // Its own process group, so a timeout kills whatever the helper started too.
+            .process_group(0)
             .spawn()
             .map_err(|e| FetchError::new("exec_failed", format!("cannot run {program}: {}", e.kind())))?;
         let mut stdout = child.stdout.take().expect("piped");
+        let mut group = KillGroup(child.id());
         let run = async {
             let mut out = Vec::new();
             (&mut stdout).take(MAX_OUTPUT + 1).read_to_end(&mut out).await.map_err(|e| {
@@ -78,6 +81,8 @@ impl Source for Exec {
         let (out, status) = tokio::time::timeout(self.spec.timeout, run)
             .await
             .map_err(|_| FetchError::new("timeout", format!("{program} did not finish in time; killed")))??;
+        // It finished: nothing to kill (and its process group id may be reused from now on).
+        group.0 = None;
         if out.len() as u64 > MAX_OUTPUT {
             return Err(FetchError::new("invalid_response", "the helper printed more than 64 KiB"));
         }
@@ -86,6 +91,20 @@ impl Source for Exec {
         }
         let (secret, expiry) = parse(&out)?;
         Ok(Fetched { secret, expiry, lease_id: None })
+    }
+}
+
+/// Kills the helper's process group when dropped armed (a timeout, or a failed read).
+struct KillGroup(Option<u32>);
+
+impl Drop for KillGroup {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.and_then(|p| i32::try_from(p).ok()) {
+            // SAFETY: kill(2) with a negative pid signals that process group; no memory is touched.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+        }
     }
 }
 
