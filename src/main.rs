@@ -44,6 +44,22 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Print one row per credential: source, state, age, expiry, next refresh, failures, last error.
+    Status {
+        /// The control listener.
+        #[arg(long, env = "CREDPROXY_CONTROL", default_value = "127.0.0.1:15091")]
+        control: std::net::SocketAddr,
+    },
+    /// The whole thing on loopback, nothing to install: the proxy, a token authority issuing
+    /// 10-second JWTs, a tool API verifying them, steady traffic, and rotations shown live.
+    Demo {
+        /// Stop after this long (`30s`, `5m`); default: run until Ctrl-C.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// Negative control: the tool API verifies with the wrong key, so every request is rejected.
+        #[arg(long, hide = true)]
+        wrong_key: bool,
+    },
     /// Say which tool and route would take a request, and why (or why it is denied).
     Explain {
         /// The policy file.
@@ -61,7 +77,8 @@ enum Command {
 
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CREDPROXY_LOG").unwrap_or_else(|_| "info".into());
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => b.init(),
         LogFormat::Json => b.json().init(),
@@ -86,7 +103,39 @@ fn main() -> ExitCode {
             }
         },
         Command::Explain { config, tool, method, url } => explain(&config, tool.as_deref(), &method, &url),
+        Command::Status { control } => runtime().block_on(async move {
+            match credproxy::status::fetch(control).await {
+                Ok(v) => {
+                    print!("{}", credproxy::status::table(&v, std::time::SystemTime::now()));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("credproxy status: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }),
+        Command::Demo { duration, wrong_key } => {
+            // Quiet by default so the live account stays readable; CREDPROXY_LOG=info shows more.
+            let filter = tracing_subscriber::EnvFilter::try_from_env("CREDPROXY_LOG").unwrap_or_else(|_| "warn".into());
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+            runtime().block_on(async move {
+                match credproxy::demo::run(credproxy::demo::Options { duration, wrong_key }).await {
+                    Ok(s) if s.requests > 0 && s.failed == 0 && s.rejected == 0 => ExitCode::SUCCESS,
+                    Ok(_) => ExitCode::FAILURE,
+                    Err(e) => {
+                        eprintln!("credproxy demo: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
     }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a Tokio runtime")
 }
 
 fn run(config: PathBuf, shutdown_timeout: Duration) -> ExitCode {

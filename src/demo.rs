@@ -1,0 +1,219 @@
+//! `credproxy demo`: the real proxy on `config/demo.yaml` against a local token authority
+//! (10-second JWTs, so rotation shows within seconds) and a tool API that verifies every token,
+//! with steady traffic and a live account of rotations, requests and rejections.
+
+pub mod authority;
+pub mod tool_api;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::net::TcpListener;
+
+/// The shipped demo policy (also `config/demo.yaml`, which `credproxy check` accepts as is).
+pub const POLICY: &str = include_str!("../config/demo.yaml");
+const SECRET: &str = include_str!("../config/demo-client-secret.txt");
+const AUTHORITY: &str = "127.0.0.1:15280";
+const TOOL_API: &str = "127.0.0.1:15281";
+const TOOLS: [tool_api::Expect; 2] = [
+    tool_api::Expect { name: "search", audience: "https://search.demo", scope: "search:read" },
+    tool_api::Expect { name: "tickets", audience: "https://tickets.demo", scope: "tickets:write" },
+];
+/// Each tool gets a request this often.
+const EVERY: Duration = Duration::from_millis(100);
+
+/// How the demo runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Stop after this long (else at Ctrl-C).
+    pub duration: Option<Duration>,
+    /// Negative control: the tool API verifies with a key the authority never used, so every
+    /// request must be rejected — proof that the rejection count is real.
+    pub wrong_key: bool,
+}
+
+/// What the demo measured.
+#[derive(Debug, Default)]
+pub struct Summary {
+    /// Requests sent through the proxy.
+    pub requests: u64,
+    /// Requests that did not come back 200.
+    pub failed: u64,
+    /// Requests the tool API refused.
+    pub rejected: u64,
+    /// Successful credential fetches (from credproxy's metrics), first fetches included.
+    pub refreshes: u64,
+    /// Of those, rotations: fetches that replaced a token.
+    pub rotations: u64,
+    /// Distinct tokens the tool API accepted.
+    pub tokens_seen: usize,
+}
+
+async fn bind(addr: &str, what: &str) -> Result<TcpListener, String> {
+    TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr} for the demo {what}: {e}"))
+}
+
+/// Run the demo; prints as it goes.
+pub async fn run(opts: Options) -> Result<Summary, String> {
+    let auth_listener = bind(AUTHORITY, "token authority").await?;
+    let api_listener = bind(TOOL_API, "tool API").await?;
+    let keys = authority::keys();
+    let issued = authority::serve(auth_listener, keys.encoding, "demo-agent", SECRET.trim_end());
+    let verify = if opts.wrong_key { authority::keys().decoding } else { keys.decoding };
+    let counts = tool_api::serve(api_listener, verify, TOOLS.into());
+
+    let dir = tempfile_dir()?;
+    let secret = dir.join("client-secret");
+    let audit = dir.join("audit.log");
+    std::fs::write(&secret, SECRET).map_err(|e| format!("cannot write {}: {e}", secret.display()))?;
+    let policy = POLICY
+        .replace("config/demo-client-secret.txt", &secret.display().to_string())
+        .replace("credproxy-demo-audit.log", &audit.display().to_string());
+    let policy_path = dir.join("policy.yaml");
+    std::fs::write(&policy_path, policy).map_err(|e| format!("cannot write {}: {e}", policy_path.display()))?;
+    let running = crate::proxy::start(policy_path).await.map_err(|e| e.to_string())?;
+    let proxy = running.proxy_addr;
+    println!("credproxy demo: the real proxy on config/demo.yaml, a token authority on {AUTHORITY} issuing");
+    println!(
+        "ES256 JWTs that live {}s, and a tool API on {TOOL_API} that verifies every token.",
+        authority::TOKEN_TTL_SECS
+    );
+    println!("  agents   http://{proxy}/search/...  and  http://{proxy}/tickets/...");
+    println!("  try      curl -i http://{proxy}/search/v1/items");
+    println!("  metrics  http://{}/metrics", running.admin_addr);
+    println!("  status   credproxy status --control {}", running.control_addr);
+    println!("  audit    {}", audit.display());
+    if opts.wrong_key {
+        println!("  NEGATIVE CONTROL: the tool API verifies with the wrong key; every request must be rejected");
+    }
+    println!();
+
+    // Like a native sidecar's startupProbe on /ready: traffic starts once every token is fetched.
+    for _ in 0..100 {
+        if running.shared.not_ready().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sent: Arc<Vec<(AtomicU64, AtomicU64)>> = Arc::new(TOOLS.iter().map(|_| Default::default()).collect());
+    let driver = tokio::spawn(drive(proxy, sent.clone()));
+    let started = Instant::now();
+    let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut seen: HashMap<String, String> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut last_report = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sleep_until(deadline) => break,
+        }
+        let t = started.elapsed().as_secs_f64();
+        let live = running.shared.live.load();
+        for rt in &live.tools {
+            let Some(token) = rt.slot.as_ref().and_then(|s| s.current()) else { continue };
+            let old = seen.insert(rt.name.to_string(), token.fingerprint.clone());
+            if old.as_deref() == Some(token.fingerprint.as_str()) {
+                continue;
+            }
+            let left = token.expires_at.and_then(|e| e.duration_since(std::time::SystemTime::now()).ok());
+            let left = left.map_or(String::new(), |d| format!("expires in {:.1}s", d.as_secs_f64()));
+            match old {
+                None => println!("{t:6.1}s  {:<8} issued   {}  {left}", rt.name, token.fingerprint),
+                Some(o) => println!(
+                    "{t:6.1}s  {:<8} rotated  {}  {left}  (old {o} stays valid to its expiry)",
+                    rt.name, token.fingerprint
+                ),
+            }
+        }
+        if last_report.elapsed() >= Duration::from_secs(2) {
+            last_report = Instant::now();
+            let per: Vec<String> = TOOLS
+                .iter()
+                .zip(sent.iter())
+                .map(|(e, (ok, bad))| {
+                    format!("{} {} ok/{} failed", e.name, ok.load(Ordering::Relaxed), bad.load(Ordering::Relaxed))
+                })
+                .collect();
+            let rejected: u64 = counts.iter().map(|c| c.rejected.load(Ordering::Relaxed)).sum();
+            println!(
+                "{t:6.1}s  requests: {}  ·  rejected by the tool API: {rejected}  ·  tokens issued: {}",
+                per.join(", "),
+                issued.load(Ordering::Relaxed)
+            );
+        }
+    }
+    driver.abort();
+    let metrics = running.shared.metrics.encode();
+    let per_tool: Vec<u64> = metrics
+        .lines()
+        .filter(|l| l.starts_with("credproxy_credential_refreshes_total{") && l.contains("result=\"ok\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .collect();
+    let refreshes = per_tool.iter().sum();
+    let rotations = per_tool.iter().map(|n| n.saturating_sub(1)).sum();
+    let summary = Summary {
+        requests: sent.iter().map(|(a, b)| a.load(Ordering::Relaxed) + b.load(Ordering::Relaxed)).sum(),
+        failed: sent.iter().map(|(_, b)| b.load(Ordering::Relaxed)).sum(),
+        rejected: counts.iter().map(|c| c.rejected.load(Ordering::Relaxed)).sum(),
+        refreshes,
+        rotations,
+        tokens_seen: counts.iter().map(|c| c.tokens.lock().map_or(0, |t| t.len())).sum(),
+    };
+    running.shutdown(Duration::from_secs(2)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    println!();
+    println!(
+        "demo summary: seconds={:.0} requests={} failed={} rejected={} refreshes={} rotations={} distinct_tokens_accepted={}",
+        started.elapsed().as_secs_f64(),
+        summary.requests,
+        summary.failed,
+        summary.rejected,
+        summary.refreshes,
+        summary.rotations,
+        summary.tokens_seen
+    );
+    Ok(summary)
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Steady traffic: each tool every [`EVERY`], counted as 200 or not.
+async fn drive(proxy: std::net::SocketAddr, sent: Arc<Vec<(AtomicU64, AtomicU64)>>) {
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut tick = tokio::time::interval(EVERY);
+    loop {
+        tick.tick().await;
+        for (i, e) in TOOLS.iter().enumerate() {
+            let (client, sent) = (client.clone(), sent.clone());
+            let uri: http::Uri = format!("http://{proxy}/{}/v1/items", e.name).parse().expect("a valid URI");
+            tokio::spawn(async move {
+                let ok = match client.get(uri).await {
+                    // Read the body so the connection goes back to the pool.
+                    Ok(r) => r.status() == http::StatusCode::OK && r.into_body().collect().await.is_ok(),
+                    Err(_) => false,
+                };
+                let c = if ok { &sent[i].0 } else { &sent[i].1 };
+                c.fetch_add(1, Ordering::Relaxed);
+            });
+        }
+    }
+}
+
+fn tempfile_dir() -> Result<std::path::PathBuf, String> {
+    let base = std::env::temp_dir().join(format!("credproxy-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&base).map_err(|e| format!("cannot create {}: {e}", base.display()))?;
+    Ok(base)
+}

@@ -1,0 +1,95 @@
+//! The demo's tool API: verifies every bearer token it receives (signature, issuer, audience,
+//! scope, expiry with zero leeway) and counts what it accepted and rejected, per tool.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use tokio::net::TcpListener;
+
+/// One tool the API serves: requests under `/{name}/` must carry a token for `audience` with `scope`.
+pub struct Expect {
+    /// Path prefix and tool name.
+    pub name: &'static str,
+    /// Required `aud`.
+    pub audience: &'static str,
+    /// Required scope.
+    pub scope: &'static str,
+}
+
+/// What the API saw.
+#[derive(Default)]
+pub struct Counts {
+    /// Requests with a valid token.
+    pub accepted: AtomicU64,
+    /// Requests refused (any check failed).
+    pub rejected: AtomicU64,
+    /// Distinct token fingerprints accepted.
+    pub tokens: Mutex<HashSet<String>>,
+}
+
+/// Serve until the task is dropped; one `Counts` per expected tool, in order.
+pub fn serve(listener: TcpListener, key: DecodingKey, expect: Vec<Expect>) -> Arc<Vec<Counts>> {
+    let counts: Arc<Vec<Counts>> = Arc::new(expect.iter().map(|_| Counts::default()).collect());
+    let state = Arc::new((key, expect, counts.clone()));
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let state = state.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let state = state.clone();
+                    async move {
+                        let (key, expect, counts) = &*state;
+                        Ok::<_, Infallible>(check(key, expect, counts, &req))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            });
+        }
+    });
+    counts
+}
+
+fn check(key: &DecodingKey, expect: &[Expect], counts: &[Counts], req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let first = req.uri().path().trim_start_matches('/').split('/').next().unwrap_or("");
+    let Some(i) = expect.iter().position(|e| e.name == first) else {
+        return answer(StatusCode::NOT_FOUND, "no such tool");
+    };
+    let (e, c) = (&expect[i], &counts[i]);
+    let token = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let mut v = Validation::new(Algorithm::ES256);
+    v.leeway = 0;
+    v.set_audience(&[e.audience]);
+    v.set_issuer(&[super::authority::ISSUER]);
+    v.set_required_spec_claims(&["exp", "aud", "iss"]);
+    let verified = token.and_then(|t| jsonwebtoken::decode::<serde_json::Value>(t, key, &v).ok().map(|d| (t, d)));
+    match verified {
+        Some((t, d)) if d.claims["scope"].as_str().is_some_and(|s| s.split(' ').any(|x| x == e.scope)) => {
+            c.accepted.fetch_add(1, Ordering::Relaxed);
+            c.tokens.lock().unwrap_or_else(|p| p.into_inner()).insert(crate::creds::fingerprint(t));
+            answer(StatusCode::OK, "ok")
+        }
+        _ => {
+            c.rejected.fetch_add(1, Ordering::Relaxed);
+            answer(StatusCode::UNAUTHORIZED, "token rejected")
+        }
+    }
+}
+
+fn answer(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r
+}

@@ -1,0 +1,98 @@
+//! `credproxy status`: read the control API and print one row per credential.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+/// `GET /v1/credentials` from the control listener at `addr`.
+pub async fn fetch(addr: SocketAddr) -> Result<Value, String> {
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let uri: http::Uri = format!("http://{addr}/v1/credentials").parse().map_err(|_| "bad address".to_string())?;
+    let get = async {
+        let r = client
+            .get(uri)
+            .await
+            .map_err(|_| format!("cannot reach the control API at {addr} (is credproxy running?)"))?;
+        let status = r.status();
+        let body = r.into_body().collect().await.map_err(|_| "the control API closed the connection".to_string())?;
+        if !status.is_success() {
+            return Err(format!("the control API answered {status}"));
+        }
+        serde_json::from_slice(&body.to_bytes()).map_err(|_| "the control API did not answer JSON".to_string())
+    };
+    tokio::time::timeout(Duration::from_secs(5), get).await.map_err(|_| format!("no answer from {addr} within 5 s"))?
+}
+
+fn ago_or_in(at: Option<&str>, now: SystemTime, future: bool) -> String {
+    let Some(t) = at.and_then(|s| humantime::parse_rfc3339_weak(s).ok()) else { return "-".into() };
+    let d = if future { t.duration_since(now) } else { now.duration_since(t) };
+    match d {
+        Ok(d) => short(d),
+        Err(_) if future => "past".into(),
+        Err(_) => "-".into(),
+    }
+}
+
+fn short(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=119 => format!("{}s", s),
+        120..=7199 => format!("{}m", s / 60),
+        _ => format!("{}h", s / 3600),
+    }
+}
+
+/// The table: TOOL SOURCE STATE AGE EXPIRES NEXT-REFRESH FAILURES LAST-ERROR.
+pub fn table(v: &Value, now: SystemTime) -> String {
+    let mut out = format!("instance {}\n", v["instance"].as_str().unwrap_or("?"));
+    out.push_str(&format!(
+        "{:<20} {:<26} {:<8} {:>6} {:>8} {:>8} {:>8}  {}\n",
+        "TOOL", "SOURCE", "STATE", "AGE", "EXPIRES", "REFRESH", "FAILURES", "LAST ERROR"
+    ));
+    for c in v["credentials"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        let s = |k: &str| c[k].as_str();
+        out.push_str(&format!(
+            "{:<20} {:<26} {:<8} {:>6} {:>8} {:>8} {:>8}  {}\n",
+            s("tool").unwrap_or("?"),
+            s("source").unwrap_or("?"),
+            s("state").unwrap_or("?"),
+            ago_or_in(s("issued_at"), now, false),
+            ago_or_in(s("expires_at"), now, true),
+            ago_or_in(s("next_refresh_at"), now, true),
+            c["consecutive_failures"].as_u64().unwrap_or(0),
+            s("last_error").unwrap_or("-"),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_one_row_per_credential() {
+        let now = humantime::parse_rfc3339("2026-11-26T10:00:00Z").unwrap();
+        let v = serde_json::json!({"instance": "pod-1", "credentials": [
+            {"tool": "github", "source": "oauth2_client_credentials", "state": "valid",
+             "issued_at": "2026-11-26T09:59:30Z", "expires_at": "2026-11-26T10:04:30Z",
+             "next_refresh_at": "2026-11-26T10:02:00Z", "consecutive_failures": 0, "last_error": null},
+            {"tool": "search", "source": "jwt", "state": "failing", "issued_at": null, "expires_at": null,
+             "next_refresh_at": "2026-11-26T10:00:07Z", "consecutive_failures": 3, "last_error": "local_error: key.pem is empty"}]});
+        let t = table(&v, now);
+        let rows: Vec<&str> = t.lines().collect();
+        assert_eq!(rows.len(), 4);
+        assert!(
+            rows[2].starts_with("github")
+                && rows[2].contains("30s")
+                && rows[2].contains("4m")
+                && rows[2].contains("120s")
+        );
+        assert!(rows[3].contains("failing") && rows[3].contains(" 3  local_error: key.pem is empty"));
+    }
+}
