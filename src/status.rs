@@ -91,7 +91,7 @@ mod tests {
             rows[2].starts_with("github")
                 && rows[2].contains("30s")
                 && rows[2].contains("4m")
-                && rows[2].contains("120s")
+                && rows[2].contains("2m")
         );
         assert!(rows[3].contains("failing") && rows[3].contains(" 3  local_error: key.pem is empty"));
     }
