@@ -21,10 +21,9 @@ pub const POLICY: &str = include_str!("../config/demo.yaml");
 const SECRET: &str = include_str!("../config/demo-client-secret.txt");
 const AUTHORITY: &str = "127.0.0.1:15280";
 const TOOL_API: &str = "127.0.0.1:15281";
-const TOOLS: [tool_api::Expect; 2] = [
-    tool_api::Expect { name: "search", audience: "https://search.demo", scope: "search:read" },
-    tool_api::Expect { name: "tickets", audience: "https://tickets.demo", scope: "tickets:write" },
-];
+/// The demo's tools: name (and path prefix), audience, scope — as in `config/demo.yaml`.
+const TOOLS: [(&str, &str, &str); 2] =
+    [("search", "https://search.demo", "search:read"), ("tickets", "https://tickets.demo", "tickets:write")];
 /// Each tool gets a request this often.
 const EVERY: Duration = Duration::from_millis(100);
 
@@ -66,7 +65,8 @@ pub async fn run(opts: Options) -> Result<Summary, String> {
     let keys = authority::keys();
     let issued = authority::serve(auth_listener, keys.encoding, "demo-agent", SECRET.trim_end());
     let verify = if opts.wrong_key { authority::keys().decoding } else { keys.decoding };
-    let counts = tool_api::serve(api_listener, verify, TOOLS.into());
+    let expect = TOOLS.iter().map(|(n, a, s)| tool_api::Expect::new(n, a, s)).collect();
+    let counts = tool_api::serve(api_listener, verify, authority::ISSUER, expect);
 
     let dir = tempfile_dir()?;
     let secret = dir.join("client-secret");
@@ -137,8 +137,8 @@ pub async fn run(opts: Options) -> Result<Summary, String> {
             let per: Vec<String> = TOOLS
                 .iter()
                 .zip(sent.iter())
-                .map(|(e, (ok, bad))| {
-                    format!("{} {} ok/{} failed", e.name, ok.load(Ordering::Relaxed), bad.load(Ordering::Relaxed))
+                .map(|((name, ..), (ok, bad))| {
+                    format!("{name} {} ok/{} failed", ok.load(Ordering::Relaxed), bad.load(Ordering::Relaxed))
                 })
                 .collect();
             let rejected: u64 = counts.iter().map(|c| c.rejected.load(Ordering::Relaxed)).sum();
@@ -196,9 +196,9 @@ async fn drive(proxy: std::net::SocketAddr, sent: Arc<Vec<(AtomicU64, AtomicU64)
     let mut tick = tokio::time::interval(EVERY);
     loop {
         tick.tick().await;
-        for (i, e) in TOOLS.iter().enumerate() {
+        for (i, (name, ..)) in TOOLS.iter().enumerate() {
             let (client, sent) = (client.clone(), sent.clone());
-            let uri: http::Uri = format!("http://{proxy}/{}/v1/items", e.name).parse().expect("a valid URI");
+            let uri: http::Uri = format!("http://{proxy}/{name}/v1/items").parse().expect("a valid URI");
             tokio::spawn(async move {
                 let ok = match client.get(uri).await {
                     // Read the body so the connection goes back to the pool.

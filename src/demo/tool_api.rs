@@ -15,13 +15,21 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use tokio::net::TcpListener;
 
 /// One tool the API serves: requests under `/{name}/` must carry a token for `audience` with `scope`.
+#[derive(Debug, Clone)]
 pub struct Expect {
     /// Path prefix and tool name.
-    pub name: &'static str,
+    pub name: String,
     /// Required `aud`.
-    pub audience: &'static str,
+    pub audience: String,
     /// Required scope.
-    pub scope: &'static str,
+    pub scope: String,
+}
+
+impl Expect {
+    /// Shorthand.
+    pub fn new(name: &str, audience: &str, scope: &str) -> Self {
+        Expect { name: name.into(), audience: audience.into(), scope: scope.into() }
+    }
 }
 
 /// What the API saw.
@@ -35,10 +43,11 @@ pub struct Counts {
     pub tokens: Mutex<HashSet<String>>,
 }
 
-/// Serve until the task is dropped; one `Counts` per expected tool, in order.
-pub fn serve(listener: TcpListener, key: DecodingKey, expect: Vec<Expect>) -> Arc<Vec<Counts>> {
+/// Serve until the process ends; tokens must come from `issuer` and verify with `key` (ES256).
+/// One `Counts` per expected tool, in order.
+pub fn serve(listener: TcpListener, key: DecodingKey, issuer: &str, expect: Vec<Expect>) -> Arc<Vec<Counts>> {
     let counts: Arc<Vec<Counts>> = Arc::new(expect.iter().map(|_| Counts::default()).collect());
-    let state = Arc::new((key, expect, counts.clone()));
+    let state = Arc::new((key, issuer.to_string(), expect, counts.clone()));
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
@@ -47,8 +56,8 @@ pub fn serve(listener: TcpListener, key: DecodingKey, expect: Vec<Expect>) -> Ar
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let state = state.clone();
                     async move {
-                        let (key, expect, counts) = &*state;
-                        Ok::<_, Infallible>(check(key, expect, counts, &req))
+                        let (key, issuer, expect, counts) = &*state;
+                        Ok::<_, Infallible>(check(key, issuer, expect, counts, &req))
                     }
                 });
                 let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
@@ -58,7 +67,13 @@ pub fn serve(listener: TcpListener, key: DecodingKey, expect: Vec<Expect>) -> Ar
     counts
 }
 
-fn check(key: &DecodingKey, expect: &[Expect], counts: &[Counts], req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn check(
+    key: &DecodingKey,
+    issuer: &str,
+    expect: &[Expect],
+    counts: &[Counts],
+    req: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let first = req.uri().path().trim_start_matches('/').split('/').next().unwrap_or("");
     let Some(i) = expect.iter().position(|e| e.name == first) else {
         return answer(StatusCode::NOT_FOUND, "no such tool");
@@ -71,12 +86,12 @@ fn check(key: &DecodingKey, expect: &[Expect], counts: &[Counts], req: &Request<
         .and_then(|v| v.strip_prefix("Bearer "));
     let mut v = Validation::new(Algorithm::ES256);
     v.leeway = 0;
-    v.set_audience(&[e.audience]);
-    v.set_issuer(&[super::authority::ISSUER]);
+    v.set_audience(&[&e.audience]);
+    v.set_issuer(&[issuer]);
     v.set_required_spec_claims(&["exp", "aud", "iss"]);
     let verified = token.and_then(|t| jsonwebtoken::decode::<serde_json::Value>(t, key, &v).ok().map(|d| (t, d)));
     match verified {
-        Some((t, d)) if d.claims["scope"].as_str().is_some_and(|s| s.split(' ').any(|x| x == e.scope)) => {
+        Some((t, d)) if d.claims["scope"].as_str().is_some_and(|s| s.split(' ').any(|x| x == e.scope.as_str())) => {
             c.accepted.fetch_add(1, Ordering::Relaxed);
             c.tokens.lock().unwrap_or_else(|p| p.into_inner()).insert(crate::creds::fingerprint(t));
             answer(StatusCode::OK, "ok")

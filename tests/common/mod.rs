@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod authority;
+pub mod oidc;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

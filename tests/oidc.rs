@@ -1,0 +1,222 @@
+//! Against a real, certified OAuth 2.0 server (oidc-provider on loopback): rotation under load
+//! with 4-second tokens verified by the upstream against the server's JWKS, an authority outage
+//! and recovery, resource indicators, an opaque token checked by introspection, RFC 7009
+//! revocation, RFC 8693 token exchange, and a wrong client secret.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::oidc::{Oidc, CLIENT_ID, CLIENT_SECRET, SUBJECT_TOKEN};
+use common::*;
+use credproxy::demo::tool_api::{self, Expect};
+
+async fn eventually<F: AsyncFnMut() -> bool>(mut f: F, what: &str) {
+    for _ in 0..500 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn tool(name: &str, up: u16, cred: &str) -> String {
+    format!(
+        "  {name}:\n    upstream: http://127.0.0.1:{up}/{name}\n    credential: {cred}\n    routes: [{{ scheme: http, host: 127.0.0.1, port: {up}, paths: [\"/{name}/**\"], allow_private: true }}]\n"
+    )
+}
+
+fn client_credentials(oidc: &Oidc, resource: &str, more: &str) -> String {
+    format!(
+        "{{ source: oauth2_client_credentials, token_url: \"{}\", client_id: {CLIENT_ID}, client_secret_file: \"{{dir}}/secret\", scopes: [api:read], resource: [\"{resource}\"]{more} }}",
+        oidc.url("/token")
+    )
+}
+
+fn audit(p: &Proxy) -> String {
+    std::fs::read_to_string(p.dir.path().join("audit.log")).unwrap_or_default()
+}
+
+/// One agent request; its status and `credproxy-error` code, if any.
+async fn call(p: &Proxy, path: &str) -> (u16, Option<String>) {
+    let r = get(p.addr, path).await;
+    let code = r.lines().find_map(|l| l.strip_prefix("credproxy-error: ")).map(str::to_string);
+    (status(&r), code)
+}
+
+#[tokio::test]
+async fn rotation_under_load_then_an_authority_outage_and_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    write_file(&dir, "secret", CLIENT_SECRET);
+    let mut oidc = Oidc::start(dir.path(), 4).await;
+    let key = oidc.jwks_key("ec-1").await;
+    let api_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api_port = api_listener.local_addr().unwrap().port();
+    let counts =
+        tool_api::serve(api_listener, key, &oidc.issuer(), vec![Expect::new("api", "https://api.test/", "api:read")]);
+    let policy = format!(
+        "version: 1\naudit: {{ output: \"{{dir}}/audit.log\" }}\ntools:\n{}",
+        tool("api", api_port, &client_credentials(&oidc, "https://api.test/", ""))
+    );
+    let p = Proxy::start_in(dir, &policy).await;
+
+    // 60 s of steady traffic (about 20 requests a second) while 4-second tokens rotate.
+    let (mut ok, mut failed) = (0u64, Vec::new());
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(60) {
+        let (s, code) = call(&p, "/api/v1/items").await;
+        if s == 200 {
+            ok += 1
+        } else {
+            failed.push((start.elapsed(), s, code))
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let c = &counts[0];
+    let distinct = c.tokens.lock().unwrap().len();
+    println!(
+        "rotation under load: {ok} requests ok, {} failed, {} rejected by the upstream, {distinct} distinct tokens in 60 s",
+        failed.len(),
+        c.rejected.load(Ordering::Relaxed)
+    );
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    assert_eq!(c.rejected.load(Ordering::Relaxed), 0, "the upstream rejected a token");
+    assert_eq!(c.accepted.load(Ordering::Relaxed), ok);
+    assert!(distinct >= 25, "only {distinct} distinct tokens in 60 s of 4-second tokens");
+
+    // The authority goes away: requests succeed until the token's end, then 503 credential_unavailable.
+    oidc.stop().await;
+    let stopped = Instant::now();
+    let mut first_503 = None;
+    while stopped.elapsed() < Duration::from_secs(8) {
+        match call(&p, "/api/v1/items").await {
+            (200, _) => assert!(first_503.is_none(), "a 200 after the slot emptied"),
+            (503, Some(code)) if code == "credential_unavailable" => {
+                first_503.get_or_insert(stopped.elapsed());
+            }
+            other => panic!("during the outage: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let first_503 = first_503.expect("the slot was emptied before the token expired");
+    assert!(first_503 <= Duration::from_millis(4200), "served {first_503:?} after the outage began (4 s tokens)");
+    let c2 = p.credential("api").await;
+    assert_eq!(c2["state"], "expired", "{c2}");
+    assert!(c2["last_error"].as_str().unwrap().starts_with("unreachable"), "{c2}");
+
+    // Back again: credproxy recovers by itself.
+    oidc.restart().await;
+    let restarted = Instant::now();
+    let recovered = loop {
+        if call(&p, "/api/v1/items").await.0 == 200 {
+            break restarted.elapsed();
+        }
+        assert!(restarted.elapsed() < Duration::from_secs(75), "no recovery within the 60 s backoff cap");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!(
+        "outage: first 503 {first_503:?} after the authority stopped; first success {recovered:?} after it returned"
+    );
+    assert_eq!(counts[0].rejected.load(Ordering::Relaxed), 0);
+
+    // The metrics and the audit trail tell the same story.
+    let m = p.metrics().await;
+    assert!(metric(&m, r#"credproxy_credential_refresh_errors_total{reason="unreachable",source="oauth2_client_credentials",tool="api"}"#).unwrap() >= 1.0);
+    assert!(
+        metric(
+            &m,
+            r#"credproxy_credential_refreshes_total{result="ok",source="oauth2_client_credentials",tool="api"}"#
+        )
+        .unwrap()
+            >= 26.0
+    );
+    assert_eq!(metric(&m, r#"credproxy_credential_valid{tool="api"}"#), Some(1.0));
+    assert_eq!(metric(&m, r#"credproxy_credential_refresh_consecutive_failures{tool="api"}"#), Some(0.0));
+    assert!(metric(&m, r#"credproxy_requests_total{outcome="credential_unavailable",tool="api"}"#).unwrap() >= 1.0);
+    let a = audit(&p);
+    let events: Vec<&str> = a.lines().filter_map(|l| l.split("\"event\":\"").nth(1)?.split('"').next()).collect();
+    let failed_at = events.iter().position(|e| *e == "credential.refresh_failed").expect("refresh_failed audited");
+    let expired_at = events.iter().position(|e| *e == "credential.expired").expect("expired audited");
+    // After an emptied slot the next token is announced as issued again.
+    let back_at = events.iter().rposition(|e| *e == "credential.issued").unwrap();
+    assert!(failed_at < expired_at && expired_at < back_at, "{events:?}");
+    assert!(a.contains(r#""reason":"unreachable""#));
+    assert!(!a.contains(CLIENT_SECRET));
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn opaque_token_introspection_revocation_exchange_and_a_wrong_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    write_file(&dir, "secret", CLIENT_SECRET);
+    write_file(&dir, "wrong", "not-the-secret");
+    write_file(&dir, "sa-token", SUBJECT_TOKEN);
+    let oidc = Oidc::start(dir.path(), 300).await;
+    let up = Upstream::start().await;
+    let revocation = format!(", revocation_url: \"{}\"", oidc.url("/token/revocation"));
+    let exchange = format!(
+        "{{ source: oauth2_token_exchange, token_url: \"{}\", client_id: {CLIENT_ID}, client_secret_file: \"{{dir}}/secret\", subject_token_file: \"{{dir}}/sa-token\", audience: \"https://api.test/\" }}",
+        oidc.url("/token")
+    );
+    let wrong = format!(
+        "{{ source: oauth2_client_credentials, token_url: \"{}\", client_id: {CLIENT_ID}, client_secret_file: \"{{dir}}/wrong\" }}",
+        oidc.url("/token")
+    );
+    let policy = format!(
+        "version: 1\naudit: {{ output: \"{{dir}}/audit.log\" }}\ntools:\n{}{}{}    required: false\n",
+        tool("opaque", up.port(), &client_credentials(&oidc, "https://opaque.test/", &revocation)),
+        tool("exchange", up.port(), &exchange),
+        tool("wrong", up.port(), &wrong),
+    );
+    let p = Proxy::start_in(dir, &policy).await;
+    let bearer =
+        |up: &Upstream| up.last().headers["authorization"].to_str().unwrap().trim_start_matches("Bearer ").to_string();
+
+    // An opaque token for a resource indicator: the upstream checks it with introspection.
+    assert_eq!(status(&get(p.addr, "/opaque/x").await), 200);
+    let opaque = bearer(&up);
+    assert!(!opaque.contains('.'), "opaque, not a JWT");
+    let i = oidc.introspect(&opaque).await;
+    assert_eq!(
+        (i["active"].as_bool(), i["aud"].as_str(), i["scope"].as_str()),
+        (Some(true), Some("https://opaque.test/"), Some("api:read")),
+        "{i}"
+    );
+    // Revocation: dropped, revoked at the server (introspection says inactive), replaced.
+    assert_eq!(status(&p.control_post("/v1/credentials/opaque/revoke").await), 202);
+    eventually(
+        async || {
+            p.credential("opaque").await["state"] == "valid" && {
+                get(p.addr, "/opaque/y").await;
+                bearer(&up) != opaque
+            }
+        },
+        "a new token",
+    )
+    .await;
+    assert_eq!(oidc.introspect(&opaque).await["active"], false);
+    assert_eq!(oidc.introspect(&bearer(&up)).await["active"], true);
+
+    // Token exchange (registered with registerGrantType): the exchanged JWT verifies against the JWKS.
+    assert_eq!(status(&get(p.addr, "/exchange/x").await), 200);
+    let key = oidc.jwks_key("ec-1").await;
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    v.set_audience(&["https://api.test/"]);
+    v.set_issuer(&[oidc.issuer()]);
+    v.leeway = 0;
+    let claims = jsonwebtoken::decode::<serde_json::Value>(&bearer(&up), &key, &v).unwrap().claims;
+    assert_eq!(claims["exchanged_subject"], SUBJECT_TOKEN);
+    assert_eq!(p.credential("exchange").await["source"], "oauth2_token_exchange");
+
+    // A wrong client secret: invalid_client in status, metrics and audit; the tool answers 503.
+    eventually(async || p.credential("wrong").await["consecutive_failures"].as_u64() >= Some(1), "invalid_client")
+        .await;
+    let c = p.credential("wrong").await;
+    assert!(c["last_error"].as_str().unwrap().starts_with("invalid_client"), "{c}");
+    assert!(p.metrics().await.contains(r#"credproxy_credential_refresh_errors_total{reason="invalid_client",source="oauth2_client_credentials",tool="wrong"} 1"#));
+    assert!(audit(&p).contains(r#""reason":"invalid_client""#));
+    assert_eq!(status(&get(p.addr, "/wrong/x").await), 503);
+    p.shutdown().await;
+}

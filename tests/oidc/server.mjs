@@ -1,0 +1,112 @@
+// A certified OAuth 2.0 server (oidc-provider) on loopback for credproxy's tests.
+//
+//   node server.mjs --port P --keys FILE [--ttl SECONDS]
+//
+// Client credentials with resource indicators (JWT access tokens signed ES256 for
+// https://api.test/, opaque ones for https://opaque.test/), introspection, revocation, and an
+// RFC 8693 token-exchange grant registered with registerGrantType (oidc-provider has none built
+// in). The signing keys are written to FILE on first start and reused, so a restarted server's
+// tokens verify against the same JWKS. Prints "listening" when ready.
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import http from 'node:http';
+import { parseArgs } from 'node:util';
+
+import Provider, { errors } from 'oidc-provider';
+
+const { values: args } = parseArgs({
+  options: { port: { type: 'string' }, keys: { type: 'string' }, ttl: { type: 'string', default: '4' } },
+});
+const port = Number(args.port);
+const ttl = Number(args.ttl);
+if (!port || !args.keys) {
+  console.error('usage: node server.mjs --port P --keys FILE [--ttl SECONDS]');
+  process.exit(2);
+}
+
+function loadKeys(file) {
+  if (fs.existsSync(file)) return JSON.parse(fs.readFileSync(file, 'utf8'));
+  const ec = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ format: 'jwk' });
+  const rsa = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ format: 'jwk' });
+  const keys = { keys: [{ ...ec, kid: 'ec-1', use: 'sig', alg: 'ES256' }, { ...rsa, kid: 'rsa-1', use: 'sig', alg: 'RS256' }] };
+  fs.writeFileSync(file, JSON.stringify(keys), { mode: 0o600 });
+  return keys;
+}
+
+// The stand-in for a projected ServiceAccount token that token exchange accepts.
+export const SUBJECT_TOKEN = 'pod-1-service-account-token';
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const ACCESS_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:access_token';
+
+function resourceServerInfo(indicator) {
+  return {
+    scope: 'api:read',
+    audience: indicator,
+    accessTokenTTL: ttl,
+    accessTokenFormat: indicator.startsWith('https://opaque.') ? 'opaque' : 'jwt',
+    jwt: { sign: { alg: 'ES256' } },
+  };
+}
+
+const issuer = `http://127.0.0.1:${port}`;
+const provider = new Provider(issuer, {
+  jwks: loadKeys(args.keys),
+  scopes: ['api:read'],
+  clients: [
+    {
+      client_id: 'credproxy',
+      client_secret: 'credproxy-secret',
+      grant_types: ['client_credentials', TOKEN_EXCHANGE],
+      redirect_uris: [],
+      response_types: [],
+      token_endpoint_auth_method: 'client_secret_basic',
+      scope: 'api:read',
+    },
+    // The upstream API checks opaque tokens with introspection.
+    { client_id: 'upstream', client_secret: 'upstream-secret', grant_types: [], redirect_uris: [], response_types: [] },
+  ],
+  features: {
+    devInteractions: { enabled: false },
+    clientCredentials: { enabled: true },
+    introspection: { enabled: true, allowedPolicy: async () => true },
+    revocation: { enabled: true, allowedPolicy: async (ctx, client, token) => token.clientId === client.clientId },
+    resourceIndicators: {
+      enabled: true,
+      defaultResource: () => undefined,
+      useGrantedResource: () => true,
+      getResourceServerInfo: (ctx, indicator) => resourceServerInfo(indicator),
+    },
+  },
+  // Exchanged tokens say whose token was exchanged.
+  extraTokenClaims: (ctx) =>
+    ctx?.oidc?.params?.grant_type === TOKEN_EXCHANGE ? { exchanged_subject: ctx.oidc.params.subject_token } : undefined,
+});
+
+provider.registerGrantType(
+  TOKEN_EXCHANGE,
+  async (ctx) => {
+    const p = ctx.oidc.params;
+    if (p.subject_token !== SUBJECT_TOKEN) throw new errors.InvalidGrant('subject token not accepted');
+    if (p.subject_token_type !== 'urn:ietf:params:oauth:token-type:jwt') {
+      throw new errors.InvalidRequest('unsupported subject_token_type');
+    }
+    if (p.requested_token_type && p.requested_token_type !== ACCESS_TOKEN_TYPE) {
+      throw new errors.InvalidRequest('unsupported requested_token_type');
+    }
+    const indicator = p.resource || p.audience;
+    if (!indicator) throw new errors.InvalidTarget('audience or resource is required');
+    const token = new provider.ClientCredentials({ client: ctx.oidc.client, scope: 'api:read' });
+    token.resourceServer = new provider.ResourceServer(indicator, resourceServerInfo(indicator));
+    const value = await token.save();
+    ctx.body = {
+      access_token: value,
+      issued_token_type: ACCESS_TOKEN_TYPE,
+      token_type: 'Bearer',
+      expires_in: token.expiration,
+      scope: token.scope,
+    };
+  },
+  ['audience', 'resource', 'scope', 'requested_token_type', 'subject_token', 'subject_token_type', 'actor_token', 'actor_token_type'],
+);
+
+http.createServer(provider.callback()).listen(port, '127.0.0.1', () => console.log('listening'));
