@@ -15,6 +15,7 @@ use crate::audit::Audit;
 use crate::clock::Clock;
 use crate::config::validate::read_capped;
 use crate::config::watch::FsWatch;
+use crate::creds::lifecycle;
 use crate::creds::refresher::{self, CredCtx, TaskHandle};
 use crate::creds::Slot;
 use crate::fields;
@@ -170,16 +171,6 @@ impl Shared {
                             None => (None, None),
                         };
                         let slot = Arc::new(Slot::new(spec.source(), tx));
-                        // A rotating credential whose settings changed is fetched again at once;
-                        // its still-valid token serves meanwhile unless the injection form changed
-                        // or `not_before` revokes it.
-                        if let Some(t) = old.and_then(|e| e.slot.current()) {
-                            let same_inject = old.is_some_and(|e| e.key.1 == tool.inject);
-                            let revoked = tool.not_before.is_some_and(|nb| t.issued_at < nb);
-                            if spec.lifetime().is_some() && same_inject && !revoked {
-                                slot.carry_over(t);
-                            }
-                        }
                         let cx = CredCtx {
                             tool: name.clone(),
                             slot: slot.clone(),
@@ -191,6 +182,25 @@ impl Shared {
                             clock: self.clock.clone(),
                             upstreams: self.upstreams.clone(),
                         };
+                        // A rotating credential whose settings changed is fetched again at once;
+                        // its still-valid token serves meanwhile unless the source or injection
+                        // form changed, or a new `not_before` revokes it (then it is also revoked
+                        // at the authority, fleet-wide through the ConfigMap).
+                        if let (Some(e), Some(t)) = (old, old.and_then(|e| e.slot.current())) {
+                            let revoked = tool.not_before.is_some_and(|nb| t.issued_at < nb);
+                            if revoked && e.key.2 != tool.not_before {
+                                cx.revoked("not_before");
+                                if e.key.0.lifetime().is_some() {
+                                    tokio::spawn(lifecycle::revoke_once(e.key.0.clone(), cx.clone(), t));
+                                }
+                            } else if !revoked
+                                && spec.lifetime().is_some()
+                                && e.key.0.source() == spec.source()
+                                && e.key.1 == tool.inject
+                            {
+                                slot.carry_over(t);
+                            }
+                        }
                         let task = refresher::spawn(spec.clone(), tool.refresh, cx, rx);
                         creds.insert(tool.name.clone(), CredEntry { key, slot: slot.clone(), _task: task });
                         slot

@@ -130,10 +130,55 @@ async fn openai_sdk_with_base_url_and_placeholder_key() {
 
 #[tokio::test]
 async fn promtool_accepts_the_metrics() {
-    let (_up, proxy) = setup().await;
+    // Every metric family present: a file credential, a rotating one and a failing one.
+    use std::os::unix::fs::PermissionsExt;
+    let up = Upstream::start().await;
+    let port = up.port();
+    let dir = tempfile::tempdir().unwrap();
+    write_file(&dir, "token", TOKEN);
+    let ok = write_file(&dir, "ok.sh", "#!/bin/sh\necho '{\"token\": \"rotating\", \"expires_in\": 600}'\n");
+    let bad = write_file(&dir, "bad.sh", "#!/bin/sh\nexit 1\n");
+    for f in [&ok, &bad] {
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let policy = format!(
+        r#"version: 1
+tools:
+  openai:
+    upstream: http://127.0.0.1:{port}
+    credential: {{ source: file, path: "{{dir}}/token" }}
+    routes: [{{ scheme: http, host: 127.0.0.1, port: {port}, allow_private: true, paths: ["/v1/**"] }}]
+  rot:
+    upstream: http://127.0.0.1:{port}/rot
+    credential: {{ source: exec, command: ["{{dir}}/ok.sh"] }}
+    routes: [{{ scheme: http, host: 127.0.0.1, port: {port}, allow_private: true, paths: ["/rot/**"] }}]
+  bad:
+    required: false
+    upstream: http://127.0.0.1:{port}/bad
+    credential: {{ source: exec, command: ["{{dir}}/bad.sh"] }}
+    routes: [{{ scheme: http, host: 127.0.0.1, port: {port}, allow_private: true, paths: ["/bad/**"] }}]
+"#
+    );
+    let proxy = Proxy::start_in(dir, &policy).await;
     get(proxy.addr, "/openai/v1/models").await;
+    get(proxy.addr, "/rot/x").await;
+    get(proxy.addr, "/bad/x").await;
     get(proxy.addr, "/nosuch/x").await;
-    let resp = proxy.metrics().await;
+    let mut resp = proxy.metrics().await;
+    for _ in 0..100 {
+        if resp.contains("exec_failed") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        resp = proxy.metrics().await;
+    }
+    for family in [
+        "credproxy_credential_refresh_duration_seconds_bucket",
+        "credproxy_credential_refresh_errors_total{reason=\"exec_failed\"",
+        "credproxy_credential_expiration_timestamp_seconds{tool=\"rot\"}",
+    ] {
+        assert!(resp.contains(family), "no {family}");
+    }
     let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap();
     assert!(body.contains("credproxy_requests_total"));
     let promtool = which("promtool").expect(

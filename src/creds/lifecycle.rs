@@ -141,6 +141,16 @@ pub async fn run<S: Source>(
     }
 }
 
+/// Revoke `token` at the authority of `spec` (a token a reload's `not_before` revoked, whose
+/// task is gone).
+pub async fn revoke_once(spec: CredentialSpec, cx: CredCtx, token: std::sync::Arc<Token>) {
+    match &spec {
+        CredentialSpec::OAuth(o) => revoke_at_authority(&mut super::oauth::OAuth::new(o, &cx), &token, &cx).await,
+        CredentialSpec::Jwt(_) | CredentialSpec::Exec(_) | CredentialSpec::File { .. } | CredentialSpec::Env { .. } => {
+        }
+    }
+}
+
 async fn revoke_at_authority<S: Source>(source: &mut S, t: &Token, cx: &CredCtx) {
     match tokio::time::timeout(REVOKE_LIMIT, source.revoke(t.secret())).await {
         Ok(Ok(())) => {}

@@ -105,10 +105,15 @@ impl CredCtx {
         self.metrics.credential_refreshes.with_label_values(&[tool, source, "error"]).inc();
         self.metrics.credential_refresh_errors.with_label_values(&[tool, source, reason]).inc();
         self.metrics.credential_consecutive_failures.with_label_values(&[tool]).set(i64::from(attempt));
+        // The token still being served, if any, and until when.
+        let current = self.slot.current();
         self.audit.emit(
             "credential.refresh_failed",
             fields! {"tool" => tool, "source" => source, "reason" => reason, "message" => message,
-            "attempt" => attempt, "retry_at" => retry_at.map(timestamp)},
+            "attempt" => attempt, "retry_at" => retry_at.map(timestamp),
+            "credential_id" => current.as_ref().map(|t| t.fingerprint.clone()),
+            "expires_at" => current.as_ref().and_then(|t| t.expires_at).map(timestamp),
+            "lease_id" => current.as_ref().and_then(|t| t.lease_id.clone())},
         );
         tracing::warn!(tool, source, reason, attempt, "credential fetch failed: {message}");
         attempt
