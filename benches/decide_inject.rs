@@ -7,7 +7,7 @@ use std::time::{Instant, SystemTime};
 
 use credproxy::creds::{Slot, Token};
 use credproxy::policy::{normalize, Action, Destination, Scheme};
-use credproxy::proxy::request::strip_and_inject;
+use credproxy::proxy::inject::strip_and_inject;
 use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue, Method};
 use secrecy::SecretString;

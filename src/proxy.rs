@@ -3,6 +3,7 @@
 pub mod body;
 pub mod connect;
 pub mod forward;
+pub mod inject;
 pub mod request;
 pub mod stack;
 pub mod target;
