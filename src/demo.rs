@@ -212,6 +212,29 @@ async fn drive(proxy: std::net::SocketAddr, sent: Arc<Vec<(AtomicU64, AtomicU64)
     }
 }
 
+/// Serve HTTP/1.1 on `listener` with `handler` until the task is aborted: the demo's authority
+/// and tool API (and the tests' fault-injecting token endpoint) are small servers like this.
+pub fn serve_http<F, Fut>(listener: TcpListener, handler: F) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = http::Response<http_body_util::Full<Bytes>>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let fut = handler(req);
+                    async move { Ok::<_, std::convert::Infallible>(fut.await) }
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+            });
+        }
+    })
+}
+
 fn tempfile_dir() -> Result<std::path::PathBuf, String> {
     let base = std::env::temp_dir().join(format!("credproxy-demo-{}", std::process::id()));
     std::fs::create_dir_all(&base).map_err(|e| format!("cannot create {}: {e}", base.display()))?;

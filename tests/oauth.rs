@@ -29,16 +29,6 @@ fn cc(url: &str, more: &str) -> String {
     )
 }
 
-async fn eventually<F: AsyncFnMut() -> bool>(mut f: F, what: &str) {
-    for _ in 0..300 {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
 async fn until_valid(p: &Proxy) {
     eventually(async || p.credential("api").await["state"] == "valid", "a valid credential").await;
 }

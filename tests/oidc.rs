@@ -12,16 +12,6 @@ use common::oidc::{Oidc, CLIENT_ID, CLIENT_SECRET, SUBJECT_TOKEN};
 use common::*;
 use credproxy::demo::tool_api::{self, Expect};
 
-async fn eventually<F: AsyncFnMut() -> bool>(mut f: F, what: &str) {
-    for _ in 0..500 {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
 fn tool(name: &str, up: u16, cred: &str) -> String {
     format!(
         "  {name}:\n    upstream: http://127.0.0.1:{up}/{name}\n    credential: {cred}\n    routes: [{{ scheme: http, host: 127.0.0.1, port: {up}, paths: [\"/{name}/**\"], allow_private: true }}]\n"

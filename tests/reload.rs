@@ -15,16 +15,6 @@ fn policy(port: u16, path: &str, token_file: &str) -> String {
     )
 }
 
-async fn eventually<F: AsyncFnMut() -> bool>(mut f: F, what: &str) {
-    for _ in 0..500 {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
 /// Send requests until the upstream receives `auth` (a rotated credential has been picked up).
 async fn until_upstream_sees(up: &Upstream, addr: std::net::SocketAddr, auth: &str) {
     eventually(

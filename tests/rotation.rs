@@ -9,16 +9,6 @@ use std::time::Duration;
 use common::authority::{Authority, Mode};
 use common::*;
 
-async fn eventually<F: AsyncFnMut() -> bool>(mut f: F, what: &str) {
-    for _ in 0..300 {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
 fn policy(up: u16, a: &Authority, b: &Authority, scope_b: &str) -> String {
     let cred = |auth: &Authority, scope: &str| {
         format!(

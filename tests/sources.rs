@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 
 fn policy(up: u16, cred: &str) -> String {
@@ -18,16 +16,6 @@ tools:
     routes: [{{ scheme: http, host: 127.0.0.1, port: {up}, allow_private: true }}]
 "#
     )
-}
-
-async fn eventually<F: AsyncFnMut() -> bool>(mut f: F, what: &str) {
-    for _ in 0..300 {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 fn bearer(up: &Upstream) -> String {

@@ -1,7 +1,6 @@
 //! The demo's token authority: OAuth 2.0 client credentials (client_secret_basic) issuing ES256
 //! JWTs that live 10 s, with the requested `audience` and `scope`.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -13,7 +12,6 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -56,18 +54,9 @@ pub fn serve(listener: TcpListener, key: EncodingKey, client_id: &str, secret: &
     let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair));
     let issued = Arc::new(AtomicU64::new(0));
     let state = Arc::new(State { key, basic, issued: issued.clone() });
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
-            let state = state.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
-                    let state = state.clone();
-                    async move { Ok::<_, Infallible>(token(&state, req).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
-            });
-        }
+    super::serve_http(listener, move |req| {
+        let state = state.clone();
+        async move { token(&state, req).await }
     });
     issued
 }

@@ -2,7 +2,6 @@
 //! scope, expiry with zero leeway) and counts what it accepted and rejected, per tool.
 
 use std::collections::HashSet;
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -10,7 +9,6 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use tokio::net::TcpListener;
 
@@ -48,20 +46,11 @@ pub struct Counts {
 pub fn serve(listener: TcpListener, key: DecodingKey, issuer: &str, expect: Vec<Expect>) -> Arc<Vec<Counts>> {
     let counts: Arc<Vec<Counts>> = Arc::new(expect.iter().map(|_| Counts::default()).collect());
     let state = Arc::new((key, issuer.to_string(), expect, counts.clone()));
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
-            let state = state.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let state = state.clone();
-                    async move {
-                        let (key, issuer, expect, counts) = &*state;
-                        Ok::<_, Infallible>(check(key, issuer, expect, counts, &req))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
-            });
+    super::serve_http(listener, move |req| {
+        let state = state.clone();
+        async move {
+            let (key, issuer, expect, counts) = &*state;
+            check(key, issuer, expect, counts, &req)
         }
     });
     counts

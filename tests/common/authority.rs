@@ -1,7 +1,6 @@
 //! A token endpoint that can be told to fail in each way a real one does (down, slow, 5xx, 429,
 //! malformed, odd `expires_in`, an error that echoes the client secret), recording every request.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,7 +10,6 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 /// How the endpoint answers.
@@ -72,20 +70,7 @@ impl Authority {
         let (ttl, issued) = (Arc::new(AtomicU64::new(60)), Arc::new(AtomicU64::new(0)));
         let extra = Arc::new(Mutex::new(serde_json::Map::new()));
         let state = (mode.clone(), seen.clone(), ttl.clone(), issued.clone(), extra.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                let state = state.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let state = state.clone();
-                        async move { Ok::<_, Infallible>(answer(state, req).await) }
-                    });
-                    let _ =
-                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
-                });
-            }
-        });
+        let task = credproxy::demo::serve_http(listener, move |req| answer(state.clone(), req));
         Authority { addr, mode, seen, ttl, issued, extra, task: Arc::new(task) }
     }
 

@@ -302,6 +302,17 @@ impl Proxy {
     }
 }
 
+/// Poll `f` every 20 ms until it holds; panic after 10 s.
+pub async fn eventually<F: AsyncFnMut() -> bool>(mut f: F, what: &str) {
+    for _ in 0..500 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
 /// Write a file in a temp folder that outlives the call.
 pub fn write_file(dir: &tempfile::TempDir, name: &str, contents: &str) -> PathBuf {
     let p = dir.path().join(name);

@@ -59,6 +59,12 @@ impl Ctx<'_> {
         Some(out)
     }
 
+    /// Expand and parse a URL.
+    fn uri(&mut self, path: &str, raw: &str) -> Option<http::Uri> {
+        let s = self.expand(path, raw)?;
+        s.parse().map_err(|_| self.err(path, "not a URL")).ok()
+    }
+
     fn duration(&mut self, path: &str, raw: &Option<String>, default: Duration) -> Duration {
         let Some(raw) = raw else { return default };
         let Some(s) = self.expand(path, raw) else { return default };

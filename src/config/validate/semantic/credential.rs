@@ -71,14 +71,7 @@ fn file(cx: &mut Ctx<'_>, path: String, raw: &Option<String>) -> Option<PathBuf>
 
 /// A token or revocation endpoint: `https`, or `http` to a loopback host.
 fn endpoint(cx: &mut Ctx<'_>, path: &str, raw: &str) -> Option<http::Uri> {
-    let s = cx.expand(path, raw)?;
-    let uri: http::Uri = match s.parse() {
-        Ok(u) => u,
-        Err(_) => {
-            cx.err(path, "not a URL");
-            return None;
-        }
-    };
+    let uri = cx.uri(path, raw)?;
     let host = uri.host().unwrap_or("").trim_start_matches('[').trim_end_matches(']');
     let loopback = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
     match uri.scheme_str() {

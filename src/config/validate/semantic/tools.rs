@@ -230,14 +230,7 @@ fn route(cx: &mut Ctx<'_>, path: &str, r: &RawRoute) -> Option<Route> {
 }
 
 fn upstream(cx: &mut Ctx<'_>, path: &str, raw: &str, routes: &[Route]) -> Option<Upstream> {
-    let s = cx.expand(path, raw)?;
-    let uri: http::Uri = match s.parse() {
-        Ok(u) => u,
-        Err(_) => {
-            cx.err(path, "not a URL");
-            return None;
-        }
-    };
+    let uri = cx.uri(path, raw)?;
     let scheme = match uri.scheme_str() {
         Some("https") => Scheme::Https,
         Some("http") => Scheme::Http,
