@@ -186,7 +186,7 @@ async fn wait_for_signal() {
 fn route_table(p: &Policy) -> String {
     let mut out = format!("policy OK: {} tool(s)\n", p.tools.len());
     out.push_str(&format!(
-        "{:<20} {:<10} {:<8} {:<40} {:<16} {}\n",
+        "{:<20} {:<26} {:<8} {:<40} {:<16} {}\n",
         "TOOL", "CREDENTIAL", "SCHEME", "HOST:PORT", "METHODS", "PATHS"
     ));
     for t in &p.tools {
@@ -208,7 +208,7 @@ fn route_table(p: &Policy) -> String {
                 flags.push_str(" [selected_by_header]");
             }
             out.push_str(&format!(
-                "{:<20} {:<10} {:<8} {:<40} {:<16} {}{}\n",
+                "{:<20} {:<26} {:<8} {:<40} {:<16} {}{}\n",
                 t.name,
                 t.credential.as_ref().map_or("none", |c| c.source()),
                 r.scheme.as_str(),

@@ -75,15 +75,7 @@ pub async fn run<S: Source>(
                     }
                     true
                 }
-                Some(Command::Shutdown(done)) => {
-                    if life.revoke_on_shutdown {
-                        if let Some(t) = cx.revoked("shutdown") {
-                            revoke_at_authority(&mut source, &t, cx).await;
-                        }
-                    }
-                    let _ = done.send(());
-                    return;
-                }
+                Some(Command::Shutdown(done)) => return shut_down(&mut source, &life, cx, done).await,
             },
             _ = sleep_until(end.map_or(next.mono, |e| e.mono)), if end.is_some() => false,
             _ = sleep_until(next.mono) => false,
@@ -96,19 +88,43 @@ pub async fn run<S: Source>(
         if !forced && !past(next) {
             continue;
         }
-        // Fetch, still enforcing the current token's end while the authority is slow.
+        // Fetch, still enforcing the current token's end while the authority is slow; a revoke
+        // drops the token at once, a shutdown abandons the fetch.
         let (started_wall, started) = (clock.now(), clock.mono());
-        let fetch = tokio::time::timeout(FETCH_LIMIT, source.fetch());
-        tokio::pin!(fetch);
-        let result = loop {
-            tokio::select! {
-                r = &mut fetch => break r.unwrap_or_else(|_| Err(FetchError::new("timeout", "the fetch did not finish"))),
-                _ = sleep_until(end.map_or(started, |e| e.mono)), if end.is_some() => {
-                    end = None;
-                    cx.expired();
+        let (mut revoked, mut shutdown) = (Vec::new(), None);
+        let result = {
+            let fetch = tokio::time::timeout(FETCH_LIMIT, source.fetch());
+            tokio::pin!(fetch);
+            loop {
+                tokio::select! {
+                    biased;
+                    r = &mut fetch => break r.unwrap_or_else(|_| Err(FetchError::new("timeout", "the fetch did not finish"))),
+                    c = rx.recv() => match c {
+                        None => return,
+                        Some(Command::Revoke { reason }) => {
+                            end = None;
+                            revoked.extend(cx.revoked(reason));
+                        }
+                        Some(Command::Shutdown(done)) => {
+                            shutdown = Some(done);
+                            break Err(FetchError::new("timeout", "abandoned at shutdown"));
+                        }
+                        // A fetch is already under way.
+                        Some(Command::Refresh { .. } | Command::Check) => {}
+                    },
+                    _ = sleep_until(end.map_or(started, |e| e.mono)), if end.is_some() => {
+                        end = None;
+                        cx.expired();
+                    }
                 }
             }
         };
+        for t in revoked {
+            revoke_at_authority(&mut source, &t, cx).await;
+        }
+        if let Some(done) = shutdown {
+            return shut_down(&mut source, &life, cx, done).await;
+        }
         cx.metrics
             .credential_refresh_duration
             .with_label_values(&[&cx.tool, cx.slot.source])
@@ -139,6 +155,16 @@ pub async fn run<S: Source>(
             }
         }
     }
+}
+
+/// Stop: revoke the current token at the authority first when `revoke_on_shutdown`.
+async fn shut_down<S: Source>(source: &mut S, life: &Lifetime, cx: &CredCtx, done: tokio::sync::oneshot::Sender<()>) {
+    if life.revoke_on_shutdown {
+        if let Some(t) = cx.revoked("shutdown") {
+            revoke_at_authority(source, &t, cx).await;
+        }
+    }
+    let _ = done.send(());
 }
 
 /// Revoke `token` at the authority of `spec` (a token a reload's `not_before` revoked, whose

@@ -25,6 +25,8 @@ type Script = Box<dyn FnMut(u32) -> Result<Duration, FetchError> + Send>;
 struct Fake {
     script: Script,
     calls: Arc<Mutex<Vec<Instant>>>,
+    /// How long each fetch takes.
+    delay: Arc<Mutex<Duration>>,
 }
 
 impl Source for Fake {
@@ -34,6 +36,8 @@ impl Source for Fake {
             c.push(Instant::now());
             c.len() as u32
         };
+        let delay = *self.delay.lock().unwrap();
+        tokio::time::sleep(delay).await;
         let ttl = (self.script)(n)?;
         Ok(Fetched { secret: SecretString::from(format!("token-{n}")), expiry: Expiry::In(ttl), lease_id: None })
     }
@@ -41,6 +45,7 @@ impl Source for Fake {
 
 struct Rig {
     cx: CredCtx,
+    delay: Arc<Mutex<Duration>>,
     calls: Arc<Mutex<Vec<Instant>>>,
     tx: mpsc::Sender<Command>,
     audit_file: tempfile::NamedTempFile,
@@ -76,13 +81,14 @@ fn start(script: Script, life: Lifetime) -> Rig {
         upstreams: Arc::new(Upstreams::new()),
     };
     let calls = Arc::new(Mutex::new(Vec::new()));
-    let source = Fake { script, calls: calls.clone() };
+    let delay = Arc::new(Mutex::new(Duration::ZERO));
+    let source = Fake { script, calls: calls.clone(), delay: delay.clone() };
     let run_cx = cx.clone();
     tokio::spawn(async move {
         let mut rx = rx;
         run(source, life, Refresh::default(), &run_cx, &mut rx).await;
     });
-    Rig { cx, calls, tx, audit_file }
+    Rig { cx, delay, calls, tx, audit_file }
 }
 
 fn secs(n: u64) -> Duration {
@@ -227,4 +233,19 @@ async fn a_panicking_task_is_restarted_and_counted() {
     tokio::time::sleep(secs(5)).await;
     assert_eq!(*runs.lock().unwrap(), 3);
     assert!(rig.cx.metrics.encode().contains(r#"credproxy_credential_task_restarts_total{tool="api"} 2"#));
+}
+
+#[tokio::test(start_paused = true)]
+async fn revoke_during_a_slow_fetch_drops_the_token_at_once() {
+    let rig = start(Box::new(|_| Ok(secs(3600))), Lifetime::default());
+    tokio::time::sleep(secs(1)).await;
+    *rig.delay.lock().unwrap() = secs(8);
+    rig.tx.send(Command::Refresh { reason: "rotate" }).await.unwrap();
+    tokio::time::sleep(secs(1)).await;
+    assert!(rig.cx.slot.current().is_some(), "the old token serves while the new one is fetched");
+    rig.tx.send(Command::Revoke { reason: "api" }).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(rig.cx.slot.current().is_none(), "revoked at once, not after the fetch");
+    tokio::time::sleep(secs(10)).await;
+    assert!(rig.cx.slot.usable(rig.cx.clock.now()).is_some(), "the fetch under way then publishes");
 }
