@@ -7,6 +7,7 @@ use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, PROXY_AUTH
 use http::{Response, StatusCode};
 
 use crate::metrics::Outcome;
+use crate::proxy::forward::ConnectError;
 use crate::proxy::Body;
 
 /// The header on every response credproxy itself produces (and removed from upstream responses).
@@ -54,6 +55,30 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// What an upstream client error means: a refused address, a TLS failure, a timeout, or
+    /// an unreachable upstream (walks the error chain, through `io::Error` wrappers).
+    pub fn from_client(e: &hyper_util::client::legacy::Error) -> ProxyError {
+        let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(s) = src {
+            if let Some(c) = s.downcast_ref::<ConnectError>() {
+                return c.into();
+            }
+            if let Some(t) = s.downcast_ref::<rustls::Error>() {
+                return ProxyError::UpstreamTls(t.to_string());
+            }
+            // io::Error::source() skips the error it wraps; get_ref() is the next link.
+            src = match s.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+                Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+                None => s.source(),
+            };
+        }
+        ProxyError::UpstreamUnreachable(if e.is_connect() {
+            "connect failed".into()
+        } else {
+            "the upstream closed the connection".into()
+        })
+    }
+
     /// Status, `credproxy-error` code and request outcome: the one mapping.
     pub fn parts(&self) -> (StatusCode, &'static str, Outcome) {
         use ProxyError::*;

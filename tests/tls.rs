@@ -130,3 +130,36 @@ async fn h2_upstream_by_alpn() {
     assert_eq!(seen, vec![(http::Version::HTTP_2, Some("Bearer h2-token".to_string()))]);
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn token_endpoints_are_verified_too() {
+    use common::authority::{Authority, Mode};
+    let ca = ca();
+    let auth = Authority::start_tls(Mode::Ok, server(&ca, "auth.test", false)).await;
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_file(&dir, "ca.pem", &ca.cert.pem());
+    write_file(&dir, "secret", "tls-secret");
+    let tool = |name: &str, with_ca: bool| {
+        format!(
+            "  {name}:\n    required: false\n    upstream: http://127.0.0.1:{p}/{name}\n    credential: {{ source: oauth2_client_credentials, token_url: \"https://auth.test:{a}/token\", client_id: agent, client_secret_file: \"{{dir}}/secret\"{ca} }}\n    routes: [{{ scheme: http, host: 127.0.0.1, port: {p}, paths: [\"/{name}/**\"], allow_private: true }}]\n",
+            p = up.port(),
+            a = auth.addr.port(),
+            ca = if with_ca { ", ca_file: \"{dir}/ca.pem\"" } else { "" },
+        )
+    };
+    let policy = format!(
+        "version: 1\nresolve: {{ auth.test: 127.0.0.1 }}\ntools:\n{}{}",
+        tool("trusted", true),
+        tool("untrusted", false)
+    );
+    let p = Proxy::start_unready(dir, &policy).await;
+    eventually(async || p.credential("trusted").await["state"] == "valid", "a token over verified TLS").await;
+    assert_eq!(status(&get(p.addr, "/trusted/x").await), 200);
+    assert_eq!(up.last().headers["authorization"], "Bearer tok-1");
+    eventually(async || p.credential("untrusted").await["consecutive_failures"].as_u64() >= Some(1), "a TLS failure")
+        .await;
+    let c = p.credential("untrusted").await;
+    assert!(c["last_error"].as_str().unwrap().contains("TLS"), "{c}");
+    assert_eq!(auth.requests().len(), 1, "the client secret never went to an unverified server");
+}

@@ -13,7 +13,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::source::{oauth_error_code, Expiry, FetchError};
-use crate::proxy::forward::{ConnectError, TokenClient};
+use crate::error::ProxyError;
+use crate::proxy::forward::TokenClient;
 
 /// Largest token-endpoint body read.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -76,24 +77,12 @@ pub async fn post_form(
     })
 }
 
+/// A client error as a fetch failure: the request path's classification, in the fetch's words.
 fn classify_client_error(e: &hyper_util::client::legacy::Error) -> FetchError {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(s) = src {
-        if let Some(c) = s.downcast_ref::<ConnectError>() {
-            return match c {
-                ConnectError::Timeout => FetchError::new("timeout", "connecting to the authority timed out"),
-                other => FetchError::new("unreachable", format!("cannot connect to the authority: {other}")),
-            };
-        }
-        if s.downcast_ref::<rustls::Error>().is_some() {
-            return FetchError::new("unreachable", "TLS with the authority failed");
-        }
-        src = s.source();
-    }
-    if e.is_connect() {
-        FetchError::new("unreachable", "cannot connect to the authority")
-    } else {
-        FetchError::new("unreachable", "the authority closed the connection")
+    match ProxyError::from_client(e) {
+        ProxyError::UpstreamTimeout => FetchError::new("timeout", "connecting to the authority timed out"),
+        ProxyError::UpstreamTls(m) => FetchError::new("unreachable", format!("TLS with the authority failed: {m}")),
+        other => FetchError::new("unreachable", format!("cannot reach the authority: {other}")),
     }
 }
 

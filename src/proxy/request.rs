@@ -11,7 +11,7 @@ use hyper_util::rt::TokioIo;
 use secrecy::ExposeSecret;
 
 use super::body::{Body, UpstreamBody};
-use super::forward::{connection_tokens, remove_hop_by_hop, ConnectError};
+use super::forward::{connection_tokens, remove_hop_by_hop};
 use super::inject::{injected_header, is_idempotent, strip_and_inject, upstream_uri, FORCED_REFRESH_EVERY, RETRY_WAIT};
 use super::target::Target;
 use crate::creds::Command;
@@ -240,7 +240,7 @@ async fn forward(
     let send = |req| async move {
         match tokio::time::timeout(limit, client.request(req)).await {
             Err(_) => Err(ProxyError::UpstreamTimeout),
-            Ok(Err(e)) => Err(classify(&e)),
+            Ok(Err(e)) => Err(ProxyError::from_client(&e)),
             Ok(Ok(r)) => Ok(r),
         }
     };
@@ -302,29 +302,6 @@ async fn forward(
     tracing::trace!(%peer, tool = %spec.name, status = resp.status().as_u16(), "forwarded");
     let outcome = if rt.slot.is_some() { Outcome::Injected } else { Outcome::Passthrough };
     Ok((resp.map(Body::Upstream), outcome))
-}
-
-/// Map a client error to what the agent sees.
-fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = src {
-        if let Some(c) = s.downcast_ref::<ConnectError>() {
-            return c.into();
-        }
-        if let Some(t) = s.downcast_ref::<rustls::Error>() {
-            return ProxyError::UpstreamTls(t.to_string());
-        }
-        // io::Error::source() skips the error it wraps; get_ref() is the next link.
-        src = match s.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
-            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
-            None => s.source(),
-        };
-    }
-    ProxyError::UpstreamUnreachable(if e.is_connect() {
-        "connect failed".into()
-    } else {
-        "the upstream closed the connection".into()
-    })
 }
 
 #[cfg(test)]

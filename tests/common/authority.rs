@@ -74,6 +74,40 @@ impl Authority {
         Authority { addr, mode, seen, ttl, issued, extra, task: Arc::new(task) }
     }
 
+    /// The same endpoint behind TLS with this server configuration.
+    pub async fn start_tls(mode: Mode, config: rustls::ServerConfig) -> Authority {
+        let a = Authority::start(mode).await;
+        a.task.abort();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let state = (a.mode.clone(), a.seen.clone(), a.ttl.clone(), a.issued.clone(), a.extra.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let (acceptor, state) = (acceptor.clone(), state.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let svc = hyper::service::service_fn(move |req| {
+                        let state = state.clone();
+                        async move { Ok::<_, std::convert::Infallible>(answer(state, req).await) }
+                    });
+                    let io = hyper_util::rt::TokioIo::new(tls);
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+                });
+            }
+        });
+        Authority {
+            addr,
+            mode: a.mode.clone(),
+            seen: a.seen.clone(),
+            ttl: a.ttl.clone(),
+            issued: a.issued.clone(),
+            extra: a.extra.clone(),
+            task: Arc::new(task),
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}/token", self.addr.port())
     }
