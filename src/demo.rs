@@ -11,9 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::BodyExt;
 use tokio::net::TcpListener;
 
 /// The shipped demo policy (also `config/demo.yaml`, which `credproxy check` accepts as is).
@@ -63,8 +61,8 @@ pub async fn run(opts: Options) -> Result<Summary, String> {
     let auth_listener = bind(AUTHORITY, "token authority").await?;
     let api_listener = bind(TOOL_API, "tool API").await?;
     let keys = authority::keys();
-    let issued = authority::serve(auth_listener, keys.encoding, "demo-agent", SECRET.trim_end());
-    let verify = if opts.wrong_key { authority::keys().decoding } else { keys.decoding };
+    let issued = authority::serve(auth_listener, keys.signing, "demo-agent", SECRET.trim_end());
+    let verify = if opts.wrong_key { authority::keys().public } else { keys.public };
     let expect = TOOLS.iter().map(|(n, a, s)| tool_api::Expect::new(n, a, s)).collect();
     let counts = tool_api::serve(api_listener, verify, authority::ISSUER, expect);
 
@@ -192,7 +190,8 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 
 /// Steady traffic: each tool every [`EVERY`], counted as 200 or not.
 async fn drive(proxy: std::net::SocketAddr, sent: Arc<Vec<(AtomicU64, AtomicU64)>>) {
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    // The token-endpoint client type (loopback allowed): no extra hyper client in the binary.
+    let client = crate::proxy::forward::Upstreams::new().token_client(&[]);
     let mut tick = tokio::time::interval(EVERY);
     loop {
         tick.tick().await;
@@ -212,27 +211,40 @@ async fn drive(proxy: std::net::SocketAddr, sent: Arc<Vec<(AtomicU64, AtomicU64)
     }
 }
 
+/// A boxed request handler, so every small server shares one hyper server instantiation.
+pub type Handler = Arc<
+    dyn Fn(
+            http::Request<hyper::body::Incoming>,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = http::Response<http_body_util::Full<Bytes>>> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// Serve HTTP/1.1 on `listener` with `handler` until the task is aborted: the demo's authority
 /// and tool API (and the tests' fault-injecting token endpoint) are small servers like this.
 pub fn serve_http<F, Fut>(listener: TcpListener, handler: F) -> tokio::task::JoinHandle<()>
 where
-    F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = http::Response<http_body_util::Full<Bytes>>> + Send + 'static,
 {
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
-            let handler = handler.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
-                    let fut = handler(req);
-                    async move { Ok::<_, std::convert::Infallible>(fut.await) }
-                });
-                let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+    let handler: Handler = Arc::new(move |req| Box::pin(handler(req)));
+    tokio::spawn(serve_boxed(listener, handler))
+}
+
+async fn serve_boxed(listener: TcpListener, handler: Handler) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let fut = handler(req);
+                async move { Ok::<_, std::convert::Infallible>(fut.await) }
             });
-        }
-    })
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+        });
+    }
 }
 
 fn tempfile_dir() -> Result<std::path::PathBuf, String> {

@@ -41,7 +41,7 @@ async fn rotation_under_load_then_an_authority_outage_and_recovery() {
     let dir = tempfile::tempdir().unwrap();
     write_file(&dir, "secret", CLIENT_SECRET);
     let mut oidc = Oidc::start(dir.path(), 4).await;
-    let key = oidc.jwks_key("ec-1").await;
+    let key = oidc.jwks_point("ec-1").await;
     let api_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api_port = api_listener.local_addr().unwrap().port();
     let counts =

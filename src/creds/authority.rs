@@ -163,7 +163,13 @@ pub fn issued(a: &Answer, now: SystemTime) -> Result<Issued, FetchError> {
             if n.is_nan() || n < 1.0 {
                 return Err(bad("expires_in is zero or negative"));
             }
-            Expiry::In(Duration::from_secs_f64(n.min(1e9)))
+            let stated = Duration::from_secs_f64(n.min(1e9));
+            // A JWT's own `exp` binds at the resource server; with whole-second claims it can
+            // fall up to a second before now + expires_in. The earlier of the two wins.
+            match jwt_exp(&token) {
+                Some(exp) if exp < now + stated => Expiry::At(exp),
+                _ => Expiry::In(stated),
+            }
         }
     };
     Ok(Issued {
@@ -211,6 +217,11 @@ mod tests {
         let jwt = format!("e30.{payload}.sig");
         let at = ok(&format!(r#"{{"access_token":"{jwt}"}}"#)).unwrap();
         assert_eq!(at, Expiry::At(SystemTime::UNIX_EPOCH + Duration::from_secs(4_000_000_000)));
+        // With expires_in too, an earlier exp wins (whole-second claims).
+        let soon = now.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() + 3;
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!(r#"{{"exp":{soon}}}"#));
+        let at = ok(&format!(r#"{{"access_token":"e30.{payload}.sig","expires_in":4}}"#)).unwrap();
+        assert_eq!(at, Expiry::At(SystemTime::UNIX_EPOCH + Duration::from_secs(soon)));
     }
 
     #[test]

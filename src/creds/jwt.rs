@@ -4,7 +4,9 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use base64::Engine;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::PrivateKeyDer;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
@@ -28,22 +30,59 @@ fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// Sign `claims` with the PEM key `pem` (PKCS#8).
+/// Sign `claims` with the PEM private key `pem` (PKCS#8; PKCS#1 for RSA too).
 pub fn sign(alg: SignAlg, pem: &SecretString, kid: Option<&str>, claims: &Value) -> Result<String, FetchError> {
-    // One provider is compiled in; installing it explicitly keeps jsonwebtoken from guessing.
-    let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
-    let pem = pem.expose_secret().as_bytes();
-    let bad = |_| FetchError::local(format!("the key file is not a PEM {alg:?} private key"));
-    let (key, alg) = match alg {
-        SignAlg::RS256 => (EncodingKey::from_rsa_pem(pem).map_err(bad)?, Algorithm::RS256),
-        SignAlg::ES256 => (EncodingKey::from_ec_pem(pem).map_err(bad)?, Algorithm::ES256),
-        SignAlg::EdDSA => (EncodingKey::from_ed_pem(pem).map_err(bad)?, Algorithm::EdDSA),
+    let der = PrivateKeyDer::from_pem_slice(pem.expose_secret().as_bytes())
+        .map_err(|_| FetchError::local(format!("the key file is not a PEM {alg:?} private key")))?;
+    sign_der(alg, &der, kid, claims)
+}
+
+/// Sign `claims` as a JWS compact serialisation (header `alg`, `typ: JWT`, `kid`) with aws-lc-rs
+/// directly: three algorithms need no JWT library, and its PEM support would pull in an ASN.1
+/// stack and a bignum crate that rustls-pki-types already covers.
+pub fn sign_der(
+    alg: SignAlg,
+    der: &PrivateKeyDer<'_>,
+    kid: Option<&str>,
+    claims: &Value,
+) -> Result<String, FetchError> {
+    use aws_lc_rs::signature as sig;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let name = match alg {
+        SignAlg::RS256 => "RS256",
+        SignAlg::ES256 => "ES256",
+        SignAlg::EdDSA => "EdDSA",
     };
-    let mut header = Header::new(alg);
-    header.typ = Some("JWT".into());
-    header.kid = kid.map(str::to_string);
-    jsonwebtoken::encode(&header, claims, &key)
-        .map_err(|_| FetchError::local("signing failed (does the key match the algorithm?)"))
+    let mut header = json!({"alg": name, "typ": "JWT"});
+    if let Some(k) = kid {
+        header["kid"] = Value::String(k.to_string());
+    }
+    let input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
+    let bad = || FetchError::local(format!("the key is not a {name} private key"));
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let raw = der.secret_der();
+    let signature = match (alg, der) {
+        (SignAlg::RS256, PrivateKeyDer::Pkcs8(_) | PrivateKeyDer::Pkcs1(_)) => {
+            let kp = match der {
+                PrivateKeyDer::Pkcs8(_) => sig::RsaKeyPair::from_pkcs8(raw),
+                _ => sig::RsaKeyPair::from_der(raw),
+            }
+            .map_err(|_| bad())?;
+            let mut out = vec![0; kp.public_modulus_len()];
+            kp.sign(&sig::RSA_PKCS1_SHA256, &rng, input.as_bytes(), &mut out).map_err(|_| bad())?;
+            out
+        }
+        (SignAlg::ES256, PrivateKeyDer::Pkcs8(_)) => {
+            let kp = sig::EcdsaKeyPair::from_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, raw).map_err(|_| bad())?;
+            kp.sign(&rng, input.as_bytes()).map_err(|_| bad())?.as_ref().to_vec()
+        }
+        (SignAlg::EdDSA, PrivateKeyDer::Pkcs8(_)) => {
+            let kp = sig::Ed25519KeyPair::from_pkcs8_maybe_unchecked(raw).map_err(|_| bad())?;
+            kp.sign(input.as_bytes()).as_ref().to_vec()
+        }
+        _ => return Err(bad()),
+    };
+    Ok(format!("{input}.{}", b64(&signature)))
 }
 
 /// An RFC 7523 §3 client assertion for `client_id` at `audience` (the token endpoint).

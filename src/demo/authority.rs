@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
+use rustls_pki_types::PrivateKeyDer;
 use serde_json::json;
 use tokio::net::TcpListener;
 
@@ -23,33 +23,30 @@ pub const ISSUER: &str = "credproxy-demo-authority";
 
 /// A P-256 signing key and its public half as a verification key.
 pub struct Keys {
-    /// Signs tokens.
-    pub encoding: EncodingKey,
-    /// Verifies them.
-    pub decoding: DecodingKey,
+    /// Signs tokens (PKCS#8).
+    pub signing: PrivateKeyDer<'static>,
+    /// Verifies them: the uncompressed public point.
+    pub public: Vec<u8>,
 }
 
 /// A fresh key pair (in memory only).
 pub fn keys() -> Keys {
-    let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
     let rng = aws_lc_rs::rand::SystemRandom::new();
     let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("key generation");
     let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).expect("a fresh key parses");
-    // Uncompressed point: 0x04 || x || y.
-    let point = pair.public_key().as_ref();
-    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
-    let decoding = DecodingKey::from_ec_components(&b64(&point[1..33]), &b64(&point[33..65])).expect("EC components");
-    Keys { encoding: EncodingKey::from_ec_der(pkcs8.as_ref()), decoding }
+    // The public key as an uncompressed point: 0x04 || x || y.
+    let public = pair.public_key().as_ref().to_vec();
+    Keys { signing: PrivateKeyDer::Pkcs8(pkcs8.as_ref().to_vec().into()), public }
 }
 
 struct State {
-    key: EncodingKey,
+    key: PrivateKeyDer<'static>,
     basic: String,
     issued: Arc<AtomicU64>,
 }
 
 /// Serve the authority on `listener` until the task is dropped. Returns the issued-token counter.
-pub fn serve(listener: TcpListener, key: EncodingKey, client_id: &str, secret: &str) -> Arc<AtomicU64> {
+pub fn serve(listener: TcpListener, key: PrivateKeyDer<'static>, client_id: &str, secret: &str) -> Arc<AtomicU64> {
     let pair = format!("{client_id}:{secret}");
     let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair));
     let issued = Arc::new(AtomicU64::new(0));
@@ -88,10 +85,7 @@ async fn token(s: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "scope": get("scope").unwrap_or_default(), "iat": now, "nbf": now, "exp": now + TOKEN_TTL_SECS,
         "jti": crate::creds::jwt::jti(),
     });
-    let mut header = Header::new(Algorithm::ES256);
-    header.typ = Some("JWT".into());
-    header.kid = Some("demo".into());
-    match jsonwebtoken::encode(&header, &claims, &s.key) {
+    match crate::creds::jwt::sign_der(crate::policy::SignAlg::ES256, &s.key, Some("demo"), &claims) {
         Ok(t) => {
             s.issued.fetch_add(1, Ordering::Relaxed);
             reply(StatusCode::OK, json!({"access_token": t, "token_type": "Bearer", "expires_in": TOKEN_TTL_SECS}))

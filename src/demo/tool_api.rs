@@ -5,11 +5,13 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use aws_lc_rs::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_FIXED};
+use base64::Engine;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::Value;
 use tokio::net::TcpListener;
 
 /// One tool the API serves: requests under `/{name}/` must carry a token for `audience` with `scope`.
@@ -41,9 +43,10 @@ pub struct Counts {
     pub tokens: Mutex<HashSet<String>>,
 }
 
-/// Serve until the process ends; tokens must come from `issuer` and verify with `key` (ES256).
+/// Serve until the process ends; tokens must come from `issuer` and verify (ES256) with `key`,
+/// an uncompressed P-256 point (`0x04 || x || y`).
 /// One `Counts` per expected tool, in order.
-pub fn serve(listener: TcpListener, key: DecodingKey, issuer: &str, expect: Vec<Expect>) -> Arc<Vec<Counts>> {
+pub fn serve(listener: TcpListener, key: Vec<u8>, issuer: &str, expect: Vec<Expect>) -> Arc<Vec<Counts>> {
     let counts: Arc<Vec<Counts>> = Arc::new(expect.iter().map(|_| Counts::default()).collect());
     let state = Arc::new((key, issuer.to_string(), expect, counts.clone()));
     super::serve_http(listener, move |req| {
@@ -57,7 +60,7 @@ pub fn serve(listener: TcpListener, key: DecodingKey, issuer: &str, expect: Vec<
 }
 
 fn check(
-    key: &DecodingKey,
+    key: &[u8],
     issuer: &str,
     expect: &[Expect],
     counts: &[Counts],
@@ -73,14 +76,24 @@ fn check(
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let mut v = Validation::new(Algorithm::ES256);
-    v.leeway = 0;
-    v.set_audience(&[&e.audience]);
-    v.set_issuer(&[issuer]);
-    v.set_required_spec_claims(&["exp", "aud", "iss"]);
-    let verified = token.and_then(|t| jsonwebtoken::decode::<serde_json::Value>(t, key, &v).ok().map(|d| (t, d)));
-    match verified {
-        Some((t, d)) if d.claims["scope"].as_str().is_some_and(|s| s.split(' ').any(|x| x == e.scope.as_str())) => {
+    let claims = token.and_then(|t| verify_es256(t, key).map(|cl| (t, cl)));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let num = |c: &Value, k: &str| c[k].as_u64();
+    let aud_ok = |c: &Value| match &c["aud"] {
+        Value::String(a) => *a == e.audience,
+        Value::Array(list) => list.iter().any(|a| a.as_str() == Some(&e.audience)),
+        _ => false,
+    };
+    let scope_ok = |c: &Value| c["scope"].as_str().is_some_and(|s| s.split(' ').any(|x| x == e.scope));
+    match claims {
+        // Zero leeway: a token is valid while now < exp, and not before nbf.
+        Some((t, cl))
+            if cl["iss"].as_str() == Some(issuer)
+                && aud_ok(&cl)
+                && scope_ok(&cl)
+                && num(&cl, "exp").is_some_and(|exp| now < exp)
+                && num(&cl, "nbf").is_none_or(|nbf| nbf <= now) =>
+        {
             c.accepted.fetch_add(1, Ordering::Relaxed);
             c.tokens.lock().unwrap_or_else(|p| p.into_inner()).insert(crate::creds::fingerprint(t));
             answer(StatusCode::OK, "ok")
@@ -90,6 +103,19 @@ fn check(
             answer(StatusCode::UNAUTHORIZED, "token rejected")
         }
     }
+}
+
+/// The claims of an ES256 JWS whose signature verifies with `key`; `None` otherwise.
+pub fn verify_es256(token: &str, key: &[u8]) -> Option<Value> {
+    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).ok();
+    let (input, sig) = token.rsplit_once('.')?;
+    let (header, payload) = input.split_once('.')?;
+    let header: Value = serde_json::from_slice(&b64(header)?).ok()?;
+    if header["alg"] != "ES256" {
+        return None;
+    }
+    UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, key).verify(input.as_bytes(), &b64(sig)?).ok()?;
+    serde_json::from_slice(&b64(payload)?).ok()
 }
 
 fn answer(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

@@ -88,6 +88,16 @@ impl Oidc {
         jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap()
     }
 
+    /// The same key as an uncompressed P-256 point (for `credproxy::demo::tool_api`).
+    pub async fn jwks_point(&self, kid: &str) -> Vec<u8> {
+        use base64::Engine;
+        let body = http_get(&self.url("/jwks")).await;
+        let set: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let k = set["keys"].as_array().unwrap().iter().find(|k| k["kid"] == kid).unwrap();
+        let d = |f: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(k[f].as_str().unwrap()).unwrap();
+        [vec![4u8], d("x"), d("y")].concat()
+    }
+
     /// RFC 7662 introspection as the `upstream` client.
     pub async fn introspect(&self, token: &str) -> serde_json::Value {
         let body = form_urlencoded::Serializer::new(String::new()).append_pair("token", token).finish();
