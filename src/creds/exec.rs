@@ -61,8 +61,8 @@ impl Source for Exec {
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            // The helper's stderr goes to ours: it may explain a failure, and never holds the token.
-            .stderr(Stdio::inherit())
+            // Discarded: a helper's diagnostics could carry the token, and logs never may.
+            .stderr(Stdio::null())
             .kill_on_drop(true)
             // Its own process group, so a timeout kills whatever the helper started too.
             .process_group(0)

@@ -30,10 +30,10 @@ pub async fn run_spec(spec: &CredentialSpec, refresh: Refresh, cx: &CredCtx, rx:
     }
 }
 
-/// Where the published token stops being usable, on both clocks: monotonic (the schedule) and
-/// wall (a suspended host's monotonic clock stands still while tokens expire).
+/// A moment on both clocks (the token's end, the next fetch): monotonic for the schedule, wall
+/// because a suspended host's monotonic clock stands still while tokens expire.
 #[derive(Clone, Copy)]
-struct End {
+struct At {
     mono: Instant,
     wall: SystemTime,
 }
@@ -48,12 +48,12 @@ pub async fn run<S: Source>(
 ) {
     let clock = cx.clock.clone();
     // A token carried over from the previous policy version keeps serving until the first fetch.
-    let mut end: Option<End> = cx
+    let mut end: Option<At> = cx
         .slot
         .current()
         .and_then(|t| t.valid_until)
-        .map(|w| End { mono: clock.mono() + w.duration_since(clock.now()).unwrap_or_default(), wall: w });
-    let mut next = End { mono: clock.mono(), wall: clock.now() };
+        .map(|w| At { mono: clock.mono() + w.duration_since(clock.now()).unwrap_or_default(), wall: w });
+    let mut next = At { mono: clock.mono(), wall: clock.now() };
     loop {
         cx.slot.set_next_refresh(Some(next.wall));
         let forced = tokio::select! {
@@ -80,7 +80,7 @@ pub async fn run<S: Source>(
             _ = sleep_until(end.map_or(next.mono, |e| e.mono)), if end.is_some() => false,
             _ = sleep_until(next.mono) => false,
         };
-        let past = |e: End| clock.mono() >= e.mono || clock.now() >= e.wall;
+        let past = |e: At| clock.mono() >= e.mono || clock.now() >= e.wall;
         if end.is_some_and(past) {
             end = None;
             cx.expired();
@@ -141,16 +141,16 @@ pub async fn run<S: Source>(
         match built {
             Ok((token, ttl, margin)) => {
                 // Lifetimes count from when the request was sent: never later than the authority's.
-                end = Some(End { mono: started + (ttl - margin), wall: started_wall + (ttl - margin) });
+                end = Some(At { mono: started + (ttl - margin), wall: started_wall + (ttl - margin) });
                 cx.publish(token);
                 let after = schedule::refresh_after(ttl, &refresh, unit_random());
-                next = End { mono: started + after, wall: started_wall + after };
+                next = At { mono: started + after, wall: started_wall + after };
             }
             Err(e) => {
                 let left = end.map(|e| e.mono.saturating_duration_since(clock.mono()));
                 let attempt = cx.slot.consecutive_failures() + 1;
                 let delay = schedule::backoff(attempt, &e, left, unit_random());
-                next = End { mono: clock.mono() + delay, wall: clock.now() + delay };
+                next = At { mono: clock.mono() + delay, wall: clock.now() + delay };
                 cx.failure(e.reason, &e.message, Some(next.wall));
             }
         }

@@ -15,6 +15,7 @@ pub const SUBJECT_TOKEN: &str = "pod-1-service-account-token";
 pub struct Oidc {
     pub port: u16,
     keys: PathBuf,
+    log: PathBuf,
     ttl: u64,
     child: Option<Child>,
 }
@@ -26,14 +27,27 @@ fn launcher_dir() -> PathBuf {
 impl Oidc {
     /// Start with access tokens that live `ttl` seconds; keys are kept in `dir`.
     pub async fn start(dir: &Path, ttl: u64) -> Oidc {
-        let port = super::authority::dead_port().await;
-        let mut o = Oidc { port, keys: dir.join("oidc-keys.json"), ttl, child: None };
-        o.restart().await;
-        o
+        // A free port can be taken between the probe and node's bind: try a few.
+        for _ in 0..3 {
+            let port = super::authority::dead_port().await;
+            let mut o = Oidc { port, keys: dir.join("oidc-keys.json"), log: dir.join("oidc.log"), ttl, child: None };
+            if o.try_start().await {
+                return o;
+            }
+        }
+        panic!("oidc-provider did not start:\n{}", std::fs::read_to_string(dir.join("oidc.log")).unwrap_or_default());
     }
 
     /// (Re)start on the same port with the same keys.
     pub async fn restart(&mut self) {
+        assert!(
+            self.try_start().await,
+            "oidc-provider did not restart:\n{}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+
+    async fn try_start(&mut self) -> bool {
         let dir = launcher_dir();
         assert!(
             dir.join("node_modules/oidc-provider").is_dir(),
@@ -46,7 +60,7 @@ impl Oidc {
             .arg(&self.keys)
             .current_dir(&dir)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&self.log).unwrap())
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {node} (Node.js is needed for the OAuth tests): {e}"));
@@ -60,8 +74,11 @@ impl Oidc {
             false
         })
         .await;
-        assert_eq!(ready, Ok(true), "oidc-provider did not start");
+        if ready != Ok(true) {
+            return false;
+        }
         self.child = Some(child);
+        true
     }
 
     /// Stop the server (connections are then refused).
