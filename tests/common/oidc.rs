@@ -117,14 +117,19 @@ impl Oidc {
 
     /// RFC 7662 introspection as the `upstream` client.
     pub async fn introspect(&self, token: &str) -> serde_json::Value {
-        let body = form_urlencoded::Serializer::new(String::new()).append_pair("token", token).finish();
-        let req = format!(
-            "POST /token/introspection HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic dXBzdHJlYW06dXBzdHJlYW0tc2VjcmV0\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        let resp = super::raw(([127, 0, 0, 1], self.port).into(), req.as_bytes()).await;
-        serde_json::from_str(resp.split("\r\n\r\n").nth(1).unwrap_or("")).unwrap_or_else(|_| panic!("{resp}"))
+        introspect(self.port, token).await
     }
+}
+
+/// RFC 7662 introspection at the server on `port`, as the `upstream` client.
+pub async fn introspect(port: u16, token: &str) -> serde_json::Value {
+    let body = form_urlencoded::Serializer::new(String::new()).append_pair("token", token).finish();
+    let req = format!(
+        "POST /token/introspection HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic dXBzdHJlYW06dXBzdHJlYW0tc2VjcmV0\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let resp = super::raw(([127, 0, 0, 1], port).into(), req.as_bytes()).await;
+    serde_json::from_str(resp.split("\r\n\r\n").nth(1).unwrap_or("")).unwrap_or_else(|_| panic!("{resp}"))
 }
 
 async fn http_get(url: &str) -> String {
