@@ -55,6 +55,11 @@ impl Clock {
     }
 }
 
+/// Time since the Unix epoch (zero before it): metric timestamps and JWT claims.
+pub fn unix(t: SystemTime) -> Duration {
+    t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default()
+}
+
 /// A uniform random number in [0, 1), for jitter.
 pub fn unit_random() -> f64 {
     let mut b = [0u8; 8];

@@ -82,12 +82,12 @@ pub const MAX_TOKEN_BYTES: usize = 8192;
 /// `sha256:` + the first 12 hex digits of the SHA-256 of `secret`.
 pub fn fingerprint(secret: &str) -> String {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, secret.as_bytes());
-    let mut s = String::with_capacity(19);
-    s.push_str("sha256:");
-    for b in &d.as_ref()[..6] {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
+    format!("sha256:{}", hex(&d.as_ref()[..6]))
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Token {

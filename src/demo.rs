@@ -191,7 +191,7 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 /// Steady traffic: each tool every [`EVERY`], counted as 200 or not.
 async fn drive(proxy: std::net::SocketAddr, sent: Arc<Vec<(AtomicU64, AtomicU64)>>) {
     // The token-endpoint client type (loopback allowed): no extra hyper client in the binary.
-    let client = crate::proxy::forward::Upstreams::new().token_client(&[]);
+    let client = crate::proxy::forward::Upstreams::new().token_client(&[], false);
     let mut tick = tokio::time::interval(EVERY);
     loop {
         tick.tick().await;

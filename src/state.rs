@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use http::header::HeaderName;
@@ -81,8 +81,17 @@ impl ToolRt {
     }
 }
 
+/// What a running credential was started with; a reload restarts it when any of it changes.
+#[derive(PartialEq)]
+struct CredKey {
+    spec: CredentialSpec,
+    inject: Inject,
+    not_before: Option<SystemTime>,
+    refresh: Refresh,
+}
+
 struct CredEntry {
-    key: (CredentialSpec, Inject, Option<SystemTime>, Refresh),
+    key: CredKey,
     slot: Arc<Slot>,
     _task: TaskHandle,
 }
@@ -159,50 +168,18 @@ impl Shared {
         for tool in &policy.tools {
             let name: Arc<str> = Arc::from(tool.name.as_str());
             let slot = tool.credential.as_ref().map(|spec| {
-                let key = (spec.clone(), tool.inject.clone(), tool.not_before, tool.refresh);
+                let key = CredKey {
+                    spec: spec.clone(),
+                    inject: tool.inject.clone(),
+                    not_before: tool.not_before,
+                    refresh: tool.refresh,
+                };
                 match creds.get(&tool.name) {
                     Some(e) if e.key == key => e.slot.clone(),
                     old => {
-                        let (tx, rx) = match spec.lifetime() {
-                            Some(_) => {
-                                let (tx, rx) = tokio::sync::mpsc::channel(refresher::COMMAND_QUEUE);
-                                (Some(tx), Some(rx))
-                            }
-                            None => (None, None),
-                        };
-                        let slot = Arc::new(Slot::new(spec.source(), tx));
-                        let cx = CredCtx {
-                            tool: name.clone(),
-                            slot: slot.clone(),
-                            inject: tool.inject.clone(),
-                            not_before: tool.not_before,
-                            audit: self.audit.clone(),
-                            metrics: self.metrics.clone(),
-                            watch: self.watch.clone(),
-                            clock: self.clock.clone(),
-                            upstreams: self.upstreams.clone(),
-                        };
-                        // A rotating credential whose settings changed is fetched again at once;
-                        // its still-valid token serves meanwhile unless the source or injection
-                        // form changed, or a new `not_before` revokes it (then it is also revoked
-                        // at the authority, fleet-wide through the ConfigMap).
-                        if let (Some(e), Some(t)) = (old, old.and_then(|e| e.slot.current())) {
-                            let revoked = tool.not_before.is_some_and(|nb| t.issued_at < nb);
-                            if revoked && e.key.2 != tool.not_before {
-                                cx.revoked("not_before");
-                                if e.key.0.lifetime().is_some() {
-                                    tokio::spawn(lifecycle::revoke_once(e.key.0.clone(), cx.clone(), t));
-                                }
-                            } else if !revoked
-                                && spec.lifetime().is_some()
-                                && e.key.0.source() == spec.source()
-                                && e.key.1 == tool.inject
-                            {
-                                slot.carry_over(t);
-                            }
-                        }
-                        let task = refresher::spawn(spec.clone(), tool.refresh, cx, rx);
-                        creds.insert(tool.name.clone(), CredEntry { key, slot: slot.clone(), _task: task });
+                        let entry = self.start_credential(tool, &name, key, old);
+                        let slot = entry.slot.clone();
+                        creds.insert(tool.name.clone(), entry);
                         slot
                     }
                 }
@@ -233,11 +210,54 @@ impl Shared {
         self.live.store(Arc::new(Live { policy, tools }));
     }
 
+    /// Start `tool`'s credential (new, or its settings changed from `old`). A rotating credential
+    /// is fetched at once; the old entry's still-valid token serves meanwhile unless the source
+    /// or injection form changed, or a new `not_before` revokes it (then it is also revoked at
+    /// the authority: fleet-wide revocation through the ConfigMap).
+    fn start_credential(&self, tool: &Tool, name: &Arc<str>, key: CredKey, old: Option<&CredEntry>) -> CredEntry {
+        let spec = &key.spec;
+        let (tx, rx) = match spec.lifetime() {
+            Some(_) => {
+                let (tx, rx) = tokio::sync::mpsc::channel(refresher::COMMAND_QUEUE);
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
+        let slot = Arc::new(Slot::new(spec.source(), tx));
+        let cx = CredCtx {
+            tool: name.clone(),
+            slot: slot.clone(),
+            inject: tool.inject.clone(),
+            not_before: tool.not_before,
+            audit: self.audit.clone(),
+            metrics: self.metrics.clone(),
+            watch: self.watch.clone(),
+            clock: self.clock.clone(),
+            upstreams: self.upstreams.clone(),
+        };
+        if let (Some(e), Some(t)) = (old, old.and_then(|e| e.slot.current())) {
+            let revoked = tool.not_before.is_some_and(|nb| t.issued_at < nb);
+            if revoked && e.key.not_before != tool.not_before {
+                cx.revoked("not_before");
+                if e.key.spec.lifetime().is_some() {
+                    tokio::spawn(lifecycle::revoke_once(e.key.spec.clone(), cx.clone(), t));
+                }
+            } else if !revoked
+                && spec.lifetime().is_some()
+                && e.key.spec.source() == spec.source()
+                && e.key.inject == tool.inject
+            {
+                slot.carry_over(t);
+            }
+        }
+        let task = refresher::spawn(spec.clone(), tool.refresh, cx, rx);
+        CredEntry { key, slot, _task: task }
+    }
+
     /// Validate new policy text: install it if valid, else keep the running one. Returns success.
     pub fn reload(&self, text: &str) -> bool {
         let now = SystemTime::now();
-        let secs = now.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
-        self.metrics.config_last_reload_timestamp.set(secs);
+        self.metrics.config_last_reload_timestamp.set(crate::clock::unix(now).as_secs_f64());
         match crate::config::parse(text, &|name| std::env::var(name).ok(), now) {
             Ok(policy) => {
                 let old = self.live.load();

@@ -9,7 +9,7 @@ use serde_json::Value;
 /// `GET /v1/credentials` from the control listener at `addr`.
 pub async fn fetch(addr: SocketAddr) -> Result<Value, String> {
     // The token-endpoint client type: one hyper client instantiation fewer in the binary.
-    let client = crate::proxy::forward::Upstreams::new().token_client(&[]);
+    let client = crate::proxy::forward::Upstreams::new().token_client(&[], false);
     let uri: http::Uri = format!("http://{addr}/v1/credentials").parse().map_err(|_| "bad address".to_string())?;
     let get = async {
         let r = client

@@ -9,20 +9,6 @@ use std::time::Duration;
 use common::authority::{dead_port, Authority, Mode};
 use common::*;
 
-fn policy(up: u16, cred: &str) -> String {
-    format!(
-        r#"version: 1
-audit: {{ output: "{{dir}}/audit.log" }}
-tools:
-  api:
-    upstream: http://127.0.0.1:{up}
-    required: false
-    credential: {cred}
-    routes: [{{ scheme: http, host: 127.0.0.1, port: {up}, allow_private: true }}]
-"#
-    )
-}
-
 fn cc(url: &str, more: &str) -> String {
     format!(
         "{{ source: oauth2_client_credentials, token_url: \"{url}\", client_id: agent, client_secret_file: \"{{dir}}/secret\", timeout: 1s{more} }}"
@@ -36,7 +22,7 @@ async fn until_valid(p: &Proxy) {
 async fn start(up: &Upstream, cred: &str, secret: &str) -> Proxy {
     let dir = tempfile::tempdir().unwrap();
     write_file(&dir, "secret", secret);
-    Proxy::start_unready(dir, &policy(up.port(), cred)).await
+    Proxy::start_unready(dir, &api_policy(up.port(), cred)).await
 }
 
 fn audit(p: &Proxy) -> String {
@@ -86,7 +72,7 @@ async fn client_secret_post_and_private_key_jwt() {
         "{{ source: oauth2_client_credentials, token_url: \"{}\", client_id: agent, client_auth: private_key_jwt, client_key_file: \"{{dir}}/key.pem\", client_key_id: k1 }}",
         auth2.url()
     );
-    let p2 = Proxy::start_unready(dir, &policy(up.port(), &cred)).await;
+    let p2 = Proxy::start_unready(dir, &api_policy(up.port(), &cred)).await;
     until_valid(&p2).await;
     assert_eq!(status(&p2.control_post("/v1/credentials/api/rotate").await), 202);
     eventually(async || auth2.requests().len() >= 2, "a second assertion").await;
@@ -289,7 +275,7 @@ async fn refresh_token_rotation_is_kept_and_written_back() {
         "{{ source: oauth2_refresh_token, token_url: \"{}\", client_id: agent, client_secret_file: \"{{dir}}/secret\", refresh_token_file: \"{{dir}}/refresh\" }}",
         auth.url()
     );
-    let p = Proxy::start_unready(dir, &policy(up.port(), &cred)).await;
+    let p = Proxy::start_unready(dir, &api_policy(up.port(), &cred)).await;
     until_valid(&p).await;
     assert_eq!(std::fs::read_to_string(&rt).unwrap(), "rt-2");
     auth.extra.lock().unwrap().insert("refresh_token".into(), "rt-3".into());
@@ -313,7 +299,7 @@ async fn token_exchange_reads_the_subject_token_each_time_and_checks_the_issued_
         "{{ source: oauth2_token_exchange, token_url: \"{}\", client_id: agent, client_secret_file: \"{{dir}}/secret\", subject_token_file: \"{{dir}}/sa-token\", audience: tool-a, scopes: [read] }}",
         auth.url()
     );
-    let p = Proxy::start_unready(dir, &policy(up.port(), &cred)).await;
+    let p = Proxy::start_unready(dir, &api_policy(up.port(), &cred)).await;
     until_valid(&p).await;
     std::fs::write(&subject, "sa-2").unwrap();
     p.control_post("/v1/credentials/api/rotate").await;

@@ -32,10 +32,16 @@ fn run(mut cmd: Command) -> String {
 }
 
 async fn setup() -> (Upstream, Proxy) {
+    setup_with(|_, _| String::new()).await
+}
+
+/// The `openai` and `data` tools with a file token, plus the tools `extra(dir, port)` writes.
+async fn setup_with(extra: impl FnOnce(&tempfile::TempDir, u16) -> String) -> (Upstream, Proxy) {
     let up = Upstream::start().await;
     let port = up.port();
     let dir = tempfile::tempdir().unwrap();
     write_file(&dir, "token", TOKEN);
+    let more = extra(&dir, port);
     let policy = format!(
         r#"version: 1
 tools:
@@ -47,7 +53,7 @@ tools:
     credential: {{ source: file, path: "{{dir}}/token" }}
     inject: {{ header: X-Api-Key }}
     routes: [{{ scheme: http, host: 127.0.0.1, port: {port}, allow_private: true, paths: ["/data/**"] }}]
-"#
+{more}"#
     );
     (up, Proxy::start_in(dir, &policy).await)
 }
@@ -131,24 +137,15 @@ async fn openai_sdk_with_base_url_and_placeholder_key() {
 #[tokio::test]
 async fn promtool_accepts_the_metrics() {
     // Every metric family present: a file credential, a rotating one and a failing one.
-    use std::os::unix::fs::PermissionsExt;
-    let up = Upstream::start().await;
-    let port = up.port();
-    let dir = tempfile::tempdir().unwrap();
-    write_file(&dir, "token", TOKEN);
-    let ok = write_file(&dir, "ok.sh", "#!/bin/sh\necho '{\"token\": \"rotating\", \"expires_in\": 600}'\n");
-    let bad = write_file(&dir, "bad.sh", "#!/bin/sh\nexit 1\n");
-    for f in [&ok, &bad] {
-        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    let policy = format!(
-        r#"version: 1
-tools:
-  openai:
-    upstream: http://127.0.0.1:{port}
-    credential: {{ source: file, path: "{{dir}}/token" }}
-    routes: [{{ scheme: http, host: 127.0.0.1, port: {port}, allow_private: true, paths: ["/v1/**"] }}]
-  rot:
+    let (_up, proxy) = setup_with(|dir, port| {
+        use std::os::unix::fs::PermissionsExt;
+        let ok = write_file(dir, "ok.sh", "#!/bin/sh\necho '{\"token\": \"rotating\", \"expires_in\": 600}'\n");
+        let bad = write_file(dir, "bad.sh", "#!/bin/sh\nexit 1\n");
+        for f in [&ok, &bad] {
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        format!(
+            r#"  rot:
     upstream: http://127.0.0.1:{port}/rot
     credential: {{ source: exec, command: ["{{dir}}/ok.sh"] }}
     routes: [{{ scheme: http, host: 127.0.0.1, port: {port}, allow_private: true, paths: ["/rot/**"] }}]
@@ -158,8 +155,9 @@ tools:
     credential: {{ source: exec, command: ["{{dir}}/bad.sh"] }}
     routes: [{{ scheme: http, host: 127.0.0.1, port: {port}, allow_private: true, paths: ["/bad/**"] }}]
 "#
-    );
-    let proxy = Proxy::start_in(dir, &policy).await;
+        )
+    })
+    .await;
     get(proxy.addr, "/openai/v1/models").await;
     get(proxy.addr, "/rot/x").await;
     get(proxy.addr, "/bad/x").await;

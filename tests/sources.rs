@@ -5,19 +5,6 @@ mod common;
 
 use common::*;
 
-fn policy(up: u16, cred: &str) -> String {
-    format!(
-        r#"version: 1
-tools:
-  api:
-    upstream: http://127.0.0.1:{up}
-    required: false
-    credential: {cred}
-    routes: [{{ scheme: http, host: 127.0.0.1, port: {up}, allow_private: true }}]
-"#
-    )
-}
-
 fn bearer(up: &Upstream) -> String {
     up.last().headers["authorization"].to_str().unwrap().strip_prefix("Bearer ").unwrap().to_string()
 }
@@ -37,7 +24,7 @@ async fn jwt_source_signs_verifiable_rotating_tokens_with_each_algorithm() {
         let cred = format!(
             "{{ source: jwt, key_file: \"{{dir}}/key.pem\", algorithm: {name}, kid: k1, issuer: agents.example, subject: pod-1, audience: https://search.internal, scopes: [search:read, x], ttl: 90s }}"
         );
-        let p = Proxy::start_unready(dir, &policy(up.port(), &cred)).await;
+        let p = Proxy::start_unready(dir, &api_policy(up.port(), &cred)).await;
         eventually(async || status(&get(p.addr, "/api/a").await) == 200, "a signed token").await;
         let first = bearer(&up);
         let pem = key.public_key_pem();
@@ -82,7 +69,7 @@ async fn a_jwt_key_that_does_not_parse_is_a_local_error() {
     write_file(&dir, "key.pem", "-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n");
     let cred =
         "{ source: jwt, key_file: \"{dir}/key.pem\", algorithm: ES256, kid: k, issuer: i, subject: s, audience: a }";
-    let p = Proxy::start_unready(dir, &policy(up.port(), cred)).await;
+    let p = Proxy::start_unready(dir, &api_policy(up.port(), cred)).await;
     eventually(async || p.credential("api").await["consecutive_failures"].as_u64() >= Some(1), "failure").await;
     assert!(p.credential("api").await["last_error"].as_str().unwrap().starts_with("local_error"));
 }
@@ -107,9 +94,11 @@ async fn exec_helper_tokens_and_failures() {
             c = counter.display()
         ),
     );
-    let p =
-        Proxy::start_unready(dir, &policy(up.port(), &format!("{{ source: exec, command: [\"{ok}\", --tool, api] }}")))
-            .await;
+    let p = Proxy::start_unready(
+        dir,
+        &api_policy(up.port(), &format!("{{ source: exec, command: [\"{ok}\", --tool, api] }}")),
+    )
+    .await;
     eventually(async || status(&get(p.addr, "/api/a").await) == 200, "a helper token").await;
     assert_eq!(up.last().headers["authorization"], "Bearer exec-1");
     let c = p.credential("api").await;
@@ -127,7 +116,7 @@ async fn exec_helper_tokens_and_failures() {
         let dir = tempfile::tempdir().unwrap();
         let h = helper(&dir, "h.sh", script);
         let cred = format!("{{ source: exec, command: [\"{h}\"], timeout: 1s }}");
-        let p = Proxy::start_unready(dir, &policy(up.port(), &cred)).await;
+        let p = Proxy::start_unready(dir, &api_policy(up.port(), &cred)).await;
         eventually(async || p.credential("api").await["consecutive_failures"].as_u64() >= Some(1), reason).await;
         let c = p.credential("api").await;
         assert!(c["last_error"].as_str().unwrap().starts_with(reason), "{script}: {c}");

@@ -10,7 +10,7 @@ use super::refresher::CredCtx;
 pub fn run(var: &str, cx: &CredCtx) {
     match std::env::var(var) {
         Ok(v) => {
-            cx.offer(SecretString::from(v), SystemTime::now(), None);
+            cx.offer(SecretString::from(v), SystemTime::now());
         }
         Err(_) => {
             cx.failure("local_error", &format!("environment variable {var} is not set or not UTF-8"), None);

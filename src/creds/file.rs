@@ -25,7 +25,7 @@ const DEBOUNCE: Duration = Duration::from_millis(50);
 pub fn prime(path: &Path, cx: &CredCtx) -> Option<String> {
     match read_sync(path) {
         Ok(Some((secret, mtime))) => {
-            cx.offer(secret, mtime, None);
+            cx.offer(secret, mtime);
             None
         }
         Ok(None) => None,
@@ -43,7 +43,7 @@ pub async fn run(path: &Path, cx: &CredCtx, mut last_error: Option<String>) {
         let retry = match read(path).await {
             Ok(Some((secret, mtime))) => {
                 last_error = None;
-                cx.offer(secret, mtime, None);
+                cx.offer(secret, mtime);
                 None
             }
             Ok(None) => Some(EMPTY_RETRY),

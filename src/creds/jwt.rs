@@ -23,11 +23,11 @@ const ASSERTION_TTL: Duration = Duration::from_secs(60);
 pub fn jti() -> String {
     let mut b = [0u8; 16];
     aws_lc_rs::rand::fill(&mut b).expect("the system RNG works");
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    super::hex(&b)
 }
 
 fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    crate::clock::unix(t).as_secs()
 }
 
 /// Sign `claims` with the PEM private key `pem` (PKCS#8; PKCS#1 for RSA too).

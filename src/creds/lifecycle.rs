@@ -21,11 +21,10 @@ const REVOKE_LIMIT: Duration = Duration::from_secs(5);
 
 /// Build the source for `spec` and run its lifecycle until the command channel closes.
 pub async fn run_spec(spec: &CredentialSpec, refresh: Refresh, cx: &CredCtx, rx: &mut mpsc::Receiver<Command>) {
-    let Some(life) = spec.lifetime().copied() else { return };
     match spec {
-        CredentialSpec::OAuth(o) => run(super::oauth::OAuth::new(o, cx), life, refresh, cx, rx).await,
-        CredentialSpec::Jwt(j) => run(super::jwt::JwtSource::new(j, cx.clock.clone()), life, refresh, cx, rx).await,
-        CredentialSpec::Exec(e) => run(super::exec::Exec::new(e), life, refresh, cx, rx).await,
+        CredentialSpec::OAuth(o) => run(super::oauth::OAuth::new(o, cx), o.life, refresh, cx, rx).await,
+        CredentialSpec::Jwt(j) => run(super::jwt::JwtSource::new(j, cx.clock.clone()), j.life, refresh, cx, rx).await,
+        CredentialSpec::Exec(e) => run(super::exec::Exec::new(e), e.life, refresh, cx, rx).await,
         CredentialSpec::File { .. } | CredentialSpec::Env { .. } => {}
     }
 }

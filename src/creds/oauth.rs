@@ -30,7 +30,11 @@ impl OAuth {
     pub fn new(spec: &OAuthSpec, cx: &CredCtx) -> Self {
         OAuth {
             spec: spec.clone(),
-            client: cx.upstreams.token_client(&spec.ca_certs),
+            // TLS configuration (and the system roots) only when an endpoint is https.
+            client: cx.upstreams.token_client(
+                &spec.ca_certs,
+                std::iter::once(&spec.token_url).chain(&spec.revocation_url).any(|u| u.scheme_str() == Some("https")),
+            ),
             clock: cx.clock.clone(),
             refresh_token: None,
         }

@@ -2,11 +2,11 @@
 //! and record every step (publish, failure, expiry, revocation) as metrics and audit events.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use secrecy::SecretString;
 use tokio::sync::{mpsc, Mutex};
-use tokio::task::JoinHandle;
+use tokio::task::AbortHandle;
 
 use super::{Command, Slot, State, Token};
 use crate::audit::{timestamp, Audit};
@@ -41,13 +41,13 @@ pub struct CredCtx {
 }
 
 fn secs(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    crate::clock::unix(t).as_secs_f64()
 }
 
 impl CredCtx {
-    /// File and env sources: publish a secret unless it is the one already published.
-    pub fn offer(&self, secret: SecretString, issued_at: SystemTime, expires_at: Option<SystemTime>) -> bool {
-        let token = match Token::new(secret, &self.inject, issued_at, expires_at) {
+    /// File and env sources (no expiry): publish a secret unless it is the one already published.
+    pub fn offer(&self, secret: SecretString, issued_at: SystemTime) -> bool {
+        let token = match Token::new(secret, &self.inject, issued_at, None) {
             Ok(t) => t,
             Err(e) => {
                 self.failure("invalid_response", &e.to_string(), None);
@@ -152,33 +152,33 @@ impl CredCtx {
 pub const COMMAND_QUEUE: usize = 8;
 
 /// Start a credential: `file` and `env` are read once now (so a credential that is there serves
-/// the first request) and `file` then watched; rotating sources run the lifecycle. Dropping the
-/// handle stops the task.
+/// the first request) and `file` then watched; rotating sources run the lifecycle, taking
+/// commands from `rx`. Dropping the handle stops the task.
 pub fn spawn(spec: CredentialSpec, refresh: Refresh, cx: CredCtx, rx: Option<mpsc::Receiver<Command>>) -> TaskHandle {
-    let rx = Arc::new(Mutex::new(rx));
-    let mut last_error = match &spec {
-        CredentialSpec::Env { var } => {
-            super::env::run(var, &cx);
-            return TaskHandle(None);
-        }
-        CredentialSpec::File { path } => super::file::prime(path, &cx),
-        _ => None,
-    };
     let run_cx = cx.clone();
-    supervise(cx, move || {
-        let (spec, cx, rx, last_error) = (spec.clone(), run_cx.clone(), rx.clone(), last_error.take());
-        async move {
-            match &spec {
-                CredentialSpec::File { path } => super::file::run(path, &cx, last_error).await,
-                _ => {
-                    // The receiver outlives a panicking run: the lock is released on unwind.
-                    let mut rx = rx.lock().await;
-                    let Some(rx) = rx.as_mut() else { return };
-                    super::lifecycle::run_spec(&spec, refresh, &cx, rx).await;
-                }
-            }
+    match (spec, rx) {
+        (CredentialSpec::Env { var }, _) => {
+            super::env::run(&var, &cx);
+            TaskHandle(None)
         }
-    })
+        (CredentialSpec::File { path }, _) => {
+            let mut last_error = super::file::prime(&path, &cx);
+            supervise(cx, move || {
+                let (path, cx, last_error) = (path.clone(), run_cx.clone(), last_error.take());
+                async move { super::file::run(&path, &cx, last_error).await }
+            })
+        }
+        (spec, Some(rx)) => {
+            // The receiver outlives a panicking run: the lock is released on unwind.
+            let rx = Arc::new(Mutex::new(rx));
+            supervise(cx, move || {
+                let (spec, cx, rx) = (spec.clone(), run_cx.clone(), rx.clone());
+                async move { super::lifecycle::run_spec(&spec, refresh, &cx, &mut *rx.lock().await).await }
+            })
+        }
+        // `Shared::install` makes a command channel for every rotating source.
+        (_, None) => TaskHandle(None),
+    }
 }
 
 /// Run `run()` as the credential's task; when it panics, count it and start it again a second
@@ -190,9 +190,9 @@ where
 {
     let handle = tokio::spawn(async move {
         loop {
-            // Aborting the supervisor (the handle dropped) must abort the run too.
             let inner = tokio::spawn(run());
-            let _stop = AbortOnDrop(inner.abort_handle());
+            // Aborting the supervisor (its handle dropped) aborts the run too.
+            let _run = TaskHandle(Some(inner.abort_handle()));
             match inner.await {
                 Ok(()) => return,
                 Err(e) if e.is_panic() => {
@@ -205,20 +205,12 @@ where
             }
         }
     });
-    TaskHandle(Some(handle))
+    TaskHandle(Some(handle.abort_handle()))
 }
 
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Aborts the credential task when dropped (a reload replaced or removed the credential).
+/// Aborts a credential's task when dropped (a reload replaced or removed the credential).
 #[derive(Debug)]
-pub struct TaskHandle(Option<JoinHandle<()>>);
+pub struct TaskHandle(Option<AbortHandle>);
 
 impl Drop for TaskHandle {
     fn drop(&mut self) {

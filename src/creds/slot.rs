@@ -8,6 +8,7 @@ use std::time::SystemTime;
 use arc_swap::ArcSwapOption;
 
 use super::Token;
+use crate::clock::Clock;
 
 /// A credential's lifecycle state, as the control API reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,16 +124,11 @@ impl Slot {
     }
 
     /// Wait (at most `limit`) until a token other than `fingerprint` is published and usable.
-    pub async fn wait_new(
-        &self,
-        fingerprint: &str,
-        now: impl Fn() -> SystemTime,
-        limit: std::time::Duration,
-    ) -> Option<Arc<Token>> {
+    pub async fn wait_new(&self, fingerprint: &str, clock: &Clock, limit: std::time::Duration) -> Option<Arc<Token>> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let notified = self.published.notified();
-            if let Some(t) = self.usable(now()).filter(|t| t.fingerprint != fingerprint) {
+            if let Some(t) = self.usable(clock.now()).filter(|t| t.fingerprint != fingerprint) {
                 return Some(t);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use base64::Engine;
@@ -79,7 +79,7 @@ async fn token(s: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if get("grant_type").as_deref() != Some("client_credentials") {
         return reply(StatusCode::BAD_REQUEST, json!({"error": "unsupported_grant_type"}));
     }
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let now = crate::clock::unix(SystemTime::now()).as_secs();
     let claims = json!({
         "iss": ISSUER, "sub": "demo-agent", "aud": get("audience").unwrap_or_default(),
         "scope": get("scope").unwrap_or_default(), "iat": now, "nbf": now, "exp": now + TOKEN_TTL_SECS,

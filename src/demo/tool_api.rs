@@ -77,7 +77,7 @@ fn check(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     let claims = token.and_then(|t| verify_es256(t, key).map(|cl| (t, cl)));
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let now = crate::clock::unix(std::time::SystemTime::now()).as_secs();
     let num = |c: &Value, k: &str| c[k].as_u64();
     let aud_ok = |c: &Value| match &c["aud"] {
         Value::String(a) => *a == e.audience,

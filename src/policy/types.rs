@@ -173,6 +173,18 @@ pub struct Upstream {
     pub port: u16,
     /// Path prefix without a trailing slash (may be empty).
     pub path_prefix: String,
+    /// `host[:port]` as sent upstream, built once at load (the request path clones it).
+    pub authority: http::uri::Authority,
+}
+
+/// `host[:port]` for a URL: an IPv6 address in brackets, the scheme's default port left out.
+pub fn authority(scheme: Scheme, host: &str, port: u16) -> String {
+    let host = if host.contains(':') { format!("[{host}]") } else { host.to_string() };
+    if port == scheme.default_port() {
+        host
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 /// A URL scheme towards an upstream.

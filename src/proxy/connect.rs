@@ -31,7 +31,15 @@ pub async fn handle(
         return (None, Err(ProxyError::BadRequest("CONNECT needs host:port")));
     };
     let policy = &live.policy;
-    let target = Target { scheme: Scheme::Https, host, port, path: String::new(), query: None, base_tool: None };
+    let target = Target {
+        scheme: Scheme::Https,
+        host,
+        port,
+        path: String::new(),
+        query: None,
+        base_tool: None,
+        upstream_authority: None,
+    };
     let (tool, allow_private) = match policy.decide_connect(&target.host, port) {
         ConnectDecision::Tunnel { tool, allow_private } => (tool, allow_private),
         ConnectDecision::Deny(why) => {

@@ -287,8 +287,9 @@ impl Upstreams {
     pub fn client(&self, ca: &[CertificateDer<'static>], opts: ClientOpts) -> Client {
         let ca = if opts.tls { ca } else { &[] };
         let key = ClientKey {
-            ca: (!ca.is_empty())
-                .then(|| crate::creds::fingerprint(&ca.iter().map(|c| hex(c.as_ref())).collect::<String>())),
+            ca: (!ca.is_empty()).then(|| {
+                crate::creds::fingerprint(&ca.iter().map(|c| crate::creds::hex(c.as_ref())).collect::<String>())
+            }),
             opts,
         };
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
@@ -304,9 +305,10 @@ impl Upstreams {
     }
 
     /// A client for token endpoints (trusted configuration: private addresses allowed), with
-    /// its own small pool. Redirects are never followed (hyper's client does not).
-    pub fn token_client(&self, ca: &[CertificateDer<'static>]) -> TokenClient {
-        let opts = ClientOpts { tls: true, allow_private: true, http1_only: false, idle: Duration::from_secs(90) };
+    /// its own small pool. Redirects are never followed (hyper's client does not). Without
+    /// `tls` it speaks cleartext only and loads no roots (loopback endpoints, the control API).
+    pub fn token_client(&self, ca: &[CertificateDer<'static>], tls: bool) -> TokenClient {
+        let opts = ClientOpts { tls, allow_private: true, http1_only: false, idle: Duration::from_secs(90) };
         HyperClient::builder(TokioExecutor::new())
             .pool_idle_timeout(opts.idle)
             .pool_max_idle_per_host(2)
@@ -334,10 +336,6 @@ impl Upstreams {
         };
         Deadline { inner: https, settings: self.settings.clone() }
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Hop-by-hop fields (RFC 9110 §7.6.1) plus the proxy's own, removed in both directions.

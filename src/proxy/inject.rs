@@ -1,15 +1,18 @@
 //! Attaching a tool's credential to a request: strip what the agent sent, inject the pre-built
 //! header (or query parameter), and what an upstream `401` retry needs.
 
-use http::header::HeaderMap;
-use http::{Method, Uri};
-
-use super::target::Target;
-use crate::creds::{Command, Slot, Token};
-use crate::error::ProxyError;
-use crate::policy::Inject;
 use std::sync::Arc;
 use std::time::SystemTime;
+
+use http::header::HeaderMap;
+use http::{Method, Request, Uri};
+
+use super::body::UpstreamBody;
+use super::target::Target;
+use crate::clock::Clock;
+use crate::creds::{Command, Slot, Token};
+use crate::error::ProxyError;
+use crate::policy::{Inject, Tool};
 
 /// Remove what the agent must not send (the tool's strip list, any case, every copy), then attach
 /// the tool's token as a header. Returns the token used (its query form is the caller's to add).
@@ -43,16 +46,45 @@ pub fn strip_and_inject(
 }
 
 /// An upstream `401` forces a refresh at most this often per tool.
-pub(super) const FORCED_REFRESH_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+const FORCED_REFRESH_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 /// The one place a request waits on a credential: the refresh a `401` forced.
-pub(super) const RETRY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+const RETRY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// An upstream `401` to `used`: force one refresh of a rotating credential (at most once per
+/// [`FORCED_REFRESH_EVERY`]) and, when the request kept its `headers` for a retry, wait up to
+/// [`RETRY_WAIT`] for the new token and return the request to send again with it.
+pub(super) async fn after_401(
+    slot: &Slot,
+    clock: &Clock,
+    tool: &Tool,
+    target: &Target,
+    method: &Method,
+    used: &Token,
+    headers: Option<HeaderMap>,
+) -> Result<Option<(Request<UpstreamBody>, Arc<Token>)>, ProxyError> {
+    if slot.control().is_none() || !slot.try_force(FORCED_REFRESH_EVERY) {
+        return Ok(None);
+    }
+    slot.command(Command::Refresh { reason: "upstream_401" });
+    tracing::warn!(tool = %tool.name, credential_id = %used.fingerprint, "upstream answered 401; refreshing the credential");
+    let Some(mut headers) = headers else { return Ok(None) };
+    let Some(new) = slot.wait_new(&used.fingerprint, clock, RETRY_WAIT).await else { return Ok(None) };
+    if let (Some(v), Some(name)) = (new.header_value(), injected_header(&tool.inject)) {
+        headers.insert(name, v.clone());
+    }
+    let mut again = Request::new(UpstreamBody::empty());
+    *again.method_mut() = method.clone();
+    *again.uri_mut() = upstream_uri(target, &tool.inject, Some(&new))?;
+    *again.headers_mut() = headers;
+    Ok(Some((again, new)))
+}
 
 pub(super) fn is_idempotent(m: &Method) -> bool {
     matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
 }
 
 /// The header a token goes in (`None` for query injection).
-pub(super) fn injected_header(inject: &Inject) -> Option<http::HeaderName> {
+fn injected_header(inject: &Inject) -> Option<http::HeaderName> {
     match inject {
         Inject::Header { name, .. } => Some(name.clone()),
         Inject::Basic { .. } => Some(http::header::AUTHORIZATION),
@@ -74,7 +106,7 @@ pub(super) fn upstream_uri(target: &Target, inject: &Inject, token: Option<&Toke
     };
     Uri::builder()
         .scheme(target.scheme.as_str())
-        .authority(target.authority())
+        .authority(target.authority()?)
         .path_and_query(pq)
         .build()
         .map_err(|_| ProxyError::BadRequest("cannot build the upstream URL"))

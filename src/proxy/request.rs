@@ -12,13 +12,12 @@ use secrecy::ExposeSecret;
 
 use super::body::{Body, UpstreamBody};
 use super::forward::{connection_tokens, remove_hop_by_hop};
-use super::inject::{injected_header, is_idempotent, strip_and_inject, upstream_uri, FORCED_REFRESH_EVERY, RETRY_WAIT};
+use super::inject::{after_401, is_idempotent, strip_and_inject, upstream_uri};
 use super::target::Target;
-use crate::creds::Command;
 use crate::error::{ProxyError, CREDPROXY_ERROR};
 use crate::fields;
 use crate::metrics::Outcome;
-use crate::policy::{Action, AuditRequests, Destination, Inject};
+use crate::policy::{Action, AuditRequests, Destination};
 use crate::state::{Live, Shared};
 
 /// Longest request target accepted.
@@ -226,13 +225,13 @@ async fn forward(
     parts.uri = upstream_uri(&target, &spec.inject, token.as_deref())?;
     parts.version = Version::HTTP_11;
     // A rotating token that meets a 401 is refreshed at once; a bodiless idempotent request is
-    // then retried once with the new token, so keep what it takes to send it again.
-    let retry = match (&rt.slot, &token) {
-        (Some(slot), Some(_)) if slot.control().is_some() && !websocket && http_body::Body::is_end_stream(&body) => {
-            is_idempotent(&method).then(|| (parts.headers.clone(), parts.uri.clone()))
-        }
-        _ => None,
-    };
+    // then retried once with the new token, so keep its headers to send it again.
+    let retry = (token.is_some()
+        && rt.slot.as_ref().is_some_and(|s| s.control().is_some())
+        && !websocket
+        && http_body::Body::is_end_stream(&body)
+        && is_idempotent(&method))
+    .then(|| parts.headers.clone());
     let strip_trailers = rt.slot.as_ref().map(|_| rt.strip.clone());
     let upstream_req = Request::from_parts(parts, UpstreamBody::new(body, strip_trailers));
     let client = rt.client(&shared.upstreams, spec, route, websocket, policy.limits.idle_timeout);
@@ -246,28 +245,12 @@ async fn forward(
     };
     let mut result = send(upstream_req).await;
     let mut token = token;
-    if let (Ok(r), Some(slot), Some(used)) = (&result, &rt.slot, &token) {
-        if r.status() == StatusCode::UNAUTHORIZED && slot.control().is_some() && slot.try_force(FORCED_REFRESH_EVERY) {
-            slot.command(Command::Refresh { reason: "upstream_401" });
-            tracing::warn!(tool = %spec.name, credential_id = %used.fingerprint, "upstream answered 401; refreshing the credential");
-            if let Some((mut headers, uri)) = retry {
-                let clock = &shared.clock;
-                if let Some(new) = slot.wait_new(&used.fingerprint, || clock.now(), RETRY_WAIT).await {
-                    let uri = match &spec.inject {
-                        Inject::Query { .. } => upstream_uri(&target, &spec.inject, Some(&new))?,
-                        _ => uri,
-                    };
-                    if let (Some(v), Some(name)) = (new.header_value(), injected_header(&spec.inject)) {
-                        headers.insert(name, v.clone());
-                    }
-                    let mut again = Request::new(UpstreamBody::empty());
-                    *again.method_mut() = method.clone();
-                    *again.uri_mut() = uri;
-                    *again.headers_mut() = headers;
-                    result = send(again).await;
-                    token = Some(new);
-                }
-            }
+    let unauthorized = matches!(&result, Ok(r) if r.status() == StatusCode::UNAUTHORIZED);
+    if let (true, Some(slot), Some(used)) = (unauthorized, &rt.slot, &token) {
+        let again = after_401(slot, &shared.clock, spec, &target, &method, used, retry).await?;
+        if let Some((req, new)) = again {
+            result = send(req).await;
+            token = Some(new);
         }
     }
     let mut resp = match result {

@@ -5,7 +5,9 @@ use http::Request;
 use hyper::body::Incoming;
 
 use crate::error::ProxyError;
-use crate::policy::{normalize, normalize_host, Scheme};
+use http::uri::Authority;
+
+use crate::policy::{authority, normalize, normalize_host, Scheme};
 use crate::state::Live;
 
 /// Where a request goes, worked out from its form (absolute-form = forward proxy, origin-form = base URL).
@@ -22,6 +24,8 @@ pub struct Target {
     pub query: Option<String>,
     /// The tool named by the base-URL path.
     pub base_tool: Option<usize>,
+    /// Base-URL mode: the tool's upstream authority, built at load.
+    pub upstream_authority: Option<Authority>,
 }
 
 impl Target {
@@ -45,7 +49,7 @@ impl Target {
             let port = auth.port_u16().unwrap_or(scheme.default_port());
             let path = normalize(uri.path())
                 .map_err(|_| ProxyError::BadRequest("path refused: encoded separator, backslash, NUL or bad escape"))?;
-            return Ok(Target { scheme, host, port, path, query, base_tool: None });
+            return Ok(Target { scheme, host, port, path, query, base_tool: None, upstream_authority: None });
         }
         // Origin-form: `/TOOL/rest` in base-URL mode.
         let raw = uri.path();
@@ -63,15 +67,24 @@ impl Target {
         let rest = normalize(rest)
             .map_err(|_| ProxyError::BadRequest("path refused: encoded separator, backslash, NUL or bad escape"))?;
         let path = if up.path_prefix.is_empty() { rest } else { format!("{}{}", up.path_prefix, rest) };
-        Ok(Target { scheme: up.scheme, host: up.host.clone(), port: up.port, path, query, base_tool: Some(t) })
+        Ok(Target {
+            scheme: up.scheme,
+            host: up.host.clone(),
+            port: up.port,
+            path,
+            query,
+            base_tool: Some(t),
+            upstream_authority: Some(up.authority.clone()),
+        })
     }
 
-    pub(super) fn authority(&self) -> String {
-        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
-        if self.port == self.scheme.default_port() {
-            host
-        } else {
-            format!("{host}:{}", self.port)
+    /// `host[:port]` for the upstream URL (prebuilt in base-URL mode).
+    pub(super) fn authority(&self) -> Result<Authority, ProxyError> {
+        match &self.upstream_authority {
+            Some(a) => Ok(a.clone()),
+            None => authority(self.scheme, &self.host, self.port)
+                .parse()
+                .map_err(|_| ProxyError::BadRequest("cannot build the upstream URL")),
         }
     }
 }

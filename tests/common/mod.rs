@@ -302,6 +302,22 @@ impl Proxy {
     }
 }
 
+/// One tool `api` (not required) at the upstream on `up`, base URL `/api/`, with credential
+/// `cred`; audit events go to `{dir}/audit.log`.
+pub fn api_policy(up: u16, cred: &str) -> String {
+    format!(
+        r#"version: 1
+audit: {{ output: "{{dir}}/audit.log" }}
+tools:
+  api:
+    upstream: http://127.0.0.1:{up}
+    required: false
+    credential: {cred}
+    routes: [{{ scheme: http, host: 127.0.0.1, port: {up}, allow_private: true }}]
+"#
+    )
+}
+
 /// Poll `f` every 20 ms until it holds; panic after 10 s.
 pub async fn eventually<F: AsyncFnMut() -> bool>(mut f: F, what: &str) {
     for _ in 0..500 {

@@ -251,7 +251,11 @@ fn upstream(cx: &mut Ctx<'_>, path: &str, raw: &str, routes: &[Route]) -> Option
     if !covered {
         cx.err(path, "no route of this tool covers the upstream's scheme, host and port");
     }
-    Some(Upstream { scheme, host, port, path_prefix })
+    let Ok(authority) = authority(scheme, &host, port).parse() else {
+        cx.err(path, "not a valid host and port");
+        return None;
+    };
+    Some(Upstream { scheme, host, port, path_prefix, authority })
 }
 
 /// Two tools tie when routes of equal specificity can match the same request.
