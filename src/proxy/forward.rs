@@ -66,7 +66,7 @@ impl From<&ConnectError> for crate::error::ProxyError {
 }
 
 /// What every connector reads at connect time; swapped on reload.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ConnectSettings {
     /// Name overrides.
     pub resolve: Resolve,
@@ -74,6 +74,18 @@ pub struct ConnectSettings {
     pub own: Vec<SocketAddr>,
     /// Resolve + connect + TLS deadline.
     pub connect_timeout: Duration,
+}
+
+impl Default for ConnectSettings {
+    /// Before a policy is installed (and for the control-API and demo clients): no overrides,
+    /// and the policy's default connect timeout rather than zero.
+    fn default() -> Self {
+        ConnectSettings {
+            resolve: Resolve::default(),
+            own: Vec::new(),
+            connect_timeout: crate::policy::Limits::default().connect_timeout,
+        }
+    }
 }
 
 /// Is this an address agents' traffic may not reach without `allow_private`?
