@@ -145,6 +145,10 @@ pub enum RawCredential {
     Exec(RawExec),
 }
 
+// `default_ttl`, `max_ttl` and `expiry_margin` repeat in the rotating sources' structs: serde
+// cannot `flatten` a shared struct under `deny_unknown_fields`. `validate` reads them through
+// one function (`semantic::credential::lifetime`).
+
 /// The fields of the three `oauth2_*` sources (each names which grants accept it).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
