@@ -1,53 +1,102 @@
-//! The admin listener (`/metrics`, `/live`, `/ready`) and the loopback control API
-//! (`GET /v1/credentials`, `GET /v1/policy`). No endpoint ever returns a token.
+//! The admin listener (`/metrics`, `/live`, `/ready`) and the control API (`GET /v1/credentials`,
+//! `GET /v1/policy`, rotate, revoke), each with its own small connection cap. No endpoint ever
+//! returns a token.
+
+pub mod control;
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE};
+use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use crate::audit::timestamp;
 use crate::creds::Command;
 use crate::policy::{Inject, Policy};
 use crate::proxy::{full, Body};
 use crate::state::Shared;
+use control::{ControlListener, Refusal, Windows};
 
-/// Which listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Concurrent connections per admin or control listener; more are closed at once.
+pub const MAX_CONNECTIONS: usize = 32;
+
+/// Which listener, with what the control listener checks.
 pub enum Kind {
     /// Metrics and probes.
     Admin,
-    /// Credential status and the policy in force.
-    Control,
+    /// Credential status, rotate, revoke and the policy in force.
+    Control {
+        /// The TCP port `Host` must name (`None` on a Unix socket).
+        port: Option<u16>,
+        /// Rotate/revoke windows.
+        windows: Windows,
+    },
 }
 
-/// Serve one listener until shutdown.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, kind: Kind, mut shutdown: watch::Receiver<bool>) {
+/// A listener's accepted stream, boxed: one hyper server type for TCP and Unix sockets.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// Serve the admin listener until shutdown.
+pub async fn serve_admin(listener: TcpListener, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
+    serve(Listener::Admin(listener), shared, Kind::Admin, shutdown).await;
+}
+
+/// Serve the control listener until shutdown (the socket file goes with it).
+pub async fn serve_control(listener: ControlListener, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
+    let port = match &listener {
+        ControlListener::Tcp(_, port) => Some(*port),
+        ControlListener::Unix(..) => None,
+    };
+    let kind = Kind::Control { port, windows: Windows::default() };
+    serve(Listener::Control(listener), shared, kind, shutdown).await;
+}
+
+enum Listener {
+    Admin(TcpListener),
+    Control(ControlListener),
+}
+
+impl Listener {
+    async fn accept(&self) -> std::io::Result<Box<dyn Stream>> {
+        Ok(match self {
+            Listener::Admin(t) | Listener::Control(ControlListener::Tcp(t, _)) => Box::new(t.accept().await?.0),
+            Listener::Control(ControlListener::Unix(u, _)) => Box::new(u.accept().await?.0),
+        })
+    }
+}
+
+async fn serve(listener: Listener, shared: Arc<Shared>, kind: Kind, mut shutdown: watch::Receiver<bool>) {
+    let kind = Arc::new(kind);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let stream = tokio::select! {
             r = listener.accept() => match r {
-                Ok((s, _)) => s,
+                Ok(s) => s,
                 Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue; }
             },
             _ = shutdown.changed() => return,
         };
-        let shared = shared.clone();
+        // Over the cap: close at once (dropping the stream), so probes cannot starve memory.
+        let Ok(permit) = slots.clone().try_acquire_owned() else { continue };
+        let (shared, kind) = (shared.clone(), kind.clone());
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(&shared, kind, req)) }
+                let (shared, kind) = (shared.clone(), kind.clone());
+                async move { Ok::<_, Infallible>(route(&shared, &kind, req)) }
             });
             let mut b = hyper::server::conn::http1::Builder::new();
             b.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
             let _ = b.serve_connection(TokioIo::new(stream), svc).await;
+            drop(permit);
         });
     }
 }
@@ -63,9 +112,31 @@ fn json_response(status: StatusCode, v: Value) -> Response<Body> {
     respond(status, "application/json", v.to_string())
 }
 
-fn route(shared: &Shared, kind: Kind, req: Request<Incoming>) -> Response<Body> {
-    if kind == Kind::Control && req.method() == Method::POST {
-        return command(shared, req.uri().path());
+fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    json_response(status, json!({"error": {"code": code, "message": message}}))
+}
+
+fn route(shared: &Shared, kind: &Kind, req: Request<Incoming>) -> Response<Body> {
+    if let Kind::Control { port, windows } = kind {
+        let token = shared.live.load().policy.listen.control_auth.clone();
+        match control::admit(req.headers(), *port, token.as_ref()) {
+            Ok(()) => {}
+            Err(Refusal::Host) => {
+                return error(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    "misdirected_request",
+                    "the control API answers only Host 127.0.0.1, [::1] or localhost with its port",
+                )
+            }
+            Err(Refusal::Auth) => {
+                let mut r = error(StatusCode::UNAUTHORIZED, "unauthorized", "a bearer token is required");
+                r.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                return r;
+            }
+        }
+        if req.method() == Method::POST {
+            return command(shared, windows, req.uri().path());
+        }
     }
     if req.method() != Method::GET {
         return json_response(StatusCode::METHOD_NOT_ALLOWED, json!({"error": {"code": "method_not_allowed"}}));
@@ -82,33 +153,45 @@ fn route(shared: &Shared, kind: Kind, req: Request<Incoming>) -> Response<Body> 
                 json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"ready": false, "waiting_for": names}))
             }
         }
-        (Kind::Control, "/v1/credentials") => json_response(StatusCode::OK, credentials(shared)),
-        (Kind::Control, "/v1/policy") => json_response(StatusCode::OK, describe_policy(&shared.live.load().policy)),
+        (Kind::Control { .. }, "/v1/credentials") => json_response(StatusCode::OK, credentials(shared)),
+        (Kind::Control { .. }, "/v1/policy") => {
+            json_response(StatusCode::OK, describe_policy(&shared.live.load().policy))
+        }
         _ => json_response(StatusCode::NOT_FOUND, json!({"error": {"code": "not_found"}})),
     }
 }
 
-/// `POST /v1/credentials/{tool}/rotate` and `.../revoke`: queue the command for the tool's task.
-fn command(shared: &Shared, path: &str) -> Response<Body> {
-    let err =
-        |status, code: &str, message: &str| json_response(status, json!({"error": {"code": code, "message": message}}));
+/// `POST /v1/credentials/{tool}/rotate` and `.../revoke`: queue the command for the tool's task,
+/// at most once per [`control::COMMAND_EVERY`] per tool (each is an immediate call to the
+/// authority: a loop must not get the client locked out there).
+fn command(shared: &Shared, windows: &Windows, path: &str) -> Response<Body> {
     let Some((tool, action)) = path.strip_prefix("/v1/credentials/").and_then(|r| r.split_once('/')) else {
-        return err(StatusCode::NOT_FOUND, "not_found", "POST /v1/credentials/{tool}/rotate or /revoke");
+        return error(StatusCode::NOT_FOUND, "not_found", "POST /v1/credentials/{tool}/rotate or /revoke");
     };
     let cmd = match action {
         "rotate" => Command::Refresh { reason: "rotate" },
         "revoke" => Command::Revoke { reason: "api" },
-        _ => return err(StatusCode::NOT_FOUND, "not_found", "the actions are rotate and revoke"),
+        _ => return error(StatusCode::NOT_FOUND, "not_found", "the actions are rotate and revoke"),
     };
     let live = shared.live.load();
     let Some(slot) = live.tools.iter().find(|t| &*t.name == tool).and_then(|t| t.slot.as_ref()) else {
-        return err(StatusCode::NOT_FOUND, "unknown_tool", "no tool of that name has a credential");
+        return error(StatusCode::NOT_FOUND, "unknown_tool", "no tool of that name has a credential");
     };
     if slot.control().is_none() {
-        return err(StatusCode::CONFLICT, "not_rotating", "file and env credentials change when their source does");
+        return error(StatusCode::CONFLICT, "not_rotating", "file and env credentials change when their source does");
+    }
+    if let Err(wait) = windows.take(tool, std::time::Instant::now()) {
+        let mut r = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "rotate and revoke run at most once per 10 s per tool",
+        );
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        return r;
     }
     if !slot.command(cmd) {
-        return err(StatusCode::SERVICE_UNAVAILABLE, "busy", "the credential's task has commands pending; try again");
+        return error(StatusCode::SERVICE_UNAVAILABLE, "busy", "the credential's task has commands pending; try again");
     }
     json_response(StatusCode::ACCEPTED, json!({"tool": tool, "action": action, "accepted": true}))
 }
@@ -182,7 +265,7 @@ pub fn describe_policy(p: &Policy) -> Value {
     json!({
         "instance": p.instance_id,
         "listen": {"proxy": p.listen.proxy.to_string(), "admin": p.listen.admin.to_string(), "control": p.listen.control.to_string(),
-                   "proxy_auth": p.listen.proxy_auth.is_some()},
+                   "proxy_auth": p.listen.proxy_auth.is_some(), "control_auth": p.listen.control_auth.is_some()},
         "limits": {
             "header_read_timeout": humantime::format_duration(l.header_read_timeout).to_string(),
             "max_header_bytes": l.max_header_bytes, "max_headers": l.max_headers,

@@ -20,7 +20,6 @@ pub struct Audit {
 
 enum Msg {
     Line(String),
-    Output(Option<PathBuf>),
     Flush(tokio::sync::oneshot::Sender<()>),
 }
 
@@ -58,7 +57,6 @@ impl Audit {
                         }
                         let _ = sink.flush();
                     }
-                    Msg::Output(p) => sink = open(p.as_ref()),
                     Msg::Flush(done) => {
                         let _ = sink.flush();
                         let _ = done.send(());
@@ -70,11 +68,6 @@ impl Audit {
             }
         });
         Audit { tx, instance: instance.into(), metrics }
-    }
-
-    /// Switch the output (after a policy reload changed it).
-    pub fn set_output(&self, output: Option<PathBuf>) {
-        let _ = self.tx.try_send(Msg::Output(output));
     }
 
     /// Wait until everything emitted so far is written.

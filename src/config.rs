@@ -49,8 +49,14 @@ pub struct RawListen {
     pub proxy_auth_file: Option<String>,
     /// `GET /metrics /live /ready`. Default `127.0.0.1:15090`; safe to expose to Prometheus.
     pub admin: Option<String>,
-    /// Credential status and the policy in force. Default `127.0.0.1:15091`; loopback only, always.
+    /// Credential status, rotate, revoke and the policy in force. `unix:PATH` (default
+    /// `unix:/run/credproxy-control/control.sock`: a 0600 socket in a 0700 folder of its own, which
+    /// the agent's container never mounts) or a TCP `IP:port`: on loopback (with a warning unless
+    /// `control_auth_file` is set: in a pod the agent shares loopback), off loopback only with
+    /// `control_auth_file`.
     pub control: Option<String>,
+    /// A file whose contents callers of the control API present as `Authorization: Bearer`.
+    pub control_auth_file: Option<String>,
 }
 
 /// `audit:` — audit events, one JSON object per line.
@@ -237,6 +243,10 @@ pub struct RawJwt {
 pub struct RawExec {
     /// The program and its arguments (run directly, no shell).
     pub command: Vec<String>,
+    /// The helper's environment: it starts with only `PATH`, `HOME` and `TMPDIR` from credproxy's
+    /// (never other tools' secrets), plus these variables (`${VAR}` expands).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
     /// Time allowed for one run; it is killed after. Default `10s`.
     pub timeout: Option<String>,
     /// Lifetime assumed when the helper prints no expiry. Default `5m`.

@@ -15,6 +15,7 @@ pub mod refresher;
 pub mod schedule;
 mod slot;
 pub mod source;
+pub mod writeback;
 
 pub use slot::{Command, Slot, State};
 

@@ -85,7 +85,7 @@ pub async fn run(opts: Options) -> Result<Summary, String> {
     println!("  agents   http://{proxy}/search/...  and  http://{proxy}/tickets/...");
     println!("  try      curl -i http://{proxy}/search/v1/items");
     println!("  metrics  http://{}/metrics", running.admin_addr);
-    println!("  status   credproxy status --control {}", running.control_addr);
+    println!("  status   credproxy status --control {}", running.control);
     println!("  audit    {}", audit.display());
     if opts.wrong_key {
         println!("  NEGATIVE CONTROL: the tool API verifies with the wrong key; every request must be rejected");

@@ -46,9 +46,13 @@ enum Command {
     },
     /// Print one row per credential: source, state, age, expiry, next refresh, failures, last error.
     Status {
-        /// The control listener.
-        #[arg(long, env = "CREDPROXY_CONTROL", default_value = "127.0.0.1:15091")]
-        control: std::net::SocketAddr,
+        /// The control listener: `unix:PATH` or `HOST:PORT`.
+        #[arg(long, env = "CREDPROXY_CONTROL", default_value = credproxy::policy::ControlAddr::DEFAULT,
+              value_parser = |s: &str| credproxy::policy::ControlAddr::parse(s))]
+        control: credproxy::policy::ControlAddr,
+        /// A file holding the control API's bearer token (`listen.control_auth_file`).
+        #[arg(long, env = "CREDPROXY_CONTROL_AUTH_FILE")]
+        control_auth_file: Option<PathBuf>,
     },
     /// The whole thing on loopback, nothing to install: the proxy, a token authority issuing
     /// 10-second JWTs, a tool API verifying them, steady traffic, and rotations shown live.
@@ -103,8 +107,15 @@ fn main() -> ExitCode {
             }
         },
         Command::Explain { config, tool, method, url } => explain(&config, tool.as_deref(), &method, &url),
-        Command::Status { control } => runtime().block_on(async move {
-            match credproxy::status::fetch(control).await {
+        Command::Status { control, control_auth_file } => runtime().block_on(async move {
+            let token = match control_auth_file.map(std::fs::read_to_string).transpose() {
+                Ok(t) => t.map(|t| t.trim_end_matches(['\r', '\n']).to_string()),
+                Err(e) => {
+                    eprintln!("credproxy status: cannot read the control auth file: {}", e.kind());
+                    return ExitCode::FAILURE;
+                }
+            };
+            match credproxy::status::fetch(&control, token.as_deref()).await {
                 Ok(v) => {
                     print!("{}", credproxy::status::table(&v, std::time::SystemTime::now()));
                     ExitCode::SUCCESS
@@ -270,7 +281,7 @@ fn explain(config: &std::path::Path, tool: Option<&str>, method: &str, url: &str
             return ExitCode::FAILURE;
         }
     };
-    let dest = Destination { scheme, host: &host, port, method: &method, path: &path, tool };
+    let dest = Destination { scheme, host: &host, port, method: &method, path: &path, tool, by_path: false };
     let d = policy.decide(&dest);
     println!("destination: {} {}://{}:{}{} (normalised path)", method, scheme.as_str(), host, port, path);
     match d.action {

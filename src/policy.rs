@@ -25,6 +25,14 @@ pub struct Destination<'a> {
     pub path: &'a str,
     /// A tool named by the agent (`Credproxy-Tool`) or by base-URL mode; the route must be its.
     pub tool: Option<&'a str>,
+    /// The tool was named by the base-URL path (it serves when one of its own routes matches),
+    /// not by the `Credproxy-Tool` header (which only breaks ties).
+    pub by_path: bool,
+}
+
+/// Methods whose response may echo the request head, injected credential included.
+fn echoes_request(m: &http::Method) -> bool {
+    m == http::Method::TRACE || m.as_str().eq_ignore_ascii_case("TRACK")
 }
 
 /// What to do with a request.
@@ -47,10 +55,12 @@ pub enum Reason {
     MethodOrPathNotAllowed,
     /// The named tool does not exist.
     UnknownTool,
-    /// The named tool has no route matching this request.
+    /// The named tool has no route matching this request with the highest specificity.
     NotToolsRoute,
     /// Every matching route belongs to a tool that must be named with `Credproxy-Tool`.
     ToolHeaderRequired,
+    /// TRACE or TRACK on a credentialed route: the answer would echo the injected credential.
+    MethodEchoesCredential,
 }
 
 impl Reason {
@@ -63,6 +73,7 @@ impl Reason {
             Reason::UnknownTool => "unknown_tool",
             Reason::NotToolsRoute => "not_tools_route",
             Reason::ToolHeaderRequired => "tool_header_required",
+            Reason::MethodEchoesCredential => "method_echoes_credential",
         }
     }
 }
@@ -77,6 +88,9 @@ impl Reason {
             Reason::UnknownTool => "the request names a tool that the policy does not define",
             Reason::NotToolsRoute => "the named tool has no route matching this request",
             Reason::ToolHeaderRequired => "the matching tool requires the Credproxy-Tool header",
+            Reason::MethodEchoesCredential => {
+                "TRACE and TRACK are refused on routes that carry a credential: the answer would echo it"
+            }
         }
     }
 }
@@ -174,6 +188,10 @@ impl RouteIndex {
 
 impl Policy {
     /// The routing decision for one request. Pure: no I/O, no clock, no allocation.
+    ///
+    /// The most specific matching routes win. `Credproxy-Tool` only chooses among the tools
+    /// whose routes match with that same, highest specificity (the tie it exists to break); a
+    /// base-URL path names its tool, which serves when one of its own routes matches.
     pub fn decide(&self, dest: &Destination<'_>) -> Decision {
         let named = match dest.tool {
             Some(name) => match self.tool_index(name) {
@@ -182,34 +200,53 @@ impl Policy {
             },
             None => None,
         };
+        let base_path = named.is_some() && dest.by_path;
         let mut host_known = false;
-        let mut best: Option<(Specificity, usize, usize)> = None;
-        let mut needs_header = false;
+        // The best match overall, the named tool's best at that level, and whether a tool that
+        // needs no header matched at the top.
+        let mut best: Option<Specificity> = None;
+        let mut chosen: Option<(Specificity, usize, usize)> = None;
+        let mut open: Option<(usize, usize)> = None;
         for (t, r) in self.index.candidates(dest.host) {
             let route = &self.tools[t].routes[r];
             if route.scheme != dest.scheme || route.port != dest.port {
                 continue;
             }
             host_known = true;
-            let Some(spec) = route.specificity(dest.method, dest.path) else { continue };
-            match named {
-                Some(n) if n != t => continue,
-                None if self.tools[t].selected_by_header => {
-                    needs_header = true;
-                    continue;
-                }
-                _ => {}
+            if base_path && named != Some(t) {
+                continue;
             }
-            if best.is_none_or(|(b, _, _)| spec > b) {
-                best = Some((spec, t, r));
+            let Some(spec) = route.specificity(dest.method, dest.path) else { continue };
+            if best.is_none_or(|b| spec > b) {
+                best = Some(spec);
+                open = None;
+            }
+            if best == Some(spec) && open.is_none() && !self.tools[t].selected_by_header {
+                open = Some((t, r));
+            }
+            if named == Some(t) && chosen.is_none_or(|(c, _, _)| spec > c) {
+                chosen = Some((spec, t, r));
             }
         }
-        match best {
-            Some((_, tool, route)) => Decision { action: Action::Allow { tool, route }, reason: Reason::Matched },
-            None if needs_header => Decision::deny(Reason::ToolHeaderRequired),
-            None if named.is_some() && host_known => Decision::deny(Reason::NotToolsRoute),
-            None if host_known => Decision::deny(Reason::MethodOrPathNotAllowed),
-            None => Decision::deny(Reason::NoRouteForHost),
+        let allow = |tool: usize, route: usize| {
+            if self.tools[tool].credential.is_some() && echoes_request(dest.method) {
+                return Decision::deny(Reason::MethodEchoesCredential);
+            }
+            Decision { action: Action::Allow { tool, route }, reason: Reason::Matched }
+        };
+        match (best, named) {
+            (None, _) if host_known => {
+                Decision::deny(if named.is_some() { Reason::NotToolsRoute } else { Reason::MethodOrPathNotAllowed })
+            }
+            (None, _) => Decision::deny(Reason::NoRouteForHost),
+            (Some(b), Some(_)) => match chosen {
+                Some((spec, t, r)) if spec == b => allow(t, r),
+                _ => Decision::deny(Reason::NotToolsRoute),
+            },
+            (Some(_), None) => match open {
+                Some((t, r)) => allow(t, r),
+                None => Decision::deny(Reason::ToolHeaderRequired),
+            },
         }
     }
 

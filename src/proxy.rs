@@ -4,6 +4,7 @@ pub mod body;
 pub mod connect;
 pub mod forward;
 pub mod inject;
+pub mod relay;
 pub mod request;
 pub mod stack;
 pub mod target;
@@ -34,6 +35,14 @@ pub enum StartError {
     /// The policy file is invalid.
     #[error("{0}")]
     Config(#[from] ConfigErrors),
+    /// The control listener could not be bound.
+    #[error("cannot listen on {addr} (control): {source}")]
+    Control {
+        /// Its address.
+        addr: crate::policy::ControlAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A listener could not be bound.
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
@@ -52,11 +61,13 @@ pub struct Running {
     pub proxy_addr: SocketAddr,
     /// `/metrics`, `/live`, `/ready`.
     pub admin_addr: SocketAddr,
-    /// The control API.
-    pub control_addr: SocketAddr,
+    /// The control API (a Unix socket, or TCP with its bound port).
+    pub control: crate::policy::ControlAddr,
     /// Shared state (tests inspect it).
     pub shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
+    /// Fires when the shutdown deadline has passed: relays still open stop.
+    hard_stop: watch::Sender<bool>,
     connections: Arc<()>,
 }
 
@@ -74,23 +85,45 @@ pub async fn start_with_clock(config_path: PathBuf, clock: Clock) -> Result<Runn
     let policy = crate::config::load_file(&config_path)?;
     let proxy = bind("proxy", policy.listen.proxy).await?;
     let admin = bind("admin", policy.listen.admin).await?;
-    let control = bind("control", policy.listen.control).await?;
-    let addrs = [proxy.local_addr(), admin.local_addr(), control.local_addr()];
-    let own: Vec<SocketAddr> = addrs.iter().filter_map(|a| a.as_ref().ok().copied()).collect();
+    let control = crate::admin::control::bind(&policy.listen.control)
+        .await
+        .map_err(|source| StartError::Control { addr: policy.listen.control.clone(), source })?;
+    let control_addr = control.addr();
+    let mut own: Vec<SocketAddr> = [proxy.local_addr(), admin.local_addr()].into_iter().flatten().collect();
+    if let crate::policy::ControlAddr::Tcp(a) = control_addr {
+        own.push(a);
+        if policy.listen.control_auth.is_none() {
+            tracing::warn!(
+                control = %a,
+                "the control API listens on TCP without listen.control_auth_file: anything sharing this \
+                 loopback (in a pod, the agent) can rotate, revoke and read the policy; prefer unix:PATH"
+            );
+        }
+    }
     let metrics = Metrics::new();
     metrics.config_last_reload_success.set(1);
     metrics.config_reloads.with_label_values(&["ok"]).inc();
     let max_connections = policy.limits.max_connections;
     let shared = Shared::new(policy, config_path, own.clone(), metrics, clock);
     let (shutdown, rx) = watch::channel(false);
+    let (hard_stop, stop_rx) = watch::channel(false);
     let connections = Arc::new(());
     let sem = Arc::new(Semaphore::new(max_connections));
-    tokio::spawn(accept_proxy(proxy, shared.clone(), sem, rx.clone(), connections.clone()));
-    tokio::spawn(crate::admin::serve(admin, shared.clone(), crate::admin::Kind::Admin, rx.clone()));
-    tokio::spawn(crate::admin::serve(control, shared.clone(), crate::admin::Kind::Control, rx));
+    let accept = Accept { shared: shared.clone(), sem, connections: connections.clone(), stop: stop_rx };
+    tokio::spawn(accept_proxy(proxy, accept, rx.clone()));
+    tokio::spawn(crate::admin::serve_admin(admin, shared.clone(), rx.clone()));
+    tokio::spawn(crate::admin::serve_control(control, shared.clone(), rx));
     shared.spawn_reloader();
-    tracing::info!(proxy = %own[0], admin = %own[1], control = %own[2], "credproxy listening");
-    Ok(Running { proxy_addr: own[0], admin_addr: own[1], control_addr: own[2], shared, shutdown, connections })
+    tracing::info!(proxy = %own[0], admin = %own[1], control = %control_addr, "credproxy listening");
+    Ok(Running {
+        proxy_addr: own[0],
+        admin_addr: own[1],
+        control: control_addr,
+        shared,
+        shutdown,
+        hard_stop,
+        connections,
+    })
 }
 
 impl Running {
@@ -105,6 +138,7 @@ impl Running {
         if left > 0 {
             tracing::warn!(connections = left, "shutdown deadline reached with connections still open");
         }
+        let _ = self.hard_stop.send(true);
         // Rotating credentials stop; those with `revoke_on_shutdown` revoke first, within the deadline.
         let live = self.shared.live.load();
         let mut acks = Vec::new();
@@ -136,13 +170,16 @@ pub fn http1_builder(limits: &Limits) -> http1::Builder {
     b
 }
 
-async fn accept_proxy(
-    listener: TcpListener,
+/// What the proxy's accept loop hands each connection.
+struct Accept {
     shared: Arc<Shared>,
     sem: Arc<Semaphore>,
-    mut shutdown: watch::Receiver<bool>,
     connections: Arc<()>,
-) {
+    stop: watch::Receiver<bool>,
+}
+
+async fn accept_proxy(listener: TcpListener, a: Accept, mut shutdown: watch::Receiver<bool>) {
+    let Accept { shared, sem, connections, stop } = a;
     let mut max = shared.live.load().policy.limits.max_connections;
     loop {
         let (stream, peer) = tokio::select! {
@@ -175,10 +212,15 @@ async fn accept_proxy(
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let mut shutdown = shutdown.clone();
-        let guard = connections.clone();
+        // Held by the connection and by any relay it upgrades into (WebSocket, CONNECT).
+        let guard = Arc::new(relay::ConnGuard::new(
+            permit,
+            shared.metrics.connections_active.clone(),
+            connections.clone(),
+            stop.clone(),
+        ));
         tokio::spawn(async move {
-            shared.metrics.connections_active.inc();
-            let svc = stack::proxy_service(shared.clone(), peer);
+            let svc = stack::proxy_service(shared.clone(), peer, guard.clone());
             let conn = http1_builder(&limits).serve_connection(TokioIo::new(stream), svc).with_upgrades();
             tokio::pin!(conn);
             tokio::select! {
@@ -188,8 +230,6 @@ async fn accept_proxy(
                     let _ = conn.await;
                 }
             }
-            shared.metrics.connections_active.dec();
-            drop(permit);
             drop(guard);
         });
     }

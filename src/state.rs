@@ -77,7 +77,7 @@ impl ToolRt {
             http1_only: upgrade,
             idle,
         };
-        cell.get_or_init(|| upstreams.client(&tool.ca_certs, opts))
+        cell.get_or_init(|| upstreams.client(&self.name, &tool.ca_certs, opts))
     }
 }
 
@@ -204,15 +204,14 @@ impl Shared {
             });
         }
         drop(creds);
-        if self.live.load().policy.audit.file != policy.audit.file {
-            self.audit.set_output(policy.audit.file.clone());
-        }
         self.live.store(Arc::new(Live { policy, tools }));
     }
 
     /// Start `tool`'s credential (new, or its settings changed from `old`). A rotating credential
-    /// is fetched at once; the old entry's still-valid token serves meanwhile unless the source
-    /// or injection form changed, or a new `not_before` revokes it (then it is also revoked at
+    /// is fetched at once; the old entry's still-valid token serves meanwhile only when the whole
+    /// credential specification and injection form are unchanged (a change of refresh timing or
+    /// `not_before`): a token from another authority, client, audience or scope never goes
+    /// toward the new settings. A new `not_before` revokes it (then it is also revoked at
     /// the authority: fleet-wide revocation through the ConfigMap).
     fn start_credential(&self, tool: &Tool, name: &Arc<str>, key: CredKey, old: Option<&CredEntry>) -> CredEntry {
         let spec = &key.spec;
@@ -242,11 +241,7 @@ impl Shared {
                 if e.key.spec.lifetime().is_some() {
                     tokio::spawn(lifecycle::revoke_once(e.key.spec.clone(), cx.clone(), t));
                 }
-            } else if !revoked
-                && spec.lifetime().is_some()
-                && e.key.spec.source() == spec.source()
-                && e.key.inject == tool.inject
-            {
+            } else if !revoked && spec.lifetime().is_some() && e.key.spec == *spec && e.key.inject == tool.inject {
                 slot.carry_over(t);
             }
         }
@@ -255,41 +250,47 @@ impl Shared {
     }
 
     /// Validate new policy text: install it if valid, else keep the running one. Returns success.
+    /// A policy that changes what only a restart applies (the listeners, their authentication,
+    /// `instance_id`, `audit.output`) is rejected whole: a reload never weakens what the running
+    /// listeners enforce.
     pub fn reload(&self, text: &str) -> bool {
         let now = SystemTime::now();
         self.metrics.config_last_reload_timestamp.set(crate::clock::unix(now).as_secs_f64());
-        match crate::config::parse(text, &|name| std::env::var(name).ok(), now) {
+        let parsed = crate::config::parse(text, &|name| std::env::var(name).ok(), now);
+        let rejected = match parsed {
             Ok(policy) => {
-                let old = self.live.load();
-                let (a, b) = (&old.policy.listen, &policy.listen);
-                if (a.proxy, a.admin, a.control) != (b.proxy, b.admin, b.control)
-                    || old.policy.instance_id != policy.instance_id
-                {
-                    tracing::warn!("listen addresses and instance_id take effect at the next restart");
+                let fields = restart_fields(&self.live.load().policy, &policy);
+                if fields.is_empty() {
+                    let tools = policy.tools.len();
+                    self.install(Arc::new(policy));
+                    self.metrics.config_reloads.with_label_values(&["ok"]).inc();
+                    self.metrics.config_last_reload_success.set(1);
+                    self.audit.emit(
+                        "config.reloaded",
+                        fields! {"path" => self.config_path.display().to_string(), "tools" => tools},
+                    );
+                    tracing::info!(path = %self.config_path.display(), tools, "policy reloaded");
+                    return true;
                 }
-                let tools = policy.tools.len();
-                self.install(Arc::new(policy));
-                self.metrics.config_reloads.with_label_values(&["ok"]).inc();
-                self.metrics.config_last_reload_success.set(1);
-                self.audit.emit(
-                    "config.reloaded",
-                    fields! {"path" => self.config_path.display().to_string(), "tools" => tools},
+                tracing::error!(
+                    path = %self.config_path.display(),
+                    fields = %fields.join(", "),
+                    "policy rejected: these fields take effect only at a restart; the running policy stays"
                 );
-                tracing::info!(path = %self.config_path.display(), tools, "policy reloaded");
-                true
+                fields! {"reason" => "restart_required", "fields" => fields}
             }
             Err(errors) => {
-                self.metrics.config_reloads.with_label_values(&["error"]).inc();
-                self.metrics.config_last_reload_success.set(0);
                 let list: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
-                self.audit.emit(
-                    "config.rejected",
-                    fields! {"path" => self.config_path.display().to_string(), "errors" => list},
-                );
                 tracing::error!(path = %self.config_path.display(), "policy rejected; the running policy stays\n{errors}");
-                false
+                fields! {"reason" => "invalid", "errors" => list}
             }
-        }
+        };
+        self.metrics.config_reloads.with_label_values(&["error"]).inc();
+        self.metrics.config_last_reload_success.set(0);
+        let mut f = fields! {"path" => self.config_path.display().to_string()};
+        f.extend(rejected);
+        self.audit.emit("config.rejected", f);
+        false
     }
 
     /// Watch the policy file's folder and reload on change, debounced, until the process ends.
@@ -326,4 +327,24 @@ impl Shared {
             .map(|(_, rt)| rt.name.clone())
             .collect()
     }
+}
+
+/// The fields that differ between the running policy and a new one and take effect only at a
+/// restart (the bound listeners, what they demand, the instance's identity, the audit output).
+fn restart_fields(old: &Policy, new: &Policy) -> Vec<&'static str> {
+    use secrecy::ExposeSecret;
+    let secret = |s: &Option<secrecy::SecretString>| s.as_ref().map(|s| s.expose_secret().to_owned());
+    let (a, b) = (&old.listen, &new.listen);
+    [
+        ("listen.proxy", a.proxy != b.proxy),
+        ("listen.proxy_auth_file", secret(&a.proxy_auth) != secret(&b.proxy_auth)),
+        ("listen.admin", a.admin != b.admin),
+        ("listen.control", a.control != b.control),
+        ("listen.control_auth_file", secret(&a.control_auth) != secret(&b.control_auth)),
+        ("instance_id", old.instance_id != new.instance_id),
+        ("audit.output", old.audit.file != new.audit.file),
+    ]
+    .into_iter()
+    .filter_map(|(name, changed)| changed.then_some(name))
+    .collect()
 }

@@ -1,23 +1,45 @@
 //! `credproxy status`: read the control API and print one row per credential.
 
-use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
-/// `GET /v1/credentials` from the control listener at `addr`.
-pub async fn fetch(addr: SocketAddr) -> Result<Value, String> {
-    // The token-endpoint client type: one hyper client instantiation fewer in the binary.
-    let client = crate::proxy::forward::Upstreams::new().token_client(&[], false);
-    let uri: http::Uri = format!("http://{addr}/v1/credentials").parse().map_err(|_| "bad address".to_string())?;
+use crate::policy::ControlAddr;
+
+/// `GET /v1/credentials` from the control listener at `addr`, with the bearer token `token`
+/// when the listener asks for one.
+pub async fn fetch(addr: &ControlAddr, token: Option<&str>) -> Result<Value, String> {
+    let unreachable =
+        |e: std::io::Error| format!("cannot reach the control API at {addr}: {e} (is credproxy running?)");
     let get = async {
-        let r = client
-            .get(uri)
+        let (host, io): (String, Box<dyn IoStream>) = match addr {
+            ControlAddr::Unix(p) => {
+                ("localhost".into(), Box::new(tokio::net::UnixStream::connect(p).await.map_err(unreachable)?))
+            }
+            ControlAddr::Tcp(a) => (
+                format!("localhost:{}", a.port()),
+                Box::new(tokio::net::TcpStream::connect(a).await.map_err(unreachable)?),
+            ),
+        };
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
-            .map_err(|_| format!("cannot reach the control API at {addr} (is credproxy running?)"))?;
+            .map_err(|_| format!("the control API at {addr} did not speak HTTP"))?;
+        tokio::spawn(conn);
+        let mut req = http::Request::get("/v1/credentials").header(http::header::HOST, host);
+        if let Some(t) = token {
+            req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = req
+            .body(Empty::<bytes::Bytes>::new())
+            .map_err(|_| "the control auth token is not a valid header".to_string())?;
+        let r = send.send_request(req).await.map_err(|_| "the control API closed the connection".to_string())?;
         let status = r.status();
         let body = r.into_body().collect().await.map_err(|_| "the control API closed the connection".to_string())?;
+        if status == http::StatusCode::UNAUTHORIZED {
+            return Err("the control API wants a bearer token: pass --control-auth-file".into());
+        }
         if !status.is_success() {
             return Err(format!("the control API answered {status}"));
         }
@@ -25,6 +47,9 @@ pub async fn fetch(addr: SocketAddr) -> Result<Value, String> {
     };
     tokio::time::timeout(Duration::from_secs(5), get).await.map_err(|_| format!("no answer from {addr} within 5 s"))?
 }
+
+trait IoStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> IoStream for T {}
 
 fn ago_or_in(at: Option<&str>, now: SystemTime, future: bool) -> String {
     let Some(t) = at.and_then(|s| humantime::parse_rfc3339_weak(s).ok()) else { return "-".into() };

@@ -63,8 +63,8 @@ tools:
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     seen.push(raw(proxy.addr, b"GET /api/again HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await);
-    seen.push(get(proxy.control, "/v1/credentials").await);
-    seen.push(get(proxy.control, "/v1/policy").await);
+    seen.push(proxy.control_get("/v1/credentials").await);
+    seen.push(proxy.control_get("/v1/policy").await);
     seen.push(proxy.metrics().await);
     seen.push(get(proxy.admin, "/ready").await);
     assert!(

@@ -137,7 +137,7 @@ async fn unavailable_credential_is_503_with_retry_after_and_never_forwarded() {
     assert!(up.requests().is_empty());
     // One tool's missing credential does not affect another's requests.
     assert_eq!(status(&get(proxy.addr, "/api/x").await), 200);
-    let creds = get(proxy.control, "/v1/credentials").await;
+    let creds = proxy.control_get("/v1/credentials").await;
     assert!(creds.contains(r#""state":"failing""#), "{creds}");
     // A credential path to an endless device is refused at a bounded size, not read forever.
     assert!(creds.contains("/dev/zero is larger than 65536 bytes"), "{creds}");
@@ -164,7 +164,7 @@ async fn requests_back_to_credproxy_are_508() {
     // Pick a free port for the proxy so the policy can name it.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let policy = format!(
-        "version: 1\nlisten: {{ proxy: 127.0.0.1:{port}, admin: 127.0.0.1:0, control: 127.0.0.1:0 }}\ntools:\n  self:\n    routes: [{{ scheme: http, host: 127.0.0.1, port: {port}, allow_private: true }}]\n"
+        "version: 1\nlisten: {{ proxy: 127.0.0.1:{port}, admin: 127.0.0.1:0, control: \"unix:{{dir}}/control.sock\" }}\ntools:\n  self:\n    routes: [{{ scheme: http, host: 127.0.0.1, port: {port}, allow_private: true }}]\n"
     );
     let proxy = Proxy::start_in(dir, &policy).await;
     let resp =
@@ -181,7 +181,7 @@ async fn proxy_auth_is_required_when_configured() {
     let dir = tempfile::tempdir().unwrap();
     write_file(&dir, "proxy-auth", "agent-pass\n");
     let policy = format!(
-        "version: 1\nlisten: {{ proxy: 127.0.0.1:0, admin: 127.0.0.1:0, control: 127.0.0.1:0, proxy_auth_file: \"{{dir}}/proxy-auth\" }}\ntools:\n  open:\n    routes: [{{ scheme: http, host: 127.0.0.1, port: {}, allow_private: true }}]\n",
+        "version: 1\nlisten: {{ proxy: 127.0.0.1:0, admin: 127.0.0.1:0, control: \"unix:{{dir}}/control.sock\", proxy_auth_file: \"{{dir}}/proxy-auth\" }}\ntools:\n  open:\n    routes: [{{ scheme: http, host: 127.0.0.1, port: {}, allow_private: true }}]\n",
         up.port()
     );
     let proxy = Proxy::start_in(dir, &policy).await;

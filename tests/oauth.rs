@@ -310,9 +310,15 @@ async fn token_exchange_reads_the_subject_token_each_time_and_checks_the_issued_
     assert_eq!(r[0].param("requested_token_type"), Some(at));
     assert_eq!((r[0].param("subject_token"), r[1].param("subject_token")), (Some("sa-1"), Some("sa-2")));
     assert_eq!(r[0].param("audience"), Some("tool-a"));
-    // An answer without the requested issued_token_type is refused.
+    // An answer without the requested issued_token_type is refused (a second proxy: rotate
+    // runs at most once per 10 s per tool).
     auth.extra.lock().unwrap().clear();
-    p.control_post("/v1/credentials/api/rotate").await;
-    eventually(async || p.credential("api").await["consecutive_failures"].as_u64() >= Some(1), "refusal").await;
-    assert!(p.credential("api").await["last_error"].as_str().unwrap().contains("issued_token_type"));
+    let dir = tempfile::tempdir().unwrap();
+    write_file(&dir, "secret", "pw");
+    write_file(&dir, "sa-token", "sa-3");
+    let q = Proxy::start_unready(dir, &api_policy(up.port(), &cred)).await;
+    eventually(async || q.credential("api").await["consecutive_failures"].as_u64() >= Some(1), "refusal").await;
+    assert!(q.credential("api").await["last_error"].as_str().unwrap().contains("issued_token_type"));
+    assert_eq!(status(&get(q.addr, "/api/x").await), 503);
+    drop(p);
 }

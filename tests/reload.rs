@@ -53,7 +53,7 @@ async fn invalid_reload_keeps_the_running_policy_and_valid_one_swaps_in() {
     assert_eq!(status(&get(proxy.addr, "/api/v1/x").await), 403);
     assert_eq!(metric(&proxy.metrics().await, "credproxy_config_last_reload_success"), Some(1.0));
     // The unchanged credential kept its token (no second issue event).
-    let creds = get(proxy.control, "/v1/credentials").await;
+    let creds = proxy.control_get("/v1/credentials").await;
     assert!(creds.contains(r#""state":"valid""#), "{creds}");
     proxy.shutdown().await;
 }
@@ -87,7 +87,10 @@ async fn configmap_symlink_swaps_are_seen_for_policy_and_secret() {
     let token_path = secrets.join("token");
     let cm = dir.path().join("cm");
     std::fs::create_dir(&cm).unwrap();
-    let listen = "listen: { proxy: 127.0.0.1:0, admin: 127.0.0.1:0, control: 127.0.0.1:0 }\n";
+    let listen = format!(
+        "listen: {{ proxy: 127.0.0.1:0, admin: 127.0.0.1:0, control: \"unix:{}/control.sock\" }}\n",
+        dir.path().display()
+    );
     configmap_swap(
         &cm,
         "..gen1",

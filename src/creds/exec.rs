@@ -11,6 +11,9 @@ use tokio::io::AsyncReadExt;
 use super::source::{Expiry, FetchError, Fetched, Source};
 use crate::policy::ExecSpec;
 
+/// The only variables a helper inherits from credproxy; the rest comes from the policy's `env`.
+const INHERITED: [&str; 3] = ["PATH", "HOME", "TMPDIR"];
+
 /// Largest helper output read.
 const MAX_OUTPUT: u64 = 64 * 1024;
 
@@ -57,7 +60,16 @@ pub fn parse(out: &[u8]) -> Result<(SecretString, Expiry), FetchError> {
 impl Source for Exec {
     async fn fetch(&mut self) -> Result<Fetched, FetchError> {
         let (program, args) = self.spec.command.split_first().expect("validated: a program");
-        let mut child = tokio::process::Command::new(program)
+        let mut cmd = tokio::process::Command::new(program);
+        // A cleared environment: credproxy's own holds other tools' `env` secrets.
+        cmd.env_clear();
+        for keep in INHERITED {
+            if let Some(v) = std::env::var_os(keep) {
+                cmd.env(keep, v);
+            }
+        }
+        let mut child = cmd
+            .envs(&self.spec.env)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -23,6 +23,8 @@ pub struct OAuth {
     clock: Clock,
     /// The refresh token the server last returned (refresh grant), when it rotated it.
     refresh_token: Option<SecretString>,
+    /// Whether "kept in memory only" was said already.
+    warned: bool,
 }
 
 impl OAuth {
@@ -37,6 +39,27 @@ impl OAuth {
             ),
             clock: cx.clock.clone(),
             refresh_token: None,
+            warned: false,
+        }
+    }
+
+    /// Write a rotated refresh token back to its file; when that cannot be done (a symlinked
+    /// Secret mount, a read-only folder) keep it in memory, which a restart loses, and say so once.
+    async fn keep_refresh_token(&mut self, path: &Path, token: &SecretString) {
+        let (p, t) = (path.to_path_buf(), token.expose_secret().to_string());
+        let r = tokio::task::spawn_blocking(move || super::writeback::write_back(&p, &t)).await;
+        match r {
+            Ok(Ok(())) => tracing::info!(file = %path.display(), "rotated refresh token written back"),
+            Ok(Err(why)) if !self.warned => {
+                self.warned = true;
+                tracing::warn!(
+                    file = %path.display(),
+                    "rotated refresh token kept in memory only ({why}); a restart needs a fresh one. \
+                     Give each instance its own refresh token: replicas sharing one break each other"
+                );
+            }
+            Ok(Err(_)) => {}
+            Err(_) => tracing::warn!("rotated refresh token kept in memory only"),
         }
     }
 
@@ -119,7 +142,8 @@ impl Source for OAuth {
         }
         let answer = self.post(&s.token_url, form).await?;
         let got = issued(&answer, self.clock.now())?;
-        match &self.spec.grant {
+        // Cloned: the refresh arm needs `self` mutably (rotation time, not the request path).
+        match &self.spec.grant.clone() {
             Grant::TokenExchange { requested_token_type, .. } => {
                 if got.issued_token_type.as_deref() != Some(requested_token_type) {
                     return Err(FetchError::new(
@@ -130,7 +154,7 @@ impl Source for OAuth {
             }
             Grant::RefreshToken { refresh_token_file } => {
                 if let Some(new) = got.refresh_token {
-                    keep_refresh_token(refresh_token_file, &new).await;
+                    self.keep_refresh_token(refresh_token_file, &new).await;
                     self.refresh_token = Some(new);
                 }
             }
@@ -149,34 +173,5 @@ impl Source for OAuth {
         } else {
             Err(FetchError::new("invalid_response", format!("revocation answered status {}", a.status.as_u16())))
         }
-    }
-}
-
-/// Write a rotated refresh token back to its file (atomically, owner-only) when the file's
-/// folder is writable; otherwise it is kept in memory only, which a restart loses.
-async fn keep_refresh_token(path: &Path, token: &SecretString) {
-    let (path, token) = (path.to_path_buf(), token.expose_secret().to_string());
-    let r = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        use std::io::Write;
-        let dir = path.parent().unwrap_or(Path::new("."));
-        let tmp = dir.join(format!(".{}.credproxy-tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("token")));
-        let mut o = std::fs::OpenOptions::new();
-        o.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
-        let mut f = o.open(&tmp)?;
-        f.write_all(token.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path).inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
-        })
-    })
-    .await;
-    match r {
-        Ok(Ok(())) => tracing::info!("rotated refresh token written back"),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e.kind(), "rotated refresh token kept in memory only (its file is not writable)")
-        }
-        Err(_) => tracing::warn!("rotated refresh token kept in memory only"),
     }
 }

@@ -213,6 +213,8 @@ pub struct JwtSpec {
 pub struct ExecSpec {
     /// Program and arguments.
     pub command: Vec<String>,
+    /// The helper's whole environment besides `PATH`, `HOME` and `TMPDIR`.
+    pub env: std::collections::BTreeMap<String, String>,
     /// Time allowed for one run.
     pub timeout: Duration,
     /// Lifetime bounds.

@@ -18,6 +18,9 @@ pub enum PathError {
     Nul,
     /// A `%` not followed by two hex digits.
     BadEscape,
+    /// A segment that is `.` or `..` before a `;` path parameter (`/..;/admin`): Tomcat, Jetty
+    /// and Spring drop the parameter and treat it as a dot segment, so it would walk out of a glob.
+    DotSegmentParameter,
 }
 
 impl fmt::Display for PathError {
@@ -28,6 +31,7 @@ impl fmt::Display for PathError {
             PathError::Backslash => "backslash in path",
             PathError::Nul => "NUL in path",
             PathError::BadEscape => "malformed percent-escape in path",
+            PathError::DotSegmentParameter => "dot segment with a path parameter ('..;') in path",
         })
     }
 }
@@ -53,8 +57,7 @@ pub fn normalize(raw: &str) -> Result<String, PathError> {
         return Err(PathError::NotAbsolute);
     }
     // Fast path: nothing to decode and no dot segment to remove.
-    let simple =
-        !bytes.iter().any(|&b| matches!(b, b'%' | b'\\' | 0)) && !raw.split('/').any(|s| s == "." || s == "..");
+    let simple = !bytes.iter().any(|&b| matches!(b, b'%' | b'\\' | 0)) && !raw.split('/').any(is_dot_like);
     if simple {
         return Ok(raw.to_owned());
     }
@@ -91,7 +94,27 @@ pub fn normalize(raw: &str) -> Result<String, PathError> {
         decoded.push_str(&raw[i..i + ch_len]);
         i += ch_len;
     }
+    if decoded.split('/').any(|seg| is_dot_like(seg) && seg != "." && seg != "..") {
+        return Err(PathError::DotSegmentParameter);
+    }
     Ok(remove_dot_segments(&decoded))
+}
+
+/// `.` or `..`, alone or before a path parameter (`;`, or `%3B` which some servers decode first).
+fn is_dot_like(seg: &str) -> bool {
+    let end = [seg.find(';'), seg.find("%3B"), seg.find("%3b")].into_iter().flatten().min().unwrap_or(seg.len());
+    matches!(&seg[..end], "." | "..")
+}
+
+/// Does a normalised path hide a dot or separator behind a double encoding (`%252e`, `%252F`,
+/// `%255c`)? An upstream that decodes twice would see `..` or `/` where the glob saw none, so
+/// routes with `paths` refuse such paths.
+pub fn has_double_encoded_dot_or_separator(path: &str) -> bool {
+    let b = path.as_bytes();
+    path.contains("%25")
+        && b.windows(5).any(|w| {
+            w[..3] == *b"%25" && matches!((w[3], w[4].to_ascii_lowercase()), (b'2', b'e') | (b'2', b'f') | (b'5', b'c'))
+        })
 }
 
 fn utf8_len(first: u8) -> usize {
@@ -282,6 +305,37 @@ mod tests {
         assert_eq!(normalize("/a%zz"), Err(PathError::BadEscape));
         assert_eq!(normalize("/a%4"), Err(PathError::BadEscape));
         assert_eq!(normalize("a"), Err(PathError::NotAbsolute));
+    }
+
+    #[test]
+    fn dot_segments_with_path_parameters_are_refused() {
+        for p in [
+            "/v1/public/..;/admin/users",
+            "/v1/public/..;jsessionid=x/admin",
+            "/v1/public/.;/admin",
+            "/v1/public/%2e%2e;/admin",
+            "/v1/public/%2E%2e;x=1/admin",
+            "/v1/public/..%3B/admin",
+            "/v1/public/..%3b/admin",
+            "/..;",
+        ] {
+            assert_eq!(normalize(p), Err(PathError::DotSegmentParameter), "{p}");
+        }
+        // A parameter on an ordinary segment, and dots inside a name, stay allowed.
+        assert_eq!(normalize("/v1/items;v=2/x").unwrap(), "/v1/items;v=2/x");
+        assert_eq!(normalize("/v1/...;/x").unwrap(), "/v1/...;/x");
+        assert_eq!(normalize("/v1/a..;/x").unwrap(), "/v1/a..;/x");
+    }
+
+    #[test]
+    fn double_encoded_dots_and_separators_are_seen() {
+        for p in ["/v1/public/%252e%252e/admin", "/v1/a%252Fb", "/v1/a%255Cb", "/x/%252E"] {
+            let n = normalize(p).unwrap();
+            assert!(has_double_encoded_dot_or_separator(&n), "{p} -> {n}");
+        }
+        for p in ["/v1/a%2520b", "/v1/100%25", "/v1/plain"] {
+            assert!(!has_double_encoded_dot_or_separator(&normalize(p).unwrap()), "{p}");
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ fn decide(p: &Policy, method: &str, url: &str, tool: Option<&str>) -> Decision {
     let port = uri.port_u16().unwrap_or(scheme.default_port());
     let path = normalize(uri.path()).unwrap();
     let m = http::Method::from_bytes(method.as_bytes()).unwrap();
-    p.decide(&Destination { scheme, host: &host, port, method: &m, path: &path, tool })
+    p.decide(&Destination { scheme, host: &host, port, method: &m, path: &path, tool, by_path: false })
 }
 
 fn allowed_tool(p: &Policy, d: Decision) -> Option<&str> {
@@ -124,4 +124,103 @@ fn connect_decisions() {
     assert_eq!(p.decide_connect("api.github.com", 443), ConnectDecision::Deny(ConnectDenial::NeedsInterception));
     assert!(matches!(p.decide_connect("a.example.com", 443), ConnectDecision::Tunnel { allow_private: false, .. }));
     assert_eq!(p.decide_connect("a.example.com", 8443), ConnectDecision::Deny(ConnectDenial::UnknownHost));
+}
+
+/// The review's case: a credentialed wildcard tool must not be named onto a more specific host.
+const CORP: &str = r#"
+version: 1
+tools:
+  corp:
+    credential: { source: env, var: CORP }
+    routes: [{ host: "*.corp.example" }]
+  vendor:
+    routes: [{ host: vendor.corp.example }]
+  helper-a:
+    selected_by_header: true
+    credential: { source: env, var: A }
+    routes: [{ host: tools.corp.example, paths: ["/v1/**"] }]
+  helper-b:
+    selected_by_header: true
+    credential: { source: env, var: B }
+    routes: [{ host: tools.corp.example, paths: ["/v1/**"] }]
+"#;
+
+#[test]
+fn tool_header_never_overrides_specificity() {
+    let p = policy(CORP);
+    let url = "https://vendor.corp.example/data";
+    assert_eq!(allowed_tool(&p, decide(&p, "GET", url, None)), Some("vendor"));
+    // Naming the broader, credentialed tool is refused rather than sending its token to vendor.
+    let d = decide(&p, "GET", url, Some("corp"));
+    assert_eq!(d, Decision { action: Action::Deny, reason: Reason::NotToolsRoute });
+    assert_eq!(d.reason.code(), "not_tools_route");
+    // Naming the tool that wins anyway is fine.
+    assert_eq!(allowed_tool(&p, decide(&p, "GET", url, Some("vendor"))), Some("vendor"));
+    // Elsewhere under the wildcard, corp is the most specific and serves, named or not.
+    assert_eq!(allowed_tool(&p, decide(&p, "GET", "https://git.corp.example/", Some("corp"))), Some("corp"));
+}
+
+#[test]
+fn header_tools_at_the_top_need_the_header_and_never_fall_back() {
+    let p = policy(CORP);
+    let url = "https://tools.corp.example/v1/run";
+    // The most specific routes belong only to selected_by_header tools: corp's broader wildcard
+    // route is never used instead.
+    let d = decide(&p, "GET", url, None);
+    assert_eq!(d, Decision { action: Action::Deny, reason: Reason::ToolHeaderRequired });
+    assert_eq!(allowed_tool(&p, decide(&p, "GET", url, Some("helper-b"))), Some("helper-b"));
+    assert_eq!(allowed_tool(&p, decide(&p, "GET", url, Some("helper-a"))), Some("helper-a"));
+    assert_eq!(decide(&p, "GET", url, Some("corp")).reason, Reason::NotToolsRoute);
+    // Outside /v1 the helpers do not match; corp is the most specific there.
+    assert_eq!(allowed_tool(&p, decide(&p, "GET", "https://tools.corp.example/v2", None)), Some("corp"));
+}
+
+#[test]
+fn base_url_path_names_its_tool_whatever_is_more_specific() {
+    let p = policy(CORP);
+    let m = http::Method::GET;
+    let dest = |tool| Destination {
+        scheme: Scheme::Https,
+        host: "vendor.corp.example",
+        port: 443,
+        method: &m,
+        path: "/data",
+        tool,
+        by_path: true,
+    };
+    // In base-URL mode the path names the tool, which serves when one of its routes matches.
+    let d = p.decide(&dest(Some("corp")));
+    assert_eq!(allowed_tool(&p, d), Some("corp"));
+    let d = p.decide(&dest(Some("helper-a")));
+    assert_eq!(d.reason, Reason::NotToolsRoute);
+}
+
+#[test]
+fn trace_and_track_are_refused_where_a_credential_is_injected() {
+    let p = policy(CORP);
+    for m in ["TRACE", "TRACK", "track"] {
+        let d = decide(&p, m, "https://git.corp.example/", None);
+        assert_eq!(d, Decision { action: Action::Deny, reason: Reason::MethodEchoesCredential }, "{m}");
+        assert_eq!(d.reason.code(), "method_echoes_credential");
+    }
+    // Even when the route lists TRACE explicitly.
+    let p2 = policy(
+        "version: 1\ntools:\n  t:\n    credential: { source: env, var: T }\n    routes: [{ host: a.example, methods: [GET, TRACE] }]\n",
+    );
+    assert_eq!(decide(&p2, "TRACE", "https://a.example/", None).reason, Reason::MethodEchoesCredential);
+    assert_eq!(allowed_tool(&p2, decide(&p2, "GET", "https://a.example/", None)), Some("t"));
+    // A passthrough tool carries no credential to echo.
+    assert_eq!(allowed_tool(&p, decide(&p, "TRACE", "https://vendor.corp.example/", None)), Some("vendor"));
+}
+
+#[test]
+fn double_encoded_dots_never_match_a_path_glob() {
+    let p = policy(
+        "version: 1\ntools:\n  t:\n    credential: { source: env, var: T }\n    routes: [{ host: a.example, paths: [\"/v1/public/**\"] }]\n  open:\n    routes: [{ host: b.example }]\n",
+    );
+    let d = decide(&p, "GET", "https://a.example/v1/public/%252e%252e/admin", None);
+    assert_eq!(d.reason, Reason::MethodOrPathNotAllowed);
+    assert_eq!(allowed_tool(&p, decide(&p, "GET", "https://a.example/v1/public/x", None)), Some("t"));
+    // A route without paths forwards the bytes as they are.
+    assert_eq!(allowed_tool(&p, decide(&p, "GET", "https://b.example/x/%252e%252e/y", None)), Some("open"));
 }

@@ -38,8 +38,48 @@ pub struct Listen {
     pub proxy_auth: Option<SecretString>,
     /// `/metrics`, `/live`, `/ready`.
     pub admin: SocketAddr,
-    /// The control API (loopback only).
-    pub control: SocketAddr,
+    /// The control API.
+    pub control: ControlAddr,
+    /// The bearer token callers of the control API must present, when set.
+    pub control_auth: Option<SecretString>,
+}
+
+/// Where the control API listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlAddr {
+    /// A Unix socket at this path (mode 0600, its folder created 0700 when missing).
+    Unix(PathBuf),
+    /// A TCP address.
+    Tcp(SocketAddr),
+}
+
+impl ControlAddr {
+    /// The default: a socket in a folder the agent's container never mounts.
+    pub const DEFAULT: &'static str = "unix:/run/credproxy-control/control.sock";
+    /// Longest socket path (`sun_path` holds 108 bytes with the closing NUL on Linux).
+    pub const MAX_PATH: usize = 107;
+
+    /// `unix:PATH` or `IP:port`.
+    pub fn parse(s: &str) -> Result<Self, &'static str> {
+        match s.strip_prefix("unix:") {
+            Some("") => Err("unix: needs a path"),
+            Some(p) if !p.starts_with('/') => Err("the socket path must be absolute"),
+            Some(p) if p.len() > Self::MAX_PATH => {
+                Err("the socket path is longer than a socket address allows (107 bytes)")
+            }
+            Some(p) => Ok(ControlAddr::Unix(PathBuf::from(p))),
+            None => s.parse().map(ControlAddr::Tcp).map_err(|_| "not unix:PATH or an IP:port address"),
+        }
+    }
+}
+
+impl std::fmt::Display for ControlAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ControlAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+            ControlAddr::Tcp(a) => write!(f, "{a}"),
+        }
+    }
 }
 
 /// Audit settings.
@@ -281,6 +321,8 @@ impl Route {
         }
         let path_prefix_len = if self.paths.is_empty() {
             0
+        } else if super::path::has_double_encoded_dot_or_separator(path) {
+            return None;
         } else {
             self.paths.iter().filter(|g| g.matches(path)).map(PathGlob::literal_prefix_len).max()?
         };

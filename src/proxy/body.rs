@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::HeaderName;
+use http::header::{HeaderMap, HeaderName};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 
@@ -85,9 +85,7 @@ impl HttpBody for UpstreamBody {
             Poll::Ready(Some(Ok(frame))) => {
                 let frame = match (frame.into_trailers(), &this.strip) {
                     (Ok(mut trailers), Some(strip)) => {
-                        for name in strip.iter() {
-                            trailers.remove(name);
-                        }
+                        strip_named(&mut trailers, strip);
                         Frame::trailers(trailers)
                     }
                     (Ok(trailers), None) => Frame::trailers(trailers),
@@ -105,5 +103,50 @@ impl HttpBody for UpstreamBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
+    }
+}
+
+/// Remove every field named in `names` (every copy), and every field whose name equals one of
+/// them once `_` is read as `-`: WSGI/CGI stacks and several frameworks merge the two, so
+/// `X_Api_Key` would reach the upstream's code as `X-Api-Key`.
+pub fn strip_named(headers: &mut HeaderMap, names: &[HeaderName]) {
+    for name in names {
+        headers.remove(name);
+    }
+    if !headers.keys().any(|k| k.as_str().contains('_')) {
+        return;
+    }
+    let aliases: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().contains('_') && names.iter().any(|n| same_but_underscores(k.as_str(), n.as_str())))
+        .cloned()
+        .collect();
+    for name in aliases {
+        headers.remove(&name);
+    }
+}
+
+/// Equal when every `_` of `alias` stands for a `-` of `name` (both already lower-case).
+fn same_but_underscores(alias: &str, name: &str) -> bool {
+    alias.len() == name.len() && alias.bytes().zip(name.bytes()).all(|(a, n)| a == n || (a == b'_' && n == b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn underscore_aliases_of_stripped_names_go_too() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [("x_api_key", "a"), ("X_API-KEY", "b"), ("api_key", "c"), ("x-api-key", "d"), ("x_other", "e")] {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        h.append("authorization", "x".parse().unwrap());
+        strip_named(
+            &mut h,
+            &[HeaderName::from_static("x-api-key"), HeaderName::from_static("api-key"), http::header::AUTHORIZATION],
+        );
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x_other"]);
     }
 }

@@ -1,12 +1,15 @@
 //! CONNECT: tunnel byte for byte when every route for the host is unrestricted and carries no
 //! credential; otherwise refuse with 403 before relaying anything (interception comes later).
 
+use std::sync::Arc;
+
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use super::body::{full, Body};
 use super::forward::{connect_guarded, ConnectError};
+use super::relay::{relay, ConnGuard};
 use super::request::{audit_request, RequestEvent};
 use super::target::Target;
 use crate::error::ProxyError;
@@ -18,6 +21,7 @@ use crate::state::{Live, Shared};
 pub async fn handle(
     shared: &Shared,
     live: &Live,
+    guard: &Arc<ConnGuard>,
     req: Request<Incoming>,
 ) -> (Option<usize>, Result<(Response<Body>, Outcome), ProxyError>) {
     let Some(auth) = req.uri().authority().filter(|_| req.uri().scheme().is_none()) else {
@@ -58,7 +62,7 @@ pub async fn handle(
         tokio::time::timeout(settings.connect_timeout, connect_guarded(&settings, &target.host, port, allow_private))
             .await;
     let name = Some(policy.tools[tool].name.as_str());
-    let mut upstream = match connected {
+    let upstream = match connected {
         Err(_) => return (Some(tool), Err(ProxyError::UpstreamTimeout)),
         Ok(Err(e)) => {
             if matches!(e, ConnectError::Private) {
@@ -69,11 +73,10 @@ pub async fn handle(
         Ok(Ok(s)) => s,
     };
     audit_request(shared, live, RequestEvent::Forwarded(None), req.method(), &target, name);
+    let (guard, idle) = (guard.clone(), policy.limits.idle_timeout);
     tokio::spawn(async move {
         match hyper::upgrade::on(req).await {
-            Ok(agent) => {
-                let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(agent), &mut upstream).await;
-            }
+            Ok(agent) => relay(TokioIo::new(agent), upstream, idle, guard).await,
             Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
         }
     });

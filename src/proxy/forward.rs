@@ -88,7 +88,10 @@ impl Default for ConnectSettings {
     }
 }
 
-/// Is this an address agents' traffic may not reach without `allow_private`?
+/// Is this an address agents' traffic may not reach without `allow_private`? Besides loopback,
+/// private, link-local and the like, IPv6 forms that carry an IPv4 address are judged by it
+/// (IPv4-mapped, 6to4, NAT64's well-known prefix), and forms whose target cannot be judged
+/// here (IPv4-compatible, Teredo, local-use NAT64, site-local) are refused.
 pub fn is_private(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
@@ -100,24 +103,47 @@ pub fn is_private(ip: IpAddr) -> bool {
                 || v4.is_broadcast()
                 || v4.is_multicast()
                 || (o[0] == 100 && (o[1] & 0xc0) == 64) // 100.64.0.0/10, shared address space
+                || (o[0] == 198 && (o[1] & 0xfe) == 18) // 198.18.0.0/15, benchmarking
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0) // 192.0.0.0/24, IETF protocol assignments
+                || o[0] >= 240 // 240.0.0.0/4, reserved
                 || o[0] == 0
         }
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => is_private(IpAddr::V4(v4)),
-            None => {
-                v6.is_loopback()
-                    || v6.is_unspecified()
-                    || v6.is_unique_local()
-                    || v6.is_unicast_link_local()
-                    || v6.is_multicast()
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            let embedded =
+                |hi: u16, lo: u16| IpAddr::V4(std::net::Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo)));
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_private(IpAddr::V4(v4));
             }
-        },
+            match s {
+                // 64:ff9b::/96, NAT64 well-known prefix: the IPv4 address in the last 32 bits.
+                [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => is_private(embedded(hi, lo)),
+                // 64:ff9b:1::/48, local-use NAT64: embedding not known here.
+                [0x64, 0xff9b, 1, ..] => true,
+                // ::a.b.c.d, IPv4-compatible (deprecated), and ::, ::1.
+                [0, 0, 0, 0, 0, 0, _, _] => true,
+                // 2002::/16, 6to4: the IPv4 address in bits 16..48.
+                [0x2002, hi, lo, ..] => is_private(embedded(hi, lo)),
+                // 2001::/32, Teredo: a tunnel to an address that cannot be judged here.
+                [0x2001, 0, ..] => true,
+                _ => {
+                    v6.is_loopback()
+                        || v6.is_unspecified()
+                        || v6.is_unique_local()
+                        || v6.is_unicast_link_local()
+                        || v6.is_multicast()
+                        || (s[0] & 0xffc0) == 0xfec0 // fec0::/10, site-local (deprecated)
+                }
+            }
+        }
     }
 }
 
 fn is_own(own: &[SocketAddr], addr: SocketAddr) -> bool {
-    own.iter()
-        .any(|o| o.port() == addr.port() && (o.ip() == addr.ip() || (o.ip().is_unspecified() && is_private(addr.ip()))))
+    let ip = addr.ip().to_canonical();
+    own.iter().any(|o| {
+        o.port() == addr.port() && (o.ip().to_canonical() == ip || (o.ip().is_unspecified() && is_private(ip)))
+    })
 }
 
 /// Resolve `host:port` and connect to the first permitted address.
@@ -262,6 +288,9 @@ pub struct ClientOpts {
 
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct ClientKey {
+    /// The tool: a connection a server authenticated for one tool (NTLM/Negotiate, a client
+    /// certificate) is never reused for another.
+    tool: Arc<str>,
     /// Fingerprint of the extra CA certificates (TLS clients only).
     ca: Option<String>,
     opts: ClientOpts,
@@ -295,10 +324,11 @@ impl Upstreams {
         self.settings.load_full()
     }
 
-    /// The client for these settings, built on first use.
-    pub fn client(&self, ca: &[CertificateDer<'static>], opts: ClientOpts) -> Client {
+    /// `tool`'s client for these settings, built on first use: pools are never shared across tools.
+    pub fn client(&self, tool: &Arc<str>, ca: &[CertificateDer<'static>], opts: ClientOpts) -> Client {
         let ca = if opts.tls { ca } else { &[] };
         let key = ClientKey {
+            tool: tool.clone(),
             ca: (!ca.is_empty()).then(|| {
                 crate::creds::fingerprint(&ca.iter().map(|c| crate::creds::hex(c.as_ref())).collect::<String>())
             }),
@@ -408,6 +438,42 @@ mod tests {
         for ip in ["1.1.1.1", "8.8.8.8", "2606:4700::1111", "172.32.0.1"] {
             assert!(!is_private(ip.parse().unwrap()), "{ip}");
         }
+    }
+
+    #[test]
+    fn ranges_the_review_found_missing() {
+        for ip in [
+            "64:ff9b::7f00:1",                      // NAT64 of 127.0.0.1
+            "64:ff9b::a9fe:a9fe",                   // NAT64 of 169.254.169.254
+            "64:ff9b:1::1.2.3.4",                   // local-use NAT64
+            "::127.0.0.1",                          // IPv4-compatible
+            "::8.8.8.8",                            // IPv4-compatible, deprecated whatever it embeds
+            "2002:7f00:1::1",                       // 6to4 of 127.0.0.1
+            "2002:a00:1::",                         // 6to4 of 10.0.0.1
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2", // Teredo
+            "fec0::1",                              // site-local
+            "feff::1",
+            "198.18.0.1",
+            "198.19.255.255",
+            "240.0.0.1",
+            "255.255.255.254",
+            "192.0.0.8",
+        ] {
+            assert!(is_private(ip.parse().unwrap()), "{ip}");
+        }
+        assert!(!is_private("64:ff9b::808:808".parse().unwrap()));
+        assert!(!is_private("2002:808:808::1".parse().unwrap()));
+        assert!(!is_private("198.20.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn own_listener_check_unmaps_ipv4() {
+        let own: Vec<SocketAddr> = vec!["127.0.0.1:15001".parse().unwrap()];
+        assert!(is_own(&own, "[::ffff:127.0.0.1]:15001".parse().unwrap()));
+        assert!(is_own(&own, "127.0.0.1:15001".parse().unwrap()));
+        assert!(!is_own(&own, "[::ffff:127.0.0.1]:15002".parse().unwrap()));
+        let any: Vec<SocketAddr> = vec!["0.0.0.0:15001".parse().unwrap()];
+        assert!(is_own(&any, "[::ffff:10.0.0.1]:15001".parse().unwrap()));
     }
 
     #[test]

@@ -24,9 +24,7 @@ pub fn strip_and_inject(
     max_header_bytes: usize,
     now: SystemTime,
 ) -> Result<Option<Arc<Token>>, ProxyError> {
-    for name in strip {
-        headers.remove(name);
-    }
+    super::body::strip_named(headers, strip);
     let Some((slot, inject)) = credential else { return Ok(None) };
     let Some(token) = slot.usable(now) else {
         // A token past its end that the task has not cleared yet: the host was suspended, or
@@ -112,12 +110,13 @@ pub(super) fn upstream_uri(target: &Target, inject: &Inject, token: Option<&Toke
         .map_err(|_| ProxyError::BadRequest("cannot build the upstream URL"))
 }
 
-/// Replace `param` in a query string with the token (already percent-encoded).
+/// Replace `param` in a query string with the token (already percent-encoded). The agent's own
+/// parameters are compared by their decoded names, so `%6Bey=x` goes as surely as `key=x`.
 fn with_param(query: Option<&str>, param: &str, value: &str) -> String {
     let mut out = String::new();
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let key = pair.split('=').next().unwrap_or(pair);
-        if key != param {
+        if decode(key) != param.as_bytes() {
             out.push_str(pair);
             out.push('&');
         }
@@ -125,6 +124,112 @@ fn with_param(query: Option<&str>, param: &str, value: &str) -> String {
     out.push_str(param);
     out.push('=');
     out.push_str(value);
+    out
+}
+
+/// Percent-decode with `+` as a space, as forms do (a malformed escape stays as it is).
+fn decode(s: &str) -> std::borrow::Cow<'_, [u8]> {
+    if !s.contains(['%', '+']) {
+        return std::borrow::Cow::Borrowed(s.as_bytes());
+    }
+    std::borrow::Cow::Owned(percent_decode_all(&s.replace('+', " ")))
+}
+
+/// Response fields that can carry a URL back to the agent.
+const URL_FIELDS: [http::HeaderName; 4] = [
+    http::header::LOCATION,
+    http::header::CONTENT_LOCATION,
+    http::header::LINK,
+    http::HeaderName::from_static("refresh"),
+];
+
+/// Query injection: an upstream may hand the URL it was called with back in a redirect or a
+/// `Link`. Remove the injected parameter from every URL-carrying response field; a field that
+/// still holds the token in any form after that is dropped whole.
+pub(super) fn scrub_response(headers: &mut HeaderMap, param: &str, token: &Token) {
+    use secrecy::ExposeSecret;
+    let secret = token.secret().expose_secret();
+    for field in &URL_FIELDS {
+        if !headers.contains_key(field) {
+            continue;
+        }
+        let values: Vec<http::HeaderValue> = headers.get_all(field).iter().cloned().collect();
+        headers.remove(field);
+        for v in values {
+            let text = String::from_utf8_lossy(v.as_bytes());
+            if !holds(&text, secret) {
+                headers.append(field, v);
+                continue;
+            }
+            let cleaned = remove_param(&text, param, secret);
+            match http::HeaderValue::from_str(&cleaned) {
+                Ok(v) if !holds(&cleaned, secret) => {
+                    headers.append(field, v);
+                }
+                _ => tracing::warn!(field = %field, "dropped a response field that carried the injected credential"),
+            }
+        }
+    }
+}
+
+/// Does `text` hold the secret, raw or percent-encoded in any way?
+fn holds(text: &str, secret: &str) -> bool {
+    text.contains(secret) || {
+        let decoded = percent_decode_all(text);
+        decoded.windows(secret.len()).any(|w| w == secret.as_bytes())
+            || decode(text).windows(secret.len()).any(|w| w == secret.as_bytes())
+    }
+}
+
+fn percent_decode_all(text: &str) -> Vec<u8> {
+    let b = text.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+        match (b[i], b.get(i + 1).and_then(|&c| hex(c)), b.get(i + 2).and_then(|&c| hex(c))) {
+            (b'%', Some(h), Some(l)) => {
+                out.push(h * 16 + l);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Remove every `param=VALUE` (after `?` or `&`) whose decoded value is the secret.
+fn remove_param(text: &str, param: &str, secret: &str) -> String {
+    const END: &[char] = &['&', '#', '>', '"', '\'', ' ', ';', ',', '<'];
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(['?', '&']) {
+        let (sep, after) = (&rest[i..=i], &rest[i + 1..]);
+        out.push_str(&rest[..i]);
+        let end = after.find(END).unwrap_or(after.len());
+        let pair = &after[..end];
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let hit = decode(k) == param.as_bytes()
+            && (decode(v) == secret.as_bytes() || percent_decode_all(v) == secret.as_bytes());
+        if hit {
+            // Keep a `?` for the parameters that follow; drop the pair and its separator.
+            let tail = &after[end..];
+            match (sep, tail.strip_prefix('&')) {
+                ("?", Some(t)) => {
+                    out.push('?');
+                    rest = t;
+                }
+                _ => rest = tail,
+            }
+        } else {
+            out.push_str(sep);
+            rest = after;
+        }
+    }
+    out.push_str(rest);
     out
 }
 
@@ -141,5 +246,46 @@ mod tests {
         assert_eq!(with_param(None, "key", "T"), "key=T");
         assert_eq!(with_param(Some("a=1&key=agent&b=2"), "key", "T"), "a=1&b=2&key=T");
         assert_eq!(with_param(Some("key"), "key", "T"), "key=T");
+        // Names compare decoded: encoded and plus forms of the agent's own parameter go too.
+        assert_eq!(with_param(Some("%6Bey=x&a=1&k%65y=y&%6b%65%79"), "key", "T"), "a=1&key=T");
+        assert_eq!(with_param(Some("api+key=x"), "api key", "T"), "api key=T");
+    }
+
+    fn token(secret: &str) -> Token {
+        let inject = Inject::Query { param: "key".into() };
+        Token::new(secret.to_string().into(), &inject, std::time::SystemTime::now(), None).unwrap()
+    }
+
+    fn scrubbed(field: &'static str, value: &str, secret: &str) -> Vec<String> {
+        let mut h = HeaderMap::new();
+        h.insert(http::HeaderName::from_static(field), value.parse().unwrap());
+        h.insert("x-other", "kept".parse().unwrap());
+        scrub_response(&mut h, "key", &token(secret));
+        assert_eq!(h["x-other"], "kept");
+        h.get_all(field).iter().map(|v| v.to_str().unwrap().to_string()).collect()
+    }
+
+    #[test]
+    fn injected_query_value_never_comes_back_in_url_fields() {
+        let s = "sk-T0k/en+1";
+        let enc = "sk-T0k%2Fen%2B1";
+        assert_eq!(scrubbed("location", &format!("/v1/items/?key={enc}"), s), ["/v1/items/"]);
+        assert_eq!(scrubbed("location", &format!("/v1/items?a=1&key={enc}&b=2"), s), ["/v1/items?a=1&b=2"]);
+        assert_eq!(scrubbed("location", &format!("/v1/items?key={enc}&b=2"), s), ["/v1/items?b=2"]);
+        assert_eq!(scrubbed("content-location", "https://x/?KEY=1&key=sk-T0k%2fen%2b1", s), ["https://x/?KEY=1"]);
+        assert_eq!(
+            scrubbed("link", &format!("<https://api.example/v1?page=2&key={enc}>; rel=\"next\""), s),
+            ["<https://api.example/v1?page=2>; rel=\"next\""]
+        );
+        assert_eq!(
+            scrubbed("refresh", &format!("0; url=/next?key={s}"), "sk-plain"),
+            [format!("0; url=/next?key={s}")]
+        );
+        assert_eq!(scrubbed("refresh", "0; url=/next?key=sk-plain", "sk-plain"), ["0; url=/next"]);
+        // The token under another name, or in the path: the field goes whole.
+        assert!(scrubbed("location", &format!("/v1/{enc}/x"), s).is_empty());
+        assert!(scrubbed("location", &format!("/v1/x?token={enc}"), s).is_empty());
+        // Unrelated URLs pass untouched.
+        assert_eq!(scrubbed("location", "/v1/next?key=other", s), ["/v1/next?key=other"]);
     }
 }

@@ -12,12 +12,13 @@ use secrecy::ExposeSecret;
 
 use super::body::{Body, UpstreamBody};
 use super::forward::{connection_tokens, remove_hop_by_hop};
-use super::inject::{after_401, is_idempotent, strip_and_inject, upstream_uri};
+use super::inject::{after_401, is_idempotent, scrub_response, strip_and_inject, upstream_uri};
+use super::relay::{relay, ConnGuard};
 use super::target::Target;
 use crate::error::{ProxyError, CREDPROXY_ERROR};
 use crate::fields;
 use crate::metrics::Outcome;
-use crate::policy::{Action, AuditRequests, Destination};
+use crate::policy::{Action, AuditRequests, Destination, Inject};
 use crate::state::{Live, Shared};
 
 /// Longest request target accepted.
@@ -28,13 +29,18 @@ static TOOL_HEADER: http::HeaderName = http::HeaderName::from_static("credproxy-
 type Served = (Option<usize>, Result<(Response<Body>, Outcome), ProxyError>);
 
 /// Serve one request from an agent; never fails (errors become credproxy's own responses).
-pub async fn handle(shared: Arc<Shared>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    guard: &Arc<ConnGuard>,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let start = Instant::now();
     let live = shared.live.load_full();
     // After a refused CONNECT the agent may already have sent tunnel bytes (a TLS ClientHello):
     // never read them as the next request.
     let connect = req.method() == Method::CONNECT;
-    let (tool, result) = serve(&shared, &live, peer, req).await;
+    let (tool, result) = serve(&shared, &live, peer, guard, req).await;
     let rt = tool.map(|i| &live.tools[i]);
     let metrics = rt.map_or(&shared.no_tool, |t| &t.metrics);
     let elapsed = start.elapsed().as_secs_f64();
@@ -54,7 +60,13 @@ pub async fn handle(shared: Arc<Shared>, peer: SocketAddr, req: Request<Incoming
     }
 }
 
-async fn serve(shared: &Shared, live: &Live, peer: SocketAddr, req: Request<Incoming>) -> Served {
+async fn serve(
+    shared: &Shared,
+    live: &Live,
+    peer: SocketAddr,
+    guard: &Arc<ConnGuard>,
+    req: Request<Incoming>,
+) -> Served {
     let policy = &live.policy;
     if let Some(secret) = &policy.listen.proxy_auth {
         if !proxy_auth_ok(req.headers(), secret.expose_secret()) {
@@ -62,7 +74,7 @@ async fn serve(shared: &Shared, live: &Live, peer: SocketAddr, req: Request<Inco
         }
     }
     if req.method() == Method::CONNECT {
-        return super::connect::handle(shared, live, req).await;
+        return super::connect::handle(shared, live, guard, req).await;
     }
     // Framing is hyper's: CL+TE is read as chunked, Content-Length dropped and the connection
     // closed after the response; conflicting Content-Lengths get hyper's own 400
@@ -104,6 +116,7 @@ async fn serve(shared: &Shared, live: &Live, peer: SocketAddr, req: Request<Inco
         method: req.method(),
         path: &target.path,
         tool: tool_hint,
+        by_path: target.base_tool.is_some(),
     };
     let decision = policy.decide(&dest);
     let Action::Allow { tool, route } = decision.action else {
@@ -111,7 +124,7 @@ async fn serve(shared: &Shared, live: &Live, peer: SocketAddr, req: Request<Inco
         return deny(shared, live, &req, &target, t, decision.reason.code(), decision.reason.message());
     };
     // Boxed: the forwarding future is large, and hyper moves the request future into place.
-    (Some(tool), Box::pin(forward(shared, live, peer, req, target, tool, route)).await)
+    (Some(tool), Box::pin(forward(shared, live, peer, guard, req, target, tool, route)).await)
 }
 
 /// `Proxy-Authorization: Basic base64(any:SECRET)` or `Bearer SECRET`, compared in constant time.
@@ -194,10 +207,12 @@ fn is_websocket(h: &HeaderMap) -> bool {
         && h.get(UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn forward(
     shared: &Shared,
     live: &Live,
     peer: SocketAddr,
+    guard: &Arc<ConnGuard>,
     mut req: Request<Incoming>,
     target: Target,
     tool: usize,
@@ -269,15 +284,19 @@ async fn forward(
     };
     if let (Some(agent), StatusCode::SWITCHING_PROTOCOLS) = (agent_upgrade, resp.status()) {
         let upstream = hyper::upgrade::on(&mut resp);
+        let (guard, idle) = (guard.clone(), policy.limits.idle_timeout);
         tokio::spawn(async move {
             if let (Ok(a), Ok(u)) = (agent.await, upstream.await) {
-                let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(a), &mut TokioIo::new(u)).await;
+                relay(TokioIo::new(a), TokioIo::new(u), idle, guard).await;
             }
         });
     } else {
         remove_hop_by_hop(resp.headers_mut());
     }
     resp.headers_mut().remove(&CREDPROXY_ERROR);
+    if let (Inject::Query { param }, Some(t)) = (&spec.inject, &token) {
+        scrub_response(resp.headers_mut(), param, t);
+    }
     // The agent speaks HTTP/1.x with us, whatever the upstream spoke (h2, or 1.0).
     *resp.version_mut() = agent_version;
     let credential_id = token.as_ref().map(|t| t.fingerprint.as_str());

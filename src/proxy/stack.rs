@@ -12,6 +12,7 @@ use tower::ServiceBuilder;
 use tower_http::sensitive_headers::{SetSensitiveRequestHeadersLayer, SetSensitiveResponseHeadersLayer};
 
 use super::body::Body;
+use super::relay::ConnGuard;
 use crate::state::Shared;
 
 /// Request headers whose values are marked sensitive before anything can log them.
@@ -29,12 +30,13 @@ fn sensitive_request_headers() -> [HeaderName; 5] {
 pub fn proxy_service(
     shared: Arc<Shared>,
     peer: SocketAddr,
+    guard: Arc<ConnGuard>,
 ) -> TowerToHyperService<
     impl tower::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible, Future = impl Send> + Clone,
 > {
     let handler = tower::service_fn(move |req: Request<Incoming>| {
-        let shared = shared.clone();
-        async move { Ok::<_, Infallible>(super::request::handle(shared, peer, req).await) }
+        let (shared, guard) = (shared.clone(), guard.clone());
+        async move { Ok::<_, Infallible>(super::request::handle(shared, peer, &guard, req).await) }
     });
     let svc = ServiceBuilder::new()
         .layer(SetSensitiveRequestHeadersLayer::new(sensitive_request_headers()))

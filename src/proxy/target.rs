@@ -10,6 +10,8 @@ use http::uri::Authority;
 use crate::policy::{authority, normalize, normalize_host, Scheme};
 use crate::state::Live;
 
+const PATH_REFUSED: &str = "path refused: encoded separator, backslash, NUL, bad escape or a '..;' segment";
+
 /// Where a request goes, worked out from its form (absolute-form = forward proxy, origin-form = base URL).
 pub struct Target {
     /// Upstream scheme.
@@ -47,8 +49,7 @@ impl Target {
                 return Err(ProxyError::BadRequest("URL without a host"));
             }
             let port = auth.port_u16().unwrap_or(scheme.default_port());
-            let path = normalize(uri.path())
-                .map_err(|_| ProxyError::BadRequest("path refused: encoded separator, backslash, NUL or bad escape"))?;
+            let path = normalize(uri.path()).map_err(|_| ProxyError::BadRequest(PATH_REFUSED))?;
             return Ok(Target { scheme, host, port, path, query, base_tool: None, upstream_authority: None });
         }
         // Origin-form: `/TOOL/rest` in base-URL mode.
@@ -64,8 +65,7 @@ impl Target {
             .tool_index(name)
             .and_then(|t| policy.tools[t].upstream.as_ref().map(|u| (t, u)))
             .ok_or(ProxyError::RouteDenied("no tool with an upstream is named by the first path segment"))?;
-        let rest = normalize(rest)
-            .map_err(|_| ProxyError::BadRequest("path refused: encoded separator, backslash, NUL or bad escape"))?;
+        let rest = normalize(rest).map_err(|_| ProxyError::BadRequest(PATH_REFUSED))?;
         let path = if up.path_prefix.is_empty() { rest } else { format!("{}{}", up.path_prefix, rest) };
         Ok(Target {
             scheme: up.scheme,

@@ -27,6 +27,8 @@ pub struct Seen {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub trailers: Option<HeaderMap>,
+    /// Which of the upstream's connections (in accept order, from 0) carried it.
+    pub conn: usize,
 }
 
 /// A loopback HTTP upstream that records every request.
@@ -70,13 +72,13 @@ impl Upstream {
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
-                u.connections.fetch_add(1, Ordering::SeqCst);
+                let conn = u.connections.fetch_add(1, Ordering::SeqCst);
                 let u2 = u.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
                         let u = u2.clone();
-                        async move { Ok::<_, Infallible>(u.respond(req).await) }
+                        async move { Ok::<_, Infallible>(u.respond(req, conn).await) }
                     });
                     let b = hyper::server::conn::http1::Builder::new();
                     match tls {
@@ -111,7 +113,7 @@ impl Upstream {
         self.connections.load(Ordering::SeqCst)
     }
 
-    async fn respond(&self, mut req: Request<Incoming>) -> Response<RespBody> {
+    async fn respond(&self, mut req: Request<Incoming>, conn: usize) -> Response<RespBody> {
         let path = req.uri().path().to_string();
         let ws_upgrade = (path.ends_with("/ws")).then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
@@ -127,6 +129,7 @@ impl Upstream {
             headers: parts.headers.clone(),
             body,
             trailers,
+            conn,
         });
         if let Some(on) = ws_upgrade {
             let key = parts.headers.get("sec-websocket-key").cloned().unwrap_or(http::HeaderValue::from_static(""));
@@ -189,6 +192,18 @@ impl Upstream {
             let body = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"gpt-test","choices":[{"index":0,"message":{"role":"assistant","content":"hello from upstream"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#;
             return Response::builder().header("content-type", "application/json").body(boxed(body)).unwrap();
         }
+        if path.ends_with("/echo-location") {
+            // Hands the URL it was called with back, as servers do in redirects and paging links.
+            let url = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
+            return Response::builder()
+                .status(StatusCode::MOVED_PERMANENTLY)
+                .header("location", &url)
+                .header("content-location", &url)
+                .header("link", format!("<{url}>; rel=\"next\""))
+                .header("refresh", format!("0; url={url}"))
+                .body(boxed(""))
+                .unwrap();
+        }
         if path.ends_with("/forge") {
             return Response::builder().header("credproxy-error", "route_denied").body(boxed("forged")).unwrap();
         }
@@ -210,7 +225,7 @@ pub struct Proxy {
     pub policy_path: PathBuf,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
-    pub control: SocketAddr,
+    pub control: credproxy::policy::ControlAddr,
 }
 
 impl Proxy {
@@ -235,7 +250,7 @@ impl Proxy {
         Proxy {
             addr: running.proxy_addr,
             admin: running.admin_addr,
-            control: running.control_addr,
+            control: running.control.clone(),
             running: Some(running),
             dir,
             policy_path,
@@ -244,7 +259,7 @@ impl Proxy {
 
     /// The control API's credential entry for `tool`.
     pub async fn credential(&self, tool: &str) -> serde_json::Value {
-        let resp = get(self.control, "/v1/credentials").await;
+        let resp = self.control_get("/v1/credentials").await;
         let body = resp.split("\r\n\r\n").nth(1).unwrap_or("");
         let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("control API: {resp}"));
         v["credentials"].as_array().unwrap().iter().find(|c| c["tool"] == tool).cloned().unwrap_or_default()
@@ -252,11 +267,14 @@ impl Proxy {
 
     /// `POST` to the control API.
     pub async fn control_post(&self, path: &str) -> String {
-        raw(
-            self.control,
-            format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
+        let req = format!("POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        raw_control(&self.control, req.as_bytes()).await
+    }
+
+    /// `GET` from the control API.
+    pub async fn control_get(&self, path: &str) -> String {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        raw_control(&self.control, req.as_bytes()).await
     }
 
     pub fn render(dir: &tempfile::TempDir, policy: &str) -> String {
@@ -264,7 +282,10 @@ impl Proxy {
         if policy.contains("listen:") {
             policy
         } else {
-            format!("listen: {{ proxy: 127.0.0.1:0, admin: 127.0.0.1:0, control: 127.0.0.1:0 }}\n{policy}")
+            format!(
+                "listen: {{ proxy: 127.0.0.1:0, admin: 127.0.0.1:0, control: \"unix:{}/control.sock\" }}\n{policy}",
+                dir.path().display()
+            )
         }
     }
 
@@ -289,6 +310,12 @@ impl Proxy {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         panic!("proxy not ready: {}", get(self.admin, "/ready").await);
+    }
+
+    /// The audit log (`{dir}/audit.log`), read after every event emitted so far is written.
+    pub async fn audit(&self) -> String {
+        self.running.as_ref().expect("running").shared.audit.flush().await;
+        std::fs::read_to_string(self.dir.path().join("audit.log")).unwrap_or_default()
     }
 
     pub async fn metrics(&self) -> String {
@@ -343,6 +370,20 @@ pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
     String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Send raw bytes to the control API (a Unix socket or TCP), read until the peer closes.
+pub async fn raw_control(addr: &credproxy::policy::ControlAddr, request: &[u8]) -> String {
+    match addr {
+        credproxy::policy::ControlAddr::Tcp(a) => raw(*a, request).await,
+        credproxy::policy::ControlAddr::Unix(p) => {
+            let mut s = tokio::net::UnixStream::connect(p).await.unwrap();
+            s.write_all(request).await.unwrap();
+            let mut buf = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+            String::from_utf8_lossy(&buf).into_owned()
+        }
+    }
 }
 
 /// `GET path` with `Connection: close`.

@@ -140,7 +140,7 @@ pub(super) fn check(
     let limits = limits(&mut cx, &raw.limits);
     let mut tools = Vec::new();
     for (name, t) in &raw.tools {
-        tools.push(tool(&mut cx, name, t, now));
+        tools.push(tool(&mut cx, name, t, now, &resolve));
     }
     check_ties(&mut cx, &tools);
     if !cx.errors.is_empty() {
@@ -154,28 +154,42 @@ fn listen(cx: &mut Ctx<'_>, raw: &RawPolicy) -> Listen {
     let l = &raw.listen;
     let proxy = cx.socket("listen.proxy", &l.proxy, "127.0.0.1:15001");
     let admin = cx.socket("listen.admin", &l.admin, "127.0.0.1:15090");
-    let control = cx.socket("listen.control", &l.control, "127.0.0.1:15091");
-    let proxy_auth = l.proxy_auth_file.as_ref().and_then(|p| {
-        let p = cx.expand("listen.proxy_auth_file", p)?;
-        match std::fs::read_to_string(&p) {
-            Ok(s) if !trim_newline(&s).is_empty() => Some(SecretString::from(trim_newline(&s).to_string())),
-            Ok(_) => {
-                cx.err("listen.proxy_auth_file", "the file is empty");
-                None
+    let control = match &l.control {
+        None => ControlAddr::parse(ControlAddr::DEFAULT).expect("the default parses"),
+        Some(raw) => match cx.expand("listen.control", raw).map(|s| ControlAddr::parse(&s)) {
+            Some(Ok(c)) => c,
+            Some(Err(m)) => {
+                cx.err("listen.control", m);
+                ControlAddr::parse(ControlAddr::DEFAULT).expect("the default parses")
             }
-            Err(e) => {
-                cx.err("listen.proxy_auth_file", format!("cannot read the file: {}", e.kind()));
-                None
-            }
-        }
-    });
+            None => ControlAddr::parse(ControlAddr::DEFAULT).expect("the default parses"),
+        },
+    };
+    let proxy_auth = secret_file(cx, "listen.proxy_auth_file", &l.proxy_auth_file);
+    let control_auth = secret_file(cx, "listen.control_auth_file", &l.control_auth_file);
     if !proxy.ip().is_loopback() && l.proxy_auth_file.is_none() {
         cx.err("listen.proxy", "a non-loopback proxy listener needs listen.proxy_auth_file");
     }
-    if !control.ip().is_loopback() {
-        cx.err("listen.control", "the control listener must be on loopback");
+    if matches!(control, ControlAddr::Tcp(a) if !a.ip().is_loopback()) && l.control_auth_file.is_none() {
+        cx.err("listen.control", "a TCP control listener off loopback needs listen.control_auth_file");
     }
-    Listen { proxy, proxy_auth, admin, control }
+    Listen { proxy, proxy_auth, admin, control, control_auth }
+}
+
+/// A secret read from a file named in the policy (one trailing newline trimmed; empty refused).
+fn secret_file(cx: &mut Ctx<'_>, path: &str, file: &Option<String>) -> Option<SecretString> {
+    let p = cx.expand(path, file.as_ref()?)?;
+    match std::fs::read_to_string(&p) {
+        Ok(s) if !trim_newline(&s).is_empty() => Some(SecretString::from(trim_newline(&s).to_string())),
+        Ok(_) => {
+            cx.err(path, "the file is empty");
+            None
+        }
+        Err(e) => {
+            cx.err(path, format!("cannot read the file: {}", e.kind()));
+            None
+        }
+    }
 }
 
 /// Strip one trailing newline (`\n` or `\r\n`), as a Secret file usually ends.

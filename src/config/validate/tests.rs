@@ -104,3 +104,32 @@ fn sanitize_drops_values() {
     );
     assert!(!sanitize(r#"something "sk-3" odd"#).contains("sk-3"));
 }
+
+#[test]
+fn a_localhost_name_is_trusted_for_cleartext_only_when_resolve_pins_it() {
+    let tool = |host: &str| {
+        format!("tools:\n  t:\n    credential: {{ source: env, var: SET }}\n    routes: [{{ scheme: http, host: \"{host}\" }}]\n")
+    };
+    let ok = |yaml: &str| parse(yaml, &|v| (v == "SET").then(|| "value".to_string()), SystemTime::now());
+    // Loopback addresses and localhost itself.
+    for host in ["127.0.0.1", "::1", "localhost"] {
+        assert!(ok(&format!("version: 1\n{}", tool(host))).is_ok(), "{host}");
+    }
+    // A *.localhost name: the system resolver may send it anywhere.
+    for host in ["api.localhost", "*.localhost", "*.svc.localhost"] {
+        let e = errors(&format!("version: 1\n{}", tool(host)));
+        assert_eq!(e.len(), 1, "{host}: {e:?}");
+        assert_eq!(e[0].path, "tools.t.routes[0].scheme", "{host}");
+    }
+    // Pinned by resolve to loopback: trusted.
+    assert!(ok(&format!("version: 1\nresolve: {{ api.localhost: 127.0.0.1 }}\n{}", tool("api.localhost"))).is_ok());
+    assert!(ok(&format!("version: 1\nresolve: {{ \"*.localhost\": 127.0.0.2 }}\n{}", tool("*.svc.localhost"))).is_ok());
+    // Pinned elsewhere, or a name under the wildcard pinned elsewhere: refused.
+    let e = errors(&format!("version: 1\nresolve: {{ api.localhost: 10.0.0.1 }}\n{}", tool("api.localhost")));
+    assert_eq!(e[0].path, "tools.t.routes[0].scheme");
+    let e = errors(&format!(
+        "version: 1\nresolve: {{ \"*.localhost\": 127.0.0.1, x.svc.localhost: 10.0.0.1 }}\n{}",
+        tool("*.svc.localhost")
+    ));
+    assert_eq!(e[0].path, "tools.t.routes[0].scheme");
+}

@@ -278,7 +278,20 @@ fn exec(cx: &mut Ctx<'_>, path: &str, e: &RawExec) -> Option<CredentialSpec> {
         cx.err(format!("{path}.command"), "needs a program (a list: [program, args...])");
         return None;
     }
+    let mut env = std::collections::BTreeMap::new();
+    for (k, v) in &e.env {
+        let p = format!("{path}.env.{k}");
+        let valid = !k.is_empty() && !k.contains(['=', '\0']);
+        if !valid {
+            cx.err(&p, "not an environment variable name");
+        } else if let Some(v) = cx.expand(&p, v) {
+            if v.contains('\0') {
+                cx.err(&p, "a value may not contain NUL");
+            }
+            env.insert(k.clone(), v);
+        }
+    }
     let timeout = cx.duration(&format!("{path}.timeout"), &e.timeout, Duration::from_secs(10));
     let life = lifetime(cx, path, &e.default_ttl, &e.max_ttl, &e.expiry_margin, false);
-    Some(CredentialSpec::Exec(Box::new(ExecSpec { command, timeout, life })))
+    Some(CredentialSpec::Exec(Box::new(ExecSpec { command, env, timeout, life })))
 }

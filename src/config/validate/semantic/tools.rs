@@ -39,14 +39,31 @@ pub(super) fn host_pattern(cx: &mut Ctx<'_>, path: &str, raw: &str) -> Option<Ho
     Some(if wild { HostPattern::Suffix(format!(".{rest}")) } else { HostPattern::Exact(host) })
 }
 
-fn is_loopback_host(h: &HostPattern) -> bool {
+/// May a credential go to this host in cleartext? Loopback addresses and `localhost` itself;
+/// a `*.localhost` name only when `resolve` pins it (and every name under it) to loopback, since
+/// the system resolver may send it anywhere.
+fn is_loopback_host(h: &HostPattern, resolve: &Resolve) -> bool {
+    let pinned = |covers: &dyn Fn(&HostPattern) -> bool, overlaps: &dyn Fn(&HostPattern) -> bool| {
+        resolve.entries.iter().any(|(p, ip)| covers(p) && ip.is_loopback())
+            && resolve.entries.iter().filter(|(p, _)| overlaps(p)).all(|(_, ip)| ip.is_loopback())
+    };
     match h {
-        HostPattern::Exact(h) => h == "localhost" || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback()),
-        HostPattern::Suffix(s) => s == ".localhost",
+        HostPattern::Exact(h) if h == "localhost" => true,
+        HostPattern::Exact(h) => {
+            h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+                || (h.ends_with(".localhost") && resolve.lookup(h).is_some_and(|ip| ip.is_loopback()))
+        }
+        HostPattern::Suffix(s) => {
+            s.ends_with(".localhost")
+                && pinned(&|p| matches!(p, HostPattern::Suffix(r) if s.ends_with(r.as_str())), &|p| match p {
+                    HostPattern::Exact(e) => e.ends_with(s.as_str()),
+                    HostPattern::Suffix(r) => r.ends_with(s.as_str()) || s.ends_with(r.as_str()),
+                })
+        }
     }
 }
 
-pub(super) fn tool(cx: &mut Ctx<'_>, name: &str, t: &RawTool, now: SystemTime) -> Tool {
+pub(super) fn tool(cx: &mut Ctx<'_>, name: &str, t: &RawTool, now: SystemTime, resolve: &Resolve) -> Tool {
     let base = format!("tools.{name}");
     if !valid_tool_name(name) {
         cx.err(&base, "tool names match ^[a-z][a-z0-9-]{0,62}$");
@@ -89,7 +106,7 @@ pub(super) fn tool(cx: &mut Ctx<'_>, name: &str, t: &RawTool, now: SystemTime) -
     let mut routes = Vec::new();
     for (i, r) in t.routes.iter().enumerate() {
         if let Some(route) = route(cx, &format!("{base}.routes[{i}]"), r) {
-            let cleartext = route.scheme == Scheme::Http && !is_loopback_host(&route.host);
+            let cleartext = route.scheme == Scheme::Http && !is_loopback_host(&route.host, resolve);
             if credential.is_some() && cleartext && !t.allow_insecure_upstream {
                 cx.err(
                     format!("{base}.routes[{i}].scheme"),

@@ -1,0 +1,104 @@
+//! Writing a rotated refresh token back to its file, exclusively: a temporary file with a random
+//! name created `O_EXCL | O_NOFOLLOW` at mode 0600, synced, then renamed over the original. A
+//! file that is a symlink (a Kubernetes Secret mount) or cannot be written is left alone: the
+//! token is kept in memory, and the caller warns once.
+
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// Why a rotated refresh token was kept in memory only.
+#[derive(Debug)]
+pub enum Kept {
+    /// The file is a symlink (a mounted Secret): never written through.
+    Symlink,
+    /// Writing failed (a read-only folder, for instance).
+    Io(io::ErrorKind),
+}
+
+impl std::fmt::Display for Kept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Kept::Symlink => f.write_str("the refresh token file is a symlink (a mounted Secret)"),
+            Kept::Io(k) => write!(f, "the refresh token file cannot be replaced: {k}"),
+        }
+    }
+}
+
+/// Replace `path`'s contents with `token`, or say why not.
+pub fn write_back(path: &Path, token: &str) -> Result<(), Kept> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => return Err(Kept::Symlink),
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Kept::Io(e.kind())),
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("token");
+    let mut random = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut random).map_err(|_| Kept::Io(io::ErrorKind::Other))?;
+    let tmp = dir.join(format!(".{name}.{}.credproxy-tmp", super::hex(&random)));
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)?;
+        f.write_all(token.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        // The rename itself survives a crash once the folder is synced.
+        std::fs::File::open(dir).and_then(|d| d.sync_all())
+    })();
+    written.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Kept::Io(e.kind())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn replaces_the_file_at_0600_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("refresh-token");
+        std::fs::write(&path, "old").unwrap();
+        // A planted file's mode is not kept.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        write_back(&path, "new-token").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "new-token");
+        assert_eq!(mode(&path), 0o600);
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, [std::ffi::OsString::from("refresh-token")]);
+    }
+
+    #[test]
+    fn a_symlinked_file_is_never_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("secret-data");
+        std::fs::write(&target, "mounted").unwrap();
+        let path = dir.path().join("refresh-token");
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        assert!(matches!(write_back(&path, "new"), Err(Kept::Symlink)));
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "mounted");
+        assert!(std::fs::symlink_metadata(&path).unwrap().file_type().is_symlink());
+    }
+
+    #[test]
+    fn an_unwritable_place_keeps_the_token_in_memory() {
+        // Root ignores folder permissions, so the unwritable place is a folder that is a file.
+        let dir = tempfile::tempdir().unwrap();
+        let not_a_dir = dir.path().join("file");
+        std::fs::write(&not_a_dir, "x").unwrap();
+        let r = write_back(&not_a_dir.join("refresh-token"), "new");
+        assert!(matches!(r, Err(Kept::Io(io::ErrorKind::NotADirectory))), "{r:?}");
+    }
+}

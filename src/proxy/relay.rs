@@ -1,0 +1,168 @@
+//! Upgraded connections (WebSocket, CONNECT tunnels): relay bytes both ways while holding the
+//! agent connection's place under `max_connections`, until either side closes, nothing moves
+//! for `idle_timeout`, or a shutdown's deadline passes.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use prometheus::IntGauge;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::time::Instant;
+
+/// One agent connection's hold on the limits: its `max_connections` permit, its place in
+/// `connections_active` and in graceful shutdown. Shared by the connection and any relay it
+/// starts; released when the last of them ends.
+pub struct ConnGuard {
+    _permit: OwnedSemaphorePermit,
+    active: IntGauge,
+    _tracker: Arc<()>,
+    /// Fires when a shutdown's deadline has passed: relays stop then.
+    stop: watch::Receiver<bool>,
+}
+
+impl ConnGuard {
+    /// Count the connection in.
+    pub fn new(permit: OwnedSemaphorePermit, active: IntGauge, tracker: Arc<()>, stop: watch::Receiver<bool>) -> Self {
+        active.inc();
+        ConnGuard { _permit: permit, active, _tracker: tracker, stop }
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.active.dec();
+    }
+}
+
+/// Relay between `a` and `b` until either side closes, no byte moves either way for `idle`,
+/// or the guard's stop fires. The guard is held until then.
+pub async fn relay<A, B>(a: A, b: B, idle: Duration, guard: Arc<ConnGuard>)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let start = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let mut a = Active { inner: a, last: last.clone(), start };
+    let mut b = Active { inner: b, last: last.clone(), start };
+    let mut stop = guard.stop.clone();
+    let idle_watch = async {
+        loop {
+            let since_start = Duration::from_millis(last.load(Ordering::Relaxed));
+            let deadline = start + since_start + idle;
+            if Instant::now() >= deadline {
+                return;
+            }
+            // One wakeup per idle period at most, however busy the relay.
+            tokio::time::sleep_until(deadline).await;
+        }
+    };
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut a, &mut b) => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "relay ended with an error");
+            }
+        }
+        () = idle_watch => tracing::debug!("relay closed after idle_timeout without traffic"),
+        _ = stop.wait_for(|s| *s) => tracing::debug!("relay closed at the shutdown deadline"),
+    }
+    drop(guard);
+}
+
+/// A stream that notes when bytes last moved.
+struct Active<S> {
+    inner: S,
+    last: Arc<AtomicU64>,
+    start: Instant,
+}
+
+impl<S> Active<S> {
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(ms, Ordering::Relaxed);
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Active<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.touch();
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Active<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn guard() -> (Arc<ConnGuard>, IntGauge, Arc<tokio::sync::Semaphore>, watch::Sender<bool>) {
+        let sem = Arc::new(tokio::sync::Semaphore::new(1));
+        let gauge = IntGauge::new("g", "g").unwrap();
+        let (tx, rx) = watch::channel(false);
+        let g = ConnGuard::new(sem.clone().try_acquire_owned().unwrap(), gauge.clone(), Arc::new(()), rx);
+        (Arc::new(g), gauge, sem, tx)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn holds_its_place_until_idle_then_lets_go() {
+        let (guard, gauge, sem, _stop) = guard();
+        let (mut agent, a) = tokio::io::duplex(64);
+        let (b, mut upstream) = tokio::io::duplex(64);
+        let task = tokio::spawn(relay(a, b, Duration::from_secs(30), guard));
+        assert_eq!(gauge.get(), 1);
+        assert_eq!(sem.available_permits(), 0);
+        // Traffic at 20 s keeps it open past the first 30 s.
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        agent.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        upstream.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        assert!(!task.is_finished(), "closed although bytes moved 25 s ago");
+        assert_eq!(gauge.get(), 1);
+        // Then 30 s of silence ends it and frees the permit.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        task.await.unwrap();
+        assert_eq!(gauge.get(), 0);
+        assert_eq!(sem.available_permits(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stops_at_the_shutdown_deadline() {
+        let (guard, gauge, _sem, stop) = guard();
+        let (_agent, a) = tokio::io::duplex(64);
+        let (b, _upstream) = tokio::io::duplex(64);
+        let task = tokio::spawn(relay(a, b, Duration::from_secs(3600), guard));
+        tokio::task::yield_now().await;
+        stop.send(true).unwrap();
+        task.await.unwrap();
+        assert_eq!(gauge.get(), 0);
+    }
+}
