@@ -57,7 +57,15 @@ fn main() {
         for n in 0..iters {
             let host = &hosts[n % 50];
             let path = normalize(black_box("/repos/acme/widgets/issues")).unwrap();
-            let dest = Destination { scheme: Scheme::Https, host, port: 443, method: &method, path: &path, tool: None };
+            let dest = Destination {
+                scheme: Scheme::Https,
+                host,
+                port: 443,
+                method: &method,
+                path: &path,
+                tool: None,
+                by_path: false,
+            };
             let Action::Allow { tool, .. } = policy.decide(&dest).action else { panic!("denied") };
             let mut headers = template.clone();
             let token =

@@ -196,7 +196,7 @@ fn command(shared: &Shared, windows: &Windows, path: &str) -> Response<Body> {
     json_response(StatusCode::ACCEPTED, json!({"tool": tool, "action": action, "accepted": true}))
 }
 
-/// The control API's credential list (DESIGN §6).
+/// The control API's credential list.
 pub fn credentials(shared: &Shared) -> Value {
     let live = shared.live.load();
     let now = shared.clock.now();

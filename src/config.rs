@@ -314,7 +314,8 @@ pub struct RawRoute {
     /// Path globs on the normalised path: `*` one segment (or part of one), `**` any depth.
     /// Default: all paths.
     pub paths: Option<Vec<String>>,
-    /// Allow loopback, private, link-local and credproxy's own addresses. Default `false`.
+    /// Allow loopback, private and link-local addresses (credproxy's own listeners stay refused:
+    /// `508 loop_detected`). Default `false`.
     #[serde(default)]
     pub allow_private: bool,
 }

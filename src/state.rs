@@ -24,7 +24,7 @@ use crate::policy::{CredentialSpec, Inject, Policy, Refresh, Tool};
 use crate::proxy::forward::{Client, ClientOpts, ConnectSettings, Upstreams};
 
 /// Headers removed from every credentialed request, besides the tool's `strip_headers` and its
-/// injected header (DESIGN §3).
+/// injected header (see the README).
 pub fn builtin_strip() -> [HeaderName; 5] {
     [
         http::header::AUTHORIZATION,

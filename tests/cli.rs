@@ -166,3 +166,94 @@ async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
     }
     assert_eq!(code, Some(0));
 }
+
+/// `run` from `$CREDPROXY_CONFIG` with `--log-format json`; `status` over the control socket
+/// with and without its bearer token; an exec helper's stderr never reaches credproxy's output;
+/// SIGINT stops it cleanly.
+#[tokio::test]
+async fn run_from_env_json_logs_status_over_the_socket_and_sigint() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (p, a) = (free_port(), free_port());
+    let sock = dir.path().join("ctl/control.sock");
+    write_file(&dir, "control-token", "ctl-s3cret\n");
+    let helper = write_file(
+        &dir,
+        "helper.sh",
+        "#!/bin/sh\necho 'HELPER-STDERR-CANARY' >&2\necho '{\"token\": \"exec-token\", \"expires_in\": 600}'\n",
+    );
+    std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    write_file(
+        &dir,
+        "p.yaml",
+        &format!(
+            "version: 1\nlisten: {{ proxy: 127.0.0.1:{p}, admin: 127.0.0.1:{a}, control: \"unix:{sock}\", control_auth_file: \"{d}/control-token\" }}\n\
+             tools:\n  api:\n    upstream: http://127.0.0.1:{up}\n    credential: {{ source: exec, command: [\"{helper}\"] }}\n    \
+             routes: [{{ scheme: http, host: 127.0.0.1, port: {up}, allow_private: true }}]\n",
+            sock = sock.display(),
+            d = dir.path().display(),
+            up = up.port(),
+            helper = helper.display(),
+        ),
+    );
+    let out = std::fs::File::create(dir.path().join("stdout")).unwrap();
+    let err = std::fs::File::create(dir.path().join("stderr")).unwrap();
+    let mut child = bin()
+        .args(["run", "--log-format", "json"])
+        .env("CREDPROXY_CONFIG", dir.path().join("p.yaml"))
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{a}").parse().unwrap();
+    let mut ready = false;
+    for _ in 0..400 {
+        if tokio::net::TcpStream::connect(admin).await.is_ok() && status(&get(admin, "/ready").await) == 200 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let stderr = || std::fs::read_to_string(dir.path().join("stderr")).unwrap();
+    assert!(ready, "credproxy did not become ready: {}", stderr());
+    let proxy: std::net::SocketAddr = format!("127.0.0.1:{p}").parse().unwrap();
+    assert_eq!(status(&get(proxy, "/api/x").await), 200);
+    assert_eq!(up.last().headers["authorization"], "Bearer exec-token");
+
+    let control = format!("unix:{}", sock.display());
+    let with_token = bin()
+        .args(["status", "--control", &control, "--control-auth-file"])
+        .arg(dir.path().join("control-token"))
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&with_token.stdout);
+    assert!(with_token.status.success(), "{}", String::from_utf8_lossy(&with_token.stderr));
+    assert!(table.lines().any(|l| l.starts_with("api ") && l.contains("exec") && l.contains("valid")), "{table}");
+    let without = bin().args(["status"]).env("CREDPROXY_CONTROL", &control).output().unwrap();
+    assert!(!without.status.success());
+    assert!(String::from_utf8_lossy(&without.stderr).contains("--control-auth-file"), "{without:?}");
+
+    let killed = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let mut code = None;
+    for _ in 0..400 {
+        if let Some(s) = child.try_wait().unwrap() {
+            code = s.code();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    if code.is_none() {
+        let _ = child.kill();
+    }
+    assert_eq!(code, Some(0), "{}", stderr());
+    let (stdout, stderr) = (std::fs::read_to_string(dir.path().join("stdout")).unwrap(), stderr());
+    assert!(!stdout.contains("HELPER-STDERR-CANARY") && !stderr.contains("HELPER-STDERR-CANARY"));
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(!lines.is_empty());
+    for l in lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|_| panic!("not a JSON log line: {l}"));
+        assert!(v["level"].is_string(), "{l}");
+    }
+    assert!(!sock.exists(), "the control socket is removed at exit");
+}

@@ -123,3 +123,50 @@ async fn exec_helper_tokens_and_failures() {
         p.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn exec_helpers_get_a_cleared_environment_and_their_own_env() {
+    // Another tool's `env` secret lives in credproxy's environment; a helper must not see it.
+    std::env::set_var("OTHER_TOOL_SECRET", "env-secret-canary");
+    std::env::set_var("CREDPROXY_TEST_REGION", "eu-west");
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("env.out");
+    let h = helper(&dir, "h.sh", &format!("env > {}; echo '{{\"token\": \"t\"}}'", out.display()));
+    let cred =
+        format!("{{ source: exec, command: [\"{h}\"], env: {{ REGION: \"${{CREDPROXY_TEST_REGION}}\", MODE: ro }} }}");
+    let p = Proxy::start_unready(dir, &api_policy(up.port(), &cred)).await;
+    eventually(async || p.credential("api").await["state"] == "valid", "a helper token").await;
+    let env = std::fs::read_to_string(&out).unwrap();
+    let vars: std::collections::BTreeMap<&str, &str> = env.lines().filter_map(|l| l.split_once('=')).collect();
+    assert_eq!(vars.get("REGION"), Some(&"eu-west"));
+    assert_eq!(vars.get("MODE"), Some(&"ro"));
+    assert_eq!(vars.get("PATH").copied(), std::env::var("PATH").ok().as_deref());
+    assert!(!env.contains("env-secret-canary"), "{env}");
+    // Nothing else of credproxy's: only what a shell adds itself (PWD, SHLVL, _).
+    let allowed = ["PATH", "HOME", "TMPDIR", "REGION", "MODE", "PWD", "OLDPWD", "SHLVL", "_"];
+    let extra: Vec<&&str> = vars.keys().filter(|k| !allowed.contains(k)).collect();
+    assert!(extra.is_empty(), "the helper inherited {extra:?}");
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_timed_out_helper_is_killed_with_its_children() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    let h = helper(&dir, "h.sh", &format!("sleep 60 & echo $$ $! > {}; wait", pids.display()));
+    let cred = format!("{{ source: exec, command: [\"{h}\"], timeout: 1s }}");
+    let p = Proxy::start_unready(dir, &api_policy(up.port(), &cred)).await;
+    eventually(async || p.credential("api").await["consecutive_failures"].as_u64() >= Some(1), "the timeout").await;
+    assert!(p.credential("api").await["last_error"].as_str().unwrap().starts_with("timeout"));
+    let text = std::fs::read_to_string(&pids).unwrap();
+    let pids: Vec<u32> = text.split_whitespace().map(|n| n.parse().unwrap()).collect();
+    assert_eq!(pids.len(), 2, "{text}");
+    // Both the helper and the child it started are gone (not even zombies of ours).
+    let gone = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.split_whitespace().nth(2) == Some("Z"))
+    };
+    eventually(async || pids.iter().all(|&pid| gone(pid)), "the helper and its child killed").await;
+    p.shutdown().await;
+}

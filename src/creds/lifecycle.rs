@@ -1,4 +1,4 @@
-//! The lifecycle of one rotating credential (DESIGN §4), the same for every source: fetch,
+//! The lifecycle of one rotating credential, the same for every source: fetch,
 //! publish, sleep to the refresh point, back off on failure, empty the slot at the token's end,
 //! and answer rotate/revoke/shutdown commands. One linear loop; the arithmetic is in `schedule`.
 

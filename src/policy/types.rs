@@ -116,7 +116,7 @@ impl Resolve {
     }
 }
 
-/// Limits of DESIGN §3.
+// The request and connection limits (`limits:`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Time allowed to read a request's headers.
