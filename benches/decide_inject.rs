@@ -50,9 +50,12 @@ fn main() {
     }
     let hosts: Vec<String> = (0..50).map(|i| format!("api{i}.example.com")).collect();
     let method = Method::GET;
-    let iters = 200_000;
+    // `cargo bench --bench decide_inject -- --test` (run by scripts/test): a few iterations that
+    // check what was injected, so the bench cannot rot.
+    let test = std::env::args().any(|a| a == "--test");
+    let (runs, iters) = if test { (1, 1_000) } else { (7, 200_000) };
     let mut results = Vec::new();
-    for _ in 0..7 {
+    for _ in 0..runs {
         let start = Instant::now();
         for n in 0..iters {
             let host = &hosts[n % 50];
@@ -70,9 +73,19 @@ fn main() {
             let mut headers = template.clone();
             let token =
                 strip_and_inject(&mut headers, &strip, Some((&slots[tool], &policy.tools[tool].inject)), 65536, now);
-            black_box((token.unwrap(), headers));
+            let token = token.unwrap();
+            if test {
+                let want = format!("Bearer token-for-tool-{}", n % 50);
+                assert_eq!(headers.get_all("authorization").iter().collect::<Vec<_>>(), [want.as_str()]);
+                assert!(token.is_some());
+            }
+            black_box((token, headers));
         }
         results.push(start.elapsed().as_nanos() as f64 / iters as f64);
+    }
+    if test {
+        println!("decide_inject: {iters} requests checked");
+        return;
     }
     results.sort_by(|a, b| a.partial_cmp(b).unwrap());
     println!(

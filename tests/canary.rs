@@ -13,7 +13,9 @@ async fn the_secret_never_leaks() {
 
     let mut rnd = [0u8; 8];
     aws_lc_rs::rand::fill(&mut rnd).unwrap();
-    let canary = format!("canary-{}", rnd.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    // Characters that percent-encoding and base64 change, so every form can be looked for.
+    let canary = format!("canary-{}/+=", rnd.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let forms = leak_forms(&canary);
     let up = Upstream::start().await;
     let port = up.port();
     let dir = tempfile::tempdir().unwrap();
@@ -35,6 +37,11 @@ tools:
     inject: {{ basic: {{ username: bot }} }}
     credential: {{ source: file, path: "{{dir}}/token" }}
     routes: [{{ scheme: http, host: localhost, port: {port}, allow_private: true }}]
+  query:
+    upstream: http://127.0.0.1:{port}/q
+    inject: {{ query: {{ param: key }} }}
+    credential: {{ source: file, path: "{{dir}}/token" }}
+    routes: [{{ scheme: http, host: 127.0.0.1, port: {port}, allow_private: true, paths: ["/q/**"] }}]
 "#
     );
     let proxy = Proxy::start_in(dir, &policy).await;
@@ -42,6 +49,7 @@ tools:
     for req in [
         "GET /api/ok HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".to_string(),
         "GET /basic/ok HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".to_string(),
+        "GET /query/echo-location?a=1 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".to_string(),
         "GET /down/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".to_string(),
         "GET /api/slow HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".to_string(),
         "GET http://denied.example/x HTTP/1.1\r\nConnection: close\r\n\r\n".to_string(),
@@ -52,9 +60,14 @@ tools:
     }
     assert_eq!(status(&seen[0]), 200);
     assert_eq!(up.requests()[0].headers["authorization"], format!("Bearer {canary}"), "the canary was really used");
+    assert!(up.requests()[2].uri.contains(&forms[2]), "the query form was really used: {}", up.requests()[2].uri);
     // Reloads: a valid one, then an invalid one with the secret in a mistyped field.
     proxy.rewrite(&policy.replace("requests: all", "requests: denied"));
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    eventually(
+        async || metric(&proxy.metrics().await, r#"credproxy_config_reloads_total{result="ok"}"#) == Some(2.0),
+        "the valid reload",
+    )
+    .await;
     proxy.rewrite(&format!("{policy}    required: {canary}\n"));
     for _ in 0..250 {
         if metric(&proxy.metrics().await, "credproxy_config_last_reload_success") == Some(0.0) {
@@ -79,9 +92,31 @@ tools:
     let logs = capture.text();
     assert!(logs.contains("TRACE") || logs.contains("DEBUG"), "trace logging was on");
     assert!(logs.contains("policy rejected"), "the rejection was logged");
-    assert!(!logs.contains(&canary), "secret in logs");
-    assert!(!audit.contains(&canary), "secret in audit events");
-    for (i, text) in seen.iter().enumerate() {
-        assert!(!text.contains(&canary), "secret in response {i}: {text}");
+    for form in &forms {
+        assert!(!logs.contains(form), "secret in logs as {form}");
+        assert!(!audit.contains(form), "secret in audit events as {form}");
+        for (i, text) in seen.iter().enumerate() {
+            assert!(!text.contains(form), "secret in response {i} as {form}: {text}");
+        }
     }
+}
+
+/// The secret as it may appear: raw, base64 (alone and as Basic credentials), percent-encoded
+/// with upper- and lower-case hex.
+fn leak_forms(secret: &str) -> Vec<String> {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let pct: String = secret
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let forms = vec![secret.to_string(), b64(secret), pct.clone(), pct.to_lowercase(), b64(&format!("bot:{secret}"))];
+    assert!(forms.iter().all(|f| f.len() >= 16));
+    forms
 }

@@ -25,10 +25,6 @@ async fn start(up: &Upstream, cred: &str, secret: &str) -> Proxy {
     Proxy::start_unready(dir, &api_policy(up.port(), cred)).await
 }
 
-fn audit(p: &Proxy) -> String {
-    std::fs::read_to_string(p.dir.path().join("audit.log")).unwrap_or_default()
-}
-
 #[tokio::test]
 async fn client_credentials_with_basic_auth_scopes_audience_and_resources() {
     let up = Upstream::start().await;
@@ -51,7 +47,7 @@ async fn client_credentials_with_basic_auth_scopes_audience_and_resources() {
     assert_eq!(c["state"], "valid");
     assert_eq!(c["source"], "oauth2_client_credentials");
     assert!(c["next_refresh_at"].is_string());
-    assert!(audit(&p).contains(r#""event":"credential.issued""#));
+    assert!(p.audit().await.contains(r#""event":"credential.issued""#));
 }
 
 #[tokio::test]
@@ -134,7 +130,7 @@ async fn every_failure_is_reported_by_its_reason() {
             r#"credproxy_credential_refresh_errors_total{{reason="{reason}",source="oauth2_client_credentials",tool="api"}}"#
         );
         assert!(m.contains(&label), "{mode:?}: no {label}");
-        assert!(audit(&p).contains(&format!(r#""reason":"{reason}""#)));
+        assert!(p.audit().await.contains(&format!(r#""reason":"{reason}""#)));
         if mode == Some(Mode::Redirect) {
             assert_eq!(auth.as_ref().unwrap().requests().len(), 1, "the redirect was not followed");
         }
@@ -182,7 +178,7 @@ async fn an_error_echoing_the_secret_is_reported_by_code_only() {
     assert!(c["last_error"].as_str().unwrap().starts_with("invalid_client"), "{c}");
     let m = p.metrics().await;
     assert!(m.contains(r#"reason="invalid_client""#));
-    let everything = format!("{c}{m}{}{}{}", audit(&p), get(p.addr, "/api/x").await, logs.text());
+    let everything = format!("{c}{m}{}{}{}", p.audit().await, get(p.addr, "/api/x").await, logs.text());
     assert!(logs.text().contains("invalid_client"), "logs were captured");
     assert!(!everything.contains(&canary), "the echoed secret leaked");
     assert!(
@@ -229,7 +225,7 @@ async fn revoke_drops_calls_rfc7009_and_fetches_anew() {
     assert_eq!(rev[0].param("token"), Some("tok-1"));
     assert_eq!(rev[0].param("token_type_hint"), Some("access_token"));
     assert!(rev[0].headers.contains_key("authorization"), "the client authenticates to revoke");
-    assert!(audit(&p).contains(r#""reason":"api""#));
+    assert!(p.audit().await.contains(r#""reason":"api""#));
     assert_eq!(status(&p.control_post("/v1/credentials/nope/rotate").await), 404);
     // revoke_on_shutdown: the current token (tok-2) is revoked within the shutdown deadline.
     let a = auth.clone();

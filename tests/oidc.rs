@@ -26,10 +26,6 @@ fn client_credentials(oidc: &Oidc, resource: &str, more: &str) -> String {
     )
 }
 
-fn audit(p: &Proxy) -> String {
-    std::fs::read_to_string(p.dir.path().join("audit.log")).unwrap_or_default()
-}
-
 /// One agent request; its status and `credproxy-error` code, if any.
 async fn call(p: &Proxy, path: &str) -> (u16, Option<String>) {
     let r = get(p.addr, path).await;
@@ -126,7 +122,7 @@ async fn rotation_under_load_then_an_authority_outage_and_recovery() {
     assert_eq!(metric(&m, r#"credproxy_credential_valid{tool="api"}"#), Some(1.0));
     assert_eq!(metric(&m, r#"credproxy_credential_refresh_consecutive_failures{tool="api"}"#), Some(0.0));
     assert!(metric(&m, r#"credproxy_requests_total{outcome="credential_unavailable",tool="api"}"#).unwrap() >= 1.0);
-    let a = audit(&p);
+    let a = p.audit().await;
     let events: Vec<&str> = a.lines().filter_map(|l| l.split("\"event\":\"").nth(1)?.split('"').next()).collect();
     let failed_at = events.iter().position(|e| *e == "credential.refresh_failed").expect("refresh_failed audited");
     let expired_at = events.iter().position(|e| *e == "credential.expired").expect("expired audited");
@@ -220,7 +216,7 @@ async fn opaque_token_introspection_revocation_exchange_and_a_wrong_secret() {
     let c = p.credential("wrong").await;
     assert!(c["last_error"].as_str().unwrap().starts_with("invalid_client"), "{c}");
     assert!(p.metrics().await.contains(r#"credproxy_credential_refresh_errors_total{reason="invalid_client",source="oauth2_client_credentials",tool="wrong"} 1"#));
-    assert!(audit(&p).contains(r#""reason":"invalid_client""#));
+    assert!(p.audit().await.contains(r#""reason":"invalid_client""#));
     assert_eq!(status(&get(p.addr, "/wrong/x").await), 503);
     p.shutdown().await;
 }

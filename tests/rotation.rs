@@ -91,7 +91,7 @@ async fn a_reload_refetches_only_changed_credentials_and_not_before_revokes() {
     p.rewrite(&text);
     eventually(async || b.requests().len() == 3, "b fetched after not_before").await;
     eventually(async || p.credential("b").await["state"] == "valid", "b valid again").await;
-    let audit = std::fs::read_to_string(p.dir.path().join("audit.log")).unwrap();
+    let audit = p.audit().await;
     assert!(
         audit.lines().any(|l| l.contains(r#""event":"credential.revoked""#)
             && l.contains(r#""reason":"not_before""#)

@@ -126,6 +126,27 @@ pub fn strip_named(headers: &mut HeaderMap, names: &[HeaderName]) {
     }
 }
 
+/// Remove `names` (and their underscore aliases) from a `Trailer` field's list, so trailers that
+/// carry credentials are not announced; the field goes when nothing is left.
+pub fn strip_announced_trailers(headers: &mut HeaderMap, names: &[HeaderName]) {
+    let Some(v) = headers.get(http::header::TRAILER) else { return };
+    let kept: Vec<&str> = v
+        .to_str()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && !names.iter().any(|n| same_but_underscores(&t.to_ascii_lowercase(), n.as_str())))
+        .collect();
+    match http::HeaderValue::from_str(&kept.join(", ")) {
+        Ok(v) if !kept.is_empty() => {
+            headers.insert(http::header::TRAILER, v);
+        }
+        _ => {
+            headers.remove(http::header::TRAILER);
+        }
+    }
+}
+
 /// Equal when every `_` of `alias` stands for a `-` of `name` (both already lower-case).
 fn same_but_underscores(alias: &str, name: &str) -> bool {
     alias.len() == name.len() && alias.bytes().zip(name.bytes()).all(|(a, n)| a == n || (a == b'_' && n == b'-'))

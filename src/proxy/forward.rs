@@ -381,6 +381,7 @@ impl Upstreams {
 }
 
 /// Hop-by-hop fields (RFC 9110 §7.6.1) plus the proxy's own, removed in both directions.
+/// `Trailer` is end-to-end (it announces the trailer fields; hyper sends only those announced).
 const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
@@ -388,7 +389,6 @@ const HOP_BY_HOP: &[&str] = &[
     "proxy-authenticate",
     "proxy-authorization",
     "te",
-    "trailer",
     "transfer-encoding",
     "upgrade",
     "http2-settings",

@@ -25,6 +25,7 @@ pub fn strip_and_inject(
     now: SystemTime,
 ) -> Result<Option<Arc<Token>>, ProxyError> {
     super::body::strip_named(headers, strip);
+    super::body::strip_announced_trailers(headers, strip);
     let Some((slot, inject)) = credential else { return Ok(None) };
     let Some(token) = slot.usable(now) else {
         // A token past its end that the task has not cleared yet: the host was suspended, or

@@ -133,8 +133,16 @@ async fn backoff_grows_to_the_cap_without_a_hot_loop() {
 #[tokio::test(start_paused = true)]
 async fn permanent_errors_wait_the_cap() {
     let rig = start(Box::new(|_| Err(FetchError::permanent("invalid_client", "bad secret"))), Lifetime::default());
-    tokio::time::sleep(secs(600)).await;
-    for g in rig.gaps() {
+    // One second after the first refusal, the next attempt is scheduled 59 s ahead: the cap.
+    tokio::time::sleep(secs(1)).await;
+    assert_eq!(rig.count(), 1);
+    let next = rig.cx.slot.next_refresh().expect("a scheduled retry");
+    let ahead = next.duration_since(rig.cx.clock.now()).unwrap().as_secs_f64();
+    assert!((ahead - 59.0).abs() < 0.01, "next attempt in {ahead} s");
+    tokio::time::sleep(secs(599)).await;
+    let gaps = rig.gaps();
+    assert!(gaps.len() >= 9, "{gaps:?}");
+    for g in gaps {
         assert!((g - 60.0).abs() < 0.01, "gap {g}");
     }
     assert!(rig.audit().await.contains(r#""reason":"invalid_client""#));
