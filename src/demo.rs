@@ -33,6 +33,9 @@ pub struct Options {
     /// Negative control: the tool API verifies with a key the authority never used, so every
     /// request must be rejected — proof that the rejection count is real.
     pub wrong_key: bool,
+    /// Every listener on a free port and the control socket in the demo's own folder (tests,
+    /// which must never take the documented ports a user's demo may hold).
+    pub free_ports: bool,
 }
 
 /// What the demo measured.
@@ -58,8 +61,11 @@ async fn bind(addr: &str, what: &str) -> Result<TcpListener, String> {
 
 /// Run the demo; prints as it goes.
 pub async fn run(opts: Options) -> Result<Summary, String> {
-    let auth_listener = bind(AUTHORITY, "token authority").await?;
-    let api_listener = bind(TOOL_API, "tool API").await?;
+    let (auth_at, api_at) = if opts.free_ports { ("127.0.0.1:0", "127.0.0.1:0") } else { (AUTHORITY, TOOL_API) };
+    let auth_listener = bind(auth_at, "token authority").await?;
+    let api_listener = bind(api_at, "tool API").await?;
+    let port = |l: &TcpListener| l.local_addr().map(|a| a.port().to_string()).unwrap_or_default();
+    let (auth_port, api_port) = (port(&auth_listener), port(&api_listener));
     let keys = authority::keys();
     let issued = authority::serve(auth_listener, keys.signing, "demo-agent", SECRET.trim_end());
     let verify = if opts.wrong_key { authority::keys().public } else { keys.public };
@@ -70,16 +76,24 @@ pub async fn run(opts: Options) -> Result<Summary, String> {
     let secret = dir.join("client-secret");
     let audit = dir.join("audit.log");
     std::fs::write(&secret, SECRET).map_err(|e| format!("cannot write {}: {e}", secret.display()))?;
-    let policy = POLICY
+    let mut policy = POLICY
         .replace("config/demo-client-secret.txt", &secret.display().to_string())
         .replace("credproxy-demo-audit.log", &audit.display().to_string());
+    if opts.free_ports {
+        policy = policy
+            .replace("15280", &auth_port)
+            .replace("15281", &api_port)
+            .replace("127.0.0.1:15201", "127.0.0.1:0")
+            .replace("127.0.0.1:15290", "127.0.0.1:0")
+            .replace("/tmp/credproxy-demo/control.sock", &dir.join("control.sock").display().to_string());
+    }
     let policy_path = dir.join("policy.yaml");
     std::fs::write(&policy_path, policy).map_err(|e| format!("cannot write {}: {e}", policy_path.display()))?;
     let running = crate::proxy::start(policy_path).await.map_err(|e| e.to_string())?;
     let proxy = running.proxy_addr;
-    println!("credproxy demo: the real proxy on config/demo.yaml, a token authority on {AUTHORITY} issuing");
+    println!("credproxy demo: the real proxy on config/demo.yaml, a token authority on 127.0.0.1:{auth_port} issuing");
     println!(
-        "ES256 JWTs that live {}s, and a tool API on {TOOL_API} that verifies every token.",
+        "ES256 JWTs that live {}s, and a tool API on 127.0.0.1:{api_port} that verifies every token.",
         authority::TOKEN_TTL_SECS
     );
     println!("  agents   http://{proxy}/search/...  and  http://{proxy}/tickets/...");

@@ -63,6 +63,9 @@ enum Command {
         /// Negative control: the tool API verifies with the wrong key, so every request is rejected.
         #[arg(long, hide = true)]
         wrong_key: bool,
+        /// Free ports and a private control socket (the tests' way to run it beside a user's demo).
+        #[arg(long, hide = true)]
+        free_ports: bool,
     },
     /// Say which tool and route would take a request, and why (or why it is denied).
     Explain {
@@ -126,13 +129,13 @@ fn main() -> ExitCode {
                 }
             }
         }),
-        Command::Demo { duration, wrong_key } => {
+        Command::Demo { duration, wrong_key, free_ports } => {
             // Quiet by default so the live account stays readable; CREDPROXY_LOG=info shows more.
             let filter = tracing_subscriber::EnvFilter::try_from_env("CREDPROXY_LOG").unwrap_or_else(|_| "warn".into());
             let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
             tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
             runtime().block_on(async move {
-                match credproxy::demo::run(credproxy::demo::Options { duration, wrong_key }).await {
+                match credproxy::demo::run(credproxy::demo::Options { duration, wrong_key, free_ports }).await {
                     Ok(s) if s.requests > 0 && s.failed == 0 && s.rejected == 0 => ExitCode::SUCCESS,
                     Ok(_) => ExitCode::FAILURE,
                     Err(e) => {

@@ -32,9 +32,12 @@ async fn invalid_reload_keeps_the_running_policy_and_valid_one_swaps_in() {
     let up = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     write_file(&dir, "token", "t1");
-    let proxy = Proxy::start_in(dir, &policy(up.port(), "/v1/**", "{dir}/token")).await;
+    let audited = |p: &str| format!("audit: {{ output: \"{{dir}}/audit.log\" }}\n{p}");
+    let proxy = Proxy::start_in(dir, &audited(&policy(up.port(), "/v1/**", "{dir}/token"))).await;
     assert_eq!(status(&get(proxy.addr, "/api/v1/x").await), 200);
     assert_eq!(status(&get(proxy.addr, "/api/v2/x").await), 403);
+    let id = proxy.credential("api").await["credential_id"].clone();
+    assert!(id.as_str().is_some_and(|i| i.starts_with("sha256:")), "{id}");
 
     // An invalid file: rejected, counted, the old policy keeps serving.
     proxy.rewrite("version: 1\ntools:\n  api:\n    routes: [{ host: a.com, paths: [nope] }]\n");
@@ -48,13 +51,17 @@ async fn invalid_reload_keeps_the_running_policy_and_valid_one_swaps_in() {
     assert_eq!(status(&get(proxy.addr, "/api/v1/x").await), 200);
 
     // A valid one swaps in.
-    proxy.rewrite(&policy(up.port(), "/v2/**", "{dir}/token"));
+    proxy.rewrite(&audited(&policy(up.port(), "/v2/**", "{dir}/token")));
     eventually(async || status(&get(proxy.addr, "/api/v2/x").await) == 200, "new policy").await;
     assert_eq!(status(&get(proxy.addr, "/api/v1/x").await), 403);
     assert_eq!(metric(&proxy.metrics().await, "credproxy_config_last_reload_success"), Some(1.0));
-    // The unchanged credential kept its token (no second issue event).
-    let creds = proxy.control_get("/v1/credentials").await;
-    assert!(creds.contains(r#""state":"valid""#), "{creds}");
+    // The unchanged credential kept its token: the same id, one issue event, never refreshed.
+    assert_eq!(proxy.credential("api").await["credential_id"], id);
+    assert_eq!(proxy.credential("api").await["state"], "valid");
+    let audit = proxy.audit().await;
+    assert_eq!(audit.matches(r#""event":"credential.issued""#).count(), 1, "{audit}");
+    assert!(!audit.contains(r#""event":"credential.refreshed""#), "{audit}");
+    assert!(audit.contains(r#""event":"config.reloaded""#) && audit.contains(r#""event":"config.rejected""#));
     proxy.shutdown().await;
 }
 
@@ -144,23 +151,35 @@ async fn every_bad_fixture_is_rejected_at_reload_and_the_old_policy_stays() {
     let up = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     write_file(&dir, "token", "t1");
-    let proxy = Proxy::start_in(dir, &policy(up.port(), "/v1/**", "{dir}/token")).await;
+    let running = format!("audit: {{ output: \"{{dir}}/audit.log\" }}\n{}", policy(up.port(), "/v1/**", "{dir}/token"));
+    let proxy = Proxy::start_in(dir, &running).await;
     let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bad");
-    let mut rejected = 0.0;
+    let rejections = |audit: &str| -> Vec<String> {
+        audit.lines().filter(|l| l.contains(r#""event":"config.rejected""#)).map(str::to_string).collect()
+    };
+    let mut n = 0;
     for entry in std::fs::read_dir(fixtures).unwrap() {
         let path = entry.unwrap().path();
-        proxy.rewrite(&std::fs::read_to_string(&path).unwrap());
-        rejected += 1.0;
+        let text = std::fs::read_to_string(&path).unwrap();
+        let expect = text.lines().find_map(|l| l.strip_prefix("# expect: ")).expect("# expect:").to_string();
+        let before = rejections(&proxy.audit().await).len();
+        proxy.rewrite(&text);
+        // This fixture's own rejection: a condition a duplicate watch event cannot overshoot.
         eventually(
             async || {
-                metric(&proxy.metrics().await, r#"credproxy_config_reloads_total{result="error"}"#) == Some(rejected)
+                rejections(&proxy.audit().await)[before..]
+                    .iter()
+                    .any(|l| l.contains(&format!("{expect} (line")) || l.contains(&format!("{expect}:")))
             },
             &format!("rejection of {}", path.display()),
         )
         .await;
         assert_eq!(metric(&proxy.metrics().await, "credproxy_config_last_reload_success"), Some(0.0));
         assert_eq!(status(&get(proxy.addr, "/api/v1/x").await), 200, "{}", path.display());
+        assert_eq!(up.last().headers["authorization"], "Bearer t1");
+        n += 1;
     }
-    assert!(rejected >= 15.0);
+    assert!(n >= 15, "{n} fixtures");
+    assert!(!proxy.audit().await.contains(r#""event":"config.reloaded""#));
     proxy.shutdown().await;
 }

@@ -80,13 +80,39 @@ async fn a_reload_refetches_only_changed_credentials_and_not_before_revokes() {
     assert_eq!(a.requests().len(), 1, "a was not fetched again");
     assert_eq!(p.credential("a").await["credential_id"], a_id);
     assert_eq!(p.credential("a").await["next_refresh_at"], a_next);
-    // No 503 gap for b: its old token served until the new one came.
-    assert_eq!(status(&get(p.addr, "/b/x").await), 200);
+    let issued_a = |audit: &str| {
+        audit.lines().filter(|l| l.contains(r#""event":"credential.issued""#) && l.contains(r#""tool":"a""#)).count()
+    };
+    assert_eq!(issued_a(&p.audit().await), 1, "a was issued a token once");
+
+    // Only a's refresh timing changes: its credential restarts and fetches anew, and its current
+    // token (same authority, same settings) serves throughout — a request loop across the
+    // reload never meets a 503.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (addr, flag) = (p.addr, stop.clone());
+    let traffic = tokio::spawn(async move {
+        let mut codes = Vec::new();
+        while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+            codes.push(status(&get(addr, "/a/x").await));
+        }
+        codes
+    });
+    eventually(async || up.requests().iter().filter(|r| r.uri.starts_with("/a/")).count() >= 3, "traffic").await;
+    p.rewrite(&policy(up.port(), &a, &b, "write").replacen("  a:\n", "  a:\n    refresh: { at: 0.6 }\n", 1));
+    eventually(async || a.requests().len() == 2, "a re-fetched after its refresh settings changed").await;
+    eventually(async || p.credential("a").await["credential_id"] != a_id, "a's new token published").await;
+    let before = up.requests().len();
+    eventually(async || up.requests().len() >= before + 3, "traffic after the new token").await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let codes = traffic.await.unwrap();
+    assert!(codes.len() >= 6, "{} requests", codes.len());
+    assert!(codes.iter().all(|&c| c == 200), "a request across the reload failed: {codes:?}");
 
     // Fleet-wide revocation through the policy: not_before = now revokes b's current token.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
     let text = policy(up.port(), &a, &b, "write")
+        .replacen("  a:\n", "  a:\n    refresh: { at: 0.6 }\n", 1)
         .replace("    required: false\n", &format!("    required: false\n    not_before: {now}\n"));
     p.rewrite(&text);
     eventually(async || b.requests().len() == 3, "b fetched after not_before").await;
@@ -99,5 +125,5 @@ async fn a_reload_refetches_only_changed_credentials_and_not_before_revokes() {
         "{audit}"
     );
     assert!(p.metrics().await.contains(r#"credproxy_credential_revocations_total{reason="not_before",tool="b"} 1"#));
-    assert_eq!(a.requests().len(), 1, "a untouched throughout");
+    assert_eq!(a.requests().len(), 2, "a untouched by the not_before reload");
 }

@@ -302,8 +302,9 @@ impl Proxy {
         p
     }
 
+    /// Wait for `/ready`, with the same 10 s budget as [`eventually`].
     pub async fn wait_ready(&self) {
-        for _ in 0..100 {
+        for _ in 0..500 {
             if get(self.admin, "/ready").await.starts_with("HTTP/1.1 200") {
                 return;
             }
