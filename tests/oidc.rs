@@ -217,6 +217,6 @@ async fn opaque_token_introspection_revocation_exchange_and_a_wrong_secret() {
     assert!(c["last_error"].as_str().unwrap().starts_with("invalid_client"), "{c}");
     assert!(p.metrics().await.contains(r#"credproxy_credential_refresh_errors_total{reason="invalid_client",source="oauth2_client_credentials",tool="wrong"} 1"#));
     assert!(p.audit().await.contains(r#""reason":"invalid_client""#));
-    assert_eq!(status(&get(p.addr, "/wrong/x").await), 503);
+    assert_error(&get(p.addr, "/wrong/x").await, 503, "credential_unavailable");
     p.shutdown().await;
 }

@@ -105,9 +105,7 @@ async fn deny_by_default_never_contacts_the_upstream() {
         format!("GET http://private.test:{}/ HTTP/1.1\r\nConnection: close\r\n\r\n", up.port()),
     ] {
         let resp = raw(proxy.addr, req.as_bytes()).await;
-        assert_eq!(status(&resp), 403, "{req}\n{resp}");
-        assert!(resp.contains("credproxy-error: route_denied"), "{resp}");
-        assert!(resp.contains(r#""code":"route_denied""#), "{resp}");
+        assert_error(&resp, 403, "route_denied");
     }
     assert_eq!(up.connection_count(), 0);
     let m = proxy.metrics().await;
@@ -127,11 +125,11 @@ async fn authority_and_path_tricks_are_refused_or_normalised() {
         format!("GET http://127.0.0.1:{port}@evil.example/ HTTP/1.1\r\nConnection: close\r\n\r\n").as_bytes(),
     )
     .await;
-    assert_eq!(status(&resp), 400, "{resp}");
+    assert_error(&resp, 400, "bad_request");
     for path in ["/api/v1/a%2Fb", "/api/v1/a%5cb", "/api/v1/a\\b", "/api/v1/%00"] {
         let resp =
             raw(proxy.addr, format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes()).await;
-        assert!(matches!(status(&resp), 400), "{path}: {resp}");
+        assert_error(&resp, 400, "bad_request");
     }
     assert_eq!(up.connection_count(), 0);
     // Dot segments are removed inside the tool's base path: they cannot climb out of it.
@@ -165,6 +163,8 @@ async fn mixed_framing_is_chunked_then_closed_and_conflicting_lengths_refused() 
     let two_cl = "POST /api/v1/x HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde";
     let resp = raw(proxy.addr, two_cl.as_bytes()).await;
     assert_eq!(status(&resp), 400, "{resp}");
+    // hyper's own answer to framing it cannot trust: the one kind without credproxy-error.
+    assert_eq!(error_code(&resp), None, "{resp}");
     assert_eq!(up.requests().len(), 1);
     proxy.shutdown().await;
 }
@@ -291,7 +291,7 @@ async fn connect_tunnels_unrestricted_hosts_and_refuses_the_rest() {
     // `api` carries a credential: refused before a byte is relayed.
     let resp =
         raw(proxy.addr, format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes()).await;
-    assert_eq!(status(&resp), 403, "{resp}");
+    assert_error(&resp, 403, "route_denied");
     // Bytes sent after a refused CONNECT are never read as a request: the connection is closed.
     let started = std::time::Instant::now();
     let resp = raw(
@@ -299,7 +299,7 @@ async fn connect_tunnels_unrestricted_hosts_and_refuses_the_rest() {
         b"CONNECT unknown.example:443 HTTP/1.1\r\nHost: unknown.example\r\n\r\nGET http://localhost/ HTTP/1.1\r\n\r\n",
     )
     .await;
-    assert_eq!(status(&resp), 403, "{resp}");
+    assert_error(&resp, 403, "route_denied");
     assert_eq!(resp.matches("HTTP/1.1").count(), 1, "{resp}");
     assert!(started.elapsed() < Duration::from_secs(2), "the connection was left open");
     assert_eq!(up.connection_count(), 1);

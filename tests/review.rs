@@ -11,18 +11,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TOKEN: &str = "tool-token-123";
 
-fn header(resp: &str, name: &str) -> Option<String> {
-    let head = resp.split("\r\n\r\n").next().unwrap_or("");
-    head.lines().skip(1).find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
-    })
-}
-
-fn error_code(resp: &str) -> Option<String> {
-    header(resp, "credproxy-error")
-}
-
 /// Finding 1: a reload never weakens what the running listeners enforce.
 #[tokio::test]
 async fn a_reload_that_drops_proxy_auth_is_rejected_and_auth_stays() {

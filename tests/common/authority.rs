@@ -31,6 +31,9 @@ pub enum Mode {
     EchoSecret,
     /// 302 to another token endpoint.
     Redirect,
+    /// An RFC 6749 §5.2 / RFC 8693 error response with this `error` code (401 for
+    /// `invalid_client`, else 400).
+    OAuthError(&'static str),
 }
 
 /// One request the endpoint received.
@@ -200,6 +203,10 @@ async fn answer((mode, seen, ttl, issued, extra): State, req: Request<Incoming>)
                 serde_json::json!({"error": "invalid_client", "error_description": format!("bad secret {echoed}")})
                     .to_string(),
             )
+        }
+        Mode::OAuthError(code) => {
+            let status = if code == "invalid_client" { 401 } else { 400 };
+            reply(status, serde_json::json!({"error": code, "error_description": "refused"}).to_string())
         }
         Mode::Redirect => {
             let mut r = reply(302, String::new());

@@ -37,6 +37,8 @@ pub struct Upstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
     pub connections: Arc<AtomicUsize>,
+    /// Connections that have ended.
+    pub closed: Arc<AtomicUsize>,
     /// `/sse` waits for this before sending its last event.
     pub release: Arc<tokio::sync::Notify>,
     /// Requests whose `Authorization` is listed here get `401`.
@@ -65,6 +67,7 @@ impl Upstream {
             addr: listener.local_addr().unwrap(),
             seen: Arc::default(),
             connections: Arc::default(),
+            closed: Arc::default(),
             release: Arc::new(tokio::sync::Notify::new()),
             reject_auth: Arc::default(),
         };
@@ -75,6 +78,7 @@ impl Upstream {
                 let conn = u.connections.fetch_add(1, Ordering::SeqCst);
                 let u2 = u.clone();
                 let tls = tls.clone();
+                let closed = u.closed.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
                         let u = u2.clone();
@@ -91,6 +95,7 @@ impl Upstream {
                             }
                         }
                     }
+                    closed.fetch_add(1, Ordering::SeqCst);
                 });
             }
         });
@@ -395,6 +400,27 @@ pub async fn get(addr: SocketAddr, path: &str) -> String {
 /// The status code of a raw response.
 pub fn status(resp: &str) -> u16 {
     resp.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// A response header's value (first match, any case).
+pub fn header(resp: &str, name: &str) -> Option<String> {
+    let head = resp.split("\r\n\r\n").next().unwrap_or("");
+    head.lines().skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+    })
+}
+
+/// credproxy's own error code (`credproxy-error`), if the response carries one.
+pub fn error_code(resp: &str) -> Option<String> {
+    header(resp, "credproxy-error")
+}
+
+/// The response is credproxy's own error: this status, this code, and the JSON body naming it.
+#[track_caller]
+pub fn assert_error(resp: &str, status_code: u16, code: &str) {
+    assert_eq!((status(resp), error_code(resp).as_deref()), (status_code, Some(code)), "{resp}");
+    assert!(resp.contains(&format!(r#""code":"{code}""#)), "no JSON error body: {resp}");
 }
 
 /// The value of a metric line (first sample whose name and labels start with `prefix`).
