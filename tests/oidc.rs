@@ -11,7 +11,53 @@ use std::time::{Duration, Instant};
 
 use common::oidc::{Oidc, CLIENT_ID, CLIENT_SECRET, SUBJECT_TOKEN};
 use common::*;
-use credproxy::demo::tool_api::{self, Expect};
+
+/// What the verifying upstream saw.
+#[derive(Default)]
+struct Verified {
+    accepted: std::sync::atomic::AtomicU64,
+    rejected: std::sync::atomic::AtomicU64,
+    tokens: Mutex<std::collections::HashSet<String>>,
+    /// The `client_id` claim of every accepted token.
+    clients: Mutex<Vec<String>>,
+}
+
+/// An upstream that verifies every bearer token with an independent JWT library (jsonwebtoken,
+/// not credproxy's code): signature against the server's JWKS, issuer, audience, scope, and
+/// expiry with zero leeway; 401 otherwise.
+async fn verifying_upstream(oidc: &Oidc, audience: &str) -> (u16, Arc<Verified>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let key = oidc.jwks_key("ec-1").await;
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    v.set_audience(&[audience]);
+    v.set_issuer(&[oidc.issuer()]);
+    v.leeway = 0;
+    v.validate_exp = true;
+    let seen = Arc::new(Verified::default());
+    let s = seen.clone();
+    credproxy::demo::serve_http(listener, move |req| {
+        let (key, v, s) = (key.clone(), v.clone(), s.clone());
+        async move {
+            let auth = req.headers().get("authorization").and_then(|h| h.to_str().ok()).unwrap_or("");
+            let token = auth.strip_prefix("Bearer ").unwrap_or("");
+            let claims = jsonwebtoken::decode::<serde_json::Value>(token, &key, &v).ok().map(|d| d.claims);
+            let ok = claims.as_ref().is_some_and(|c| c["scope"] == "api:read");
+            if ok {
+                s.accepted.fetch_add(1, Ordering::SeqCst);
+                s.tokens.lock().unwrap().insert(token.to_string());
+                let client = claims.as_ref().and_then(|c| c["client_id"].as_str()).unwrap_or("").to_string();
+                s.clients.lock().unwrap().push(client);
+            } else {
+                s.rejected.fetch_add(1, Ordering::SeqCst);
+            }
+            let mut r = http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"verified")));
+            *r.status_mut() = if ok { http::StatusCode::OK } else { http::StatusCode::UNAUTHORIZED };
+            r
+        }
+    });
+    (port, seen)
+}
 
 fn tool(name: &str, up: u16, cred: &str) -> String {
     format!(
@@ -38,37 +84,48 @@ async fn rotation_under_load_then_an_authority_outage_and_recovery() {
     let dir = tempfile::tempdir().unwrap();
     write_file(&dir, "secret", CLIENT_SECRET);
     let mut oidc = Oidc::start(dir.path(), 4).await;
-    let key = oidc.jwks_point("ec-1").await;
-    let api_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api_port = api_listener.local_addr().unwrap().port();
-    let counts =
-        tool_api::serve(api_listener, key, &oidc.issuer(), vec![Expect::new("api", "https://api.test/", "api:read")]);
+    let (api_port, counts) = verifying_upstream(&oidc, "https://api.test/").await;
     let policy = format!(
         "version: 1\naudit: {{ output: \"{{dir}}/audit.log\" }}\ntools:\n{}",
         tool("api", api_port, &client_credentials(&oidc, "https://api.test/", ""))
     );
     let p = Proxy::start_in(dir, &policy).await;
 
-    // 60 s of steady traffic (about 20 requests a second) while 4-second tokens rotate.
-    let (mut ok, mut failed) = (0u64, Vec::new());
+    // 60 s of traffic from 16 concurrent clients (each about 5 requests a second) while
+    // 4-second tokens rotate.
     let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(60) {
-        let (s, code) = call(&p, "/api/v1/items").await;
-        if s == 200 {
-            ok += 1
-        } else {
-            failed.push((start.elapsed(), s, code))
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let addr = p.addr;
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0u64, Vec::new());
+                while start.elapsed() < Duration::from_secs(60) {
+                    let r = get(addr, "/api/v1/items").await;
+                    match status(&r) {
+                        200 => ok += 1,
+                        s => failed.push((start.elapsed(), s, error_code(&r))),
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    let (mut ok, mut failed) = (0u64, Vec::new());
+    for c in clients {
+        let (o, f) = c.await.unwrap();
+        ok += o;
+        failed.extend(f);
     }
-    let c = &counts[0];
+    let c = &counts;
     let distinct = c.tokens.lock().unwrap().len();
     println!(
-        "rotation under load: {ok} requests ok, {} failed, {} rejected by the upstream, {distinct} distinct tokens in 60 s",
+        "rotation under load (16 clients): {ok} requests ok, {} failed, {} rejected by the upstream, {distinct} distinct tokens in 60 s",
         failed.len(),
         c.rejected.load(Ordering::Relaxed)
     );
     assert!(failed.is_empty(), "failed requests: {failed:?}");
+    assert!(ok >= 16 * 100, "only {ok} requests in 60 s from 16 clients");
     assert_eq!(c.rejected.load(Ordering::Relaxed), 0, "the upstream rejected a token");
     assert_eq!(c.accepted.load(Ordering::Relaxed), ok);
     assert!(distinct >= 25, "only {distinct} distinct tokens in 60 s of 4-second tokens");
@@ -106,7 +163,7 @@ async fn rotation_under_load_then_an_authority_outage_and_recovery() {
     println!(
         "outage: first 503 {first_503:?} after the authority stopped; first success {recovered:?} after it returned"
     );
-    assert_eq!(counts[0].rejected.load(Ordering::Relaxed), 0);
+    assert_eq!(counts.rejected.load(Ordering::Relaxed), 0);
 
     // The metrics and the audit trail tell the same story.
     let m = p.metrics().await;
@@ -218,5 +275,45 @@ async fn opaque_token_introspection_revocation_exchange_and_a_wrong_secret() {
     assert!(p.metrics().await.contains(r#"credproxy_credential_refresh_errors_total{reason="invalid_client",source="oauth2_client_credentials",tool="wrong"} 1"#));
     assert!(p.audit().await.contains(r#""reason":"invalid_client""#));
     assert_error(&get(p.addr, "/wrong/x").await, 503, "credential_unavailable");
+    p.shutdown().await;
+}
+
+/// RFC 6749 §2.3.1 Basic and `client_secret_post` with a secret holding `:`, `+` and `%`, and
+/// RFC 7523 `private_key_jwt`, each accepted by the real server; each token verified by an
+/// independent JWT library and issued to its own client.
+#[tokio::test]
+async fn every_client_authentication_method_against_the_real_server() {
+    let dir = tempfile::tempdir().unwrap();
+    write_file(&dir, "secret", CLIENT_SECRET);
+    let oidc = Oidc::start(dir.path(), 300).await;
+    let (port, seen) = verifying_upstream(&oidc, "https://api.test/").await;
+    let cred = |client: &str, auth: &str| {
+        format!(
+            "{{ source: oauth2_client_credentials, token_url: \"{}\", client_id: {client}, {auth}, scopes: [api:read], resource: [\"https://api.test/\"] }}",
+            oidc.url("/token")
+        )
+    };
+    let key = oidc.client_key();
+    let policy = format!(
+        "version: 1\ntools:\n{}{}{}",
+        tool("basic", port, &cred(CLIENT_ID, "client_secret_file: \"{dir}/secret\", client_auth: client_secret_basic")),
+        tool("post", port, &cred("credproxy-post", "client_secret_file: \"{dir}/secret\", client_auth: client_secret_post")),
+        tool(
+            "pkjwt",
+            port,
+            &cred(
+                "credproxy-pkjwt",
+                &format!("client_auth: private_key_jwt, client_key_file: \"{}\", client_key_alg: ES256, client_key_id: client-1", key.display())
+            )
+        ),
+    );
+    let p = Proxy::start_in(dir, &policy).await;
+    for (tool, client) in [("basic", CLIENT_ID), ("post", "credproxy-post"), ("pkjwt", "credproxy-pkjwt")] {
+        let (s, code) = call(&p, &format!("/{tool}/v1/items")).await;
+        assert_eq!((s, code), (200, None), "{tool}: {}", p.credential(tool).await);
+        assert_eq!(seen.clients.lock().unwrap().last().map(String::as_str), Some(client), "{tool}");
+    }
+    assert_eq!(seen.rejected.load(Ordering::SeqCst), 0);
+    assert_eq!(seen.tokens.lock().unwrap().len(), 3);
     p.shutdown().await;
 }

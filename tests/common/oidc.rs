@@ -9,7 +9,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 pub const CLIENT_ID: &str = "credproxy";
-pub const CLIENT_SECRET: &str = "credproxy-secret";
+/// Holds `:`, `+` and `%`, which RFC 6749 §2.3.1 form-encodes before Basic authentication.
+pub const CLIENT_SECRET: &str = "credproxy:s3cret+with%chars";
 pub const SUBJECT_TOKEN: &str = "pod-1-service-account-token";
 
 pub struct Oidc {
@@ -79,6 +80,13 @@ impl Oidc {
         }
         self.child = Some(child);
         true
+    }
+
+    /// The `private_key_jwt` client's PKCS#8 key (written by the server on first start).
+    pub fn client_key(&self) -> PathBuf {
+        let mut p = self.keys.clone().into_os_string();
+        p.push(".client.pem");
+        PathBuf::from(p)
     }
 
     /// Stop the server (connections are then refused).

@@ -6,7 +6,10 @@
 // https://api.test/, opaque ones for https://opaque.test/), introspection, revocation, and an
 // RFC 8693 token-exchange grant registered with registerGrantType (oidc-provider has none built
 // in). The signing keys are written to FILE on first start and reused, so a restarted server's
-// tokens verify against the same JWKS. Prints "listening" when ready.
+// tokens verify against the same JWKS. Clients authenticate with client_secret_basic,
+// client_secret_post (secrets holding ':', '+' and '%', which RFC 6749 §2.3.1 form-encodes) and
+// private_key_jwt (RFC 7523; the client's P-256 key is written beside FILE as FILE.client.pem).
+// Prints "listening" when ready.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
@@ -33,6 +36,20 @@ function loadKeys(file) {
   return keys;
 }
 
+// The private_key_jwt client's key: PKCS#8 PEM for credproxy, the public JWK for the server.
+function clientKey(file) {
+  const pem = `${file}.client.pem`;
+  if (!fs.existsSync(pem)) {
+    const { privateKey } = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    fs.writeFileSync(pem, privateKey.export({ format: 'pem', type: 'pkcs8' }), { mode: 0o600 });
+  }
+  const pub = crypto.createPublicKey(fs.readFileSync(pem)).export({ format: 'jwk' });
+  return { ...pub, kid: 'client-1', use: 'sig', alg: 'ES256' };
+}
+
+// Secrets with the characters RFC 6749 §2.3.1's form-encoding changes.
+export const CLIENT_SECRET = 'credproxy:s3cret+with%chars';
+
 // The stand-in for a projected ServiceAccount token that token exchange accepts.
 export const SUBJECT_TOKEN = 'pod-1-service-account-token';
 const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
@@ -55,11 +72,30 @@ const provider = new Provider(issuer, {
   clients: [
     {
       client_id: 'credproxy',
-      client_secret: 'credproxy-secret',
+      client_secret: CLIENT_SECRET,
       grant_types: ['client_credentials', TOKEN_EXCHANGE],
       redirect_uris: [],
       response_types: [],
       token_endpoint_auth_method: 'client_secret_basic',
+      scope: 'api:read',
+    },
+    {
+      client_id: 'credproxy-post',
+      client_secret: CLIENT_SECRET,
+      grant_types: ['client_credentials'],
+      redirect_uris: [],
+      response_types: [],
+      token_endpoint_auth_method: 'client_secret_post',
+      scope: 'api:read',
+    },
+    {
+      client_id: 'credproxy-pkjwt',
+      grant_types: ['client_credentials'],
+      redirect_uris: [],
+      response_types: [],
+      token_endpoint_auth_method: 'private_key_jwt',
+      token_endpoint_auth_signing_alg: 'ES256',
+      jwks: { keys: [clientKey(args.keys)] },
       scope: 'api:read',
     },
     // The upstream API checks opaque tokens with introspection.
