@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-pub use validate::{load_file, parse, ConfigError, ConfigErrors};
+pub use validate::{load_file, load_text, parse, ConfigError, ConfigErrors};
 
 /// The whole policy file.
 #[derive(Debug, Deserialize)]

@@ -82,7 +82,7 @@ pub async fn start(config_path: PathBuf) -> Result<Running, StartError> {
 
 /// [`start`] with a given clock (tests jump its wall time).
 pub async fn start_with_clock(config_path: PathBuf, clock: Clock) -> Result<Running, StartError> {
-    let policy = crate::config::load_file(&config_path)?;
+    let (text, policy) = crate::config::load_text(&config_path)?;
     let proxy = bind("proxy", policy.listen.proxy).await?;
     let admin = bind("admin", policy.listen.admin).await?;
     let control = crate::admin::control::bind(&policy.listen.control)
@@ -113,7 +113,7 @@ pub async fn start_with_clock(config_path: PathBuf, clock: Clock) -> Result<Runn
     tokio::spawn(accept_proxy(proxy, accept, rx.clone()));
     tokio::spawn(crate::admin::serve_admin(admin, shared.clone(), rx.clone()));
     tokio::spawn(crate::admin::serve_control(control, shared.clone(), rx));
-    shared.spawn_reloader();
+    shared.spawn_reloader(text);
     tracing::info!(proxy = %own[0], admin = %own[1], control = %control_addr, "credproxy listening");
     Ok(Running {
         proxy_addr: own[0],

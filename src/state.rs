@@ -294,7 +294,8 @@ impl Shared {
     }
 
     /// Watch the policy file's folder and reload on change, debounced, until the process ends.
-    pub fn spawn_reloader(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+    /// `loaded` is the text in force: any other text found later is a change, however soon.
+    pub fn spawn_reloader(self: &Arc<Self>, loaded: String) -> tokio::task::JoinHandle<()> {
         let shared = Arc::downgrade(self);
         let changes = self.watch.subscribe(&self.config_path);
         let path = self.config_path.clone();
@@ -303,7 +304,7 @@ impl Shared {
             async move { tokio::task::spawn_blocking(move || read_capped(&path).ok()).await.ok().flatten() }
         };
         tokio::spawn(async move {
-            let mut last = read().await;
+            let mut last = Some(loaded);
             loop {
                 changes.changed(Duration::from_millis(200), None).await;
                 // Read once (capped), compare, and validate those same bytes.

@@ -148,7 +148,8 @@ async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
     }
     assert!(ready, "credproxy did not become ready");
     let slow = tokio::spawn(async move { get(proxy, "/api/slow").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // In flight: the upstream has it (and answers 1.5 s later).
+    eventually(async || up.requests().iter().any(|r| r.uri == "/slow"), "the request in flight").await;
     let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(killed.success());
     let resp = slow.await.unwrap();

@@ -194,8 +194,10 @@ async fn an_error_echoing_the_secret_is_reported_by_code_only() {
         auth.requests()[0].param("client_secret") == Some(canary.as_str()),
         "the canary was sent, so the check is real"
     );
-    // invalid_client is permanent: the next attempt waits the 60 s cap, not seconds.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // invalid_client is permanent: the next attempt is scheduled at the 60 s cap, not seconds.
+    let next = humantime::parse_rfc3339(c["next_refresh_at"].as_str().expect("a scheduled retry")).unwrap();
+    let ahead = next.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+    assert!(ahead > Duration::from_secs(50) && ahead <= Duration::from_secs(60), "next attempt in {ahead:?}");
     assert_eq!(auth.requests().len(), 1);
 }
 

@@ -63,8 +63,15 @@ impl ConfigErrors {
 
 /// Read and validate a policy file, with the process environment and the current time.
 pub fn load_file(path: &Path) -> Result<Policy, ConfigErrors> {
+    load_text(path).map(|(_, policy)| policy)
+}
+
+/// [`load_file`], also returning the text that was validated (the reloader's starting point, so
+/// a change made just after start is never mistaken for the text already in force).
+pub fn load_text(path: &Path) -> Result<(String, Policy), ConfigErrors> {
     let text = read_capped(path).map_err(|m| ConfigErrors::one("(file)", None, m))?;
-    parse(&text, &|name| std::env::var(name).ok(), SystemTime::now())
+    let policy = parse(&text, &|name| std::env::var(name).ok(), SystemTime::now())?;
+    Ok((text, policy))
 }
 
 /// Read a file of at most [`MAX_POLICY_BYTES`].
