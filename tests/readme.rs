@@ -28,3 +28,66 @@ fn every_policy_field_is_in_the_readme() {
     assert!(documented > 30, "found the config fields");
     assert!(missing.is_empty(), "README policy reference lacks: {missing:?}");
 }
+
+/// The README's error table names every code credproxy answers with, with its status, and no
+/// code the code does not have.
+#[test]
+fn the_error_table_matches_the_one_mapping() {
+    use credproxy::error::ProxyError;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let all = [
+        ProxyError::RouteDenied(""),
+        ProxyError::CredentialUnavailable,
+        ProxyError::UpstreamUnreachable(String::new()),
+        ProxyError::UpstreamTls(String::new()),
+        ProxyError::UpstreamTimeout,
+        ProxyError::BadRequest(""),
+        ProxyError::Misdirected,
+        ProxyError::HeadersTooLarge,
+        ProxyError::UriTooLong,
+        ProxyError::TooManyConnections,
+        ProxyError::ProxyAuthRequired,
+        ProxyError::LoopDetected,
+    ];
+    // Every arm of the mapping is in the list above (a new variant must be added here too).
+    let source = std::fs::read_to_string(root.join("src/error.rs")).unwrap();
+    let mapping = source.split("pub fn parts(").nth(1).unwrap().split("\n    }\n").next().unwrap();
+    assert_eq!(mapping.matches("=> (StatusCode::").count() + mapping.matches("=> {\n").count(), all.len());
+    let rows: std::collections::BTreeMap<String, u16> = readme
+        .lines()
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            let code = cells.get(1)?.strip_prefix('`')?.strip_suffix('`')?;
+            let status = cells.get(2)?.parse().ok()?;
+            Some((code.to_string(), status))
+        })
+        .collect();
+    for e in &all {
+        let (status, code, _) = e.parts();
+        assert_eq!(rows.get(code), Some(&status.as_u16()), "README error table: {code}");
+    }
+    // The rest of the table is the control API's own answers, which src/admin.rs gives.
+    let admin = std::fs::read_to_string(root.join("src/admin.rs")).unwrap();
+    for code in rows.keys().filter(|c| !all.iter().any(|e| e.parts().1 == c.as_str())) {
+        assert!(admin.contains(&format!("\"{code}\"")), "README lists {code}, which nothing answers");
+    }
+}
+
+/// The README's metric table names every metric the registry declares, and nothing else.
+#[test]
+fn the_metric_table_matches_the_registry() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let table = readme.split("\nMetrics (").nth(1).unwrap().split("\n\n").nth(1).unwrap();
+    let names = |text: &str, quote: char| -> std::collections::BTreeSet<String> {
+        text.split(quote)
+            .filter(|w| w.starts_with("credproxy_") && w.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+            .map(str::to_string)
+            .collect()
+    };
+    let declared = names(&std::fs::read_to_string(root.join("src/metrics.rs")).unwrap(), '"');
+    let documented = names(table, '`');
+    assert!(declared.len() >= 15, "{declared:?}");
+    assert_eq!(documented, declared);
+}
