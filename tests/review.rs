@@ -291,3 +291,60 @@ async fn upstream_connections_are_never_shared_across_tools() {
     assert!(up.connection_count() < 12, "no connection was reused: {}", up.connection_count());
     p.shutdown().await;
 }
+
+/// Finding 7: over TCP the control API checks `Host` (DNS rebinding) and its bearer token, and
+/// rotate/revoke share one window per tool.
+#[tokio::test]
+async fn control_api_over_tcp_checks_host_token_and_rate() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_file(&dir, "control-token", "ctl-s3cret\n");
+    let helper = write_file(&dir, "h.sh", "#!/bin/sh\necho '{\"token\": \"t\", \"expires_in\": 600}'\n");
+    std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let tool = |name: &str| {
+        format!(
+            "  {name}:\n    upstream: http://127.0.0.1:{0}/{name}\n    credential: {{ source: exec, command: [\"{1}\"] }}\n    routes: [{{ scheme: http, host: 127.0.0.1, port: {0}, allow_private: true, paths: [\"/{name}/**\"] }}]\n",
+            up.port(),
+            helper.display()
+        )
+    };
+    let policy = format!(
+        "version: 1\nlisten: {{ proxy: 127.0.0.1:0, admin: 127.0.0.1:0, control: 127.0.0.1:0, control_auth_file: \"{{dir}}/control-token\" }}\ntools:\n{}{}",
+        tool("a"),
+        tool("b")
+    );
+    let p = Proxy::start_in(dir, &policy).await;
+    let credproxy::policy::ControlAddr::Tcp(addr) = p.control.clone() else { panic!("a TCP control listener") };
+    let post = |path: &str, host: String, token: Option<&str>| {
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        format!("POST {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n")
+    };
+    let good_host = format!("127.0.0.1:{}", addr.port());
+    // DNS rebinding: a page's request carries its own name as Host.
+    for host in ["evil.example:80".to_string(), format!("evil.example:{}", addr.port()), "127.0.0.1:1".into()] {
+        let resp = raw(addr, post("/v1/credentials/a/rotate", host.clone(), Some("ctl-s3cret")).as_bytes()).await;
+        assert_eq!(status(&resp), 421, "{host}: {resp}");
+        assert!(resp.contains(r#""code":"misdirected_request""#), "{resp}");
+    }
+    for token in [None, Some("wrong")] {
+        let resp = raw(addr, post("/v1/credentials/a/rotate", good_host.clone(), token).as_bytes()).await;
+        assert_eq!(status(&resp), 401, "{resp}");
+        assert!(resp.contains(r#""code":"unauthorized""#), "{resp}");
+    }
+    let get_creds =
+        format!("GET /v1/credentials HTTP/1.1\r\nHost: localhost:{}\r\nConnection: close\r\n\r\n", addr.port());
+    assert_eq!(status(&raw(addr, get_creds.as_bytes()).await), 401);
+    // Authorised: one rotate, then the window is shut for rotate and revoke alike.
+    let ok = |path: &str| post(path, good_host.clone(), Some("ctl-s3cret"));
+    assert_eq!(status(&raw(addr, ok("/v1/credentials/a/rotate").as_bytes()).await), 202);
+    for path in ["/v1/credentials/a/rotate", "/v1/credentials/a/revoke"] {
+        let resp = raw(addr, ok(path).as_bytes()).await;
+        assert_eq!(status(&resp), 429, "{path}: {resp}");
+        assert!(resp.contains(r#""code":"rate_limited""#), "{resp}");
+        let after: u64 = header(&resp, "retry-after").expect("Retry-After").parse().unwrap();
+        assert!((1..=10).contains(&after), "{after}");
+    }
+    // Another tool has its own window.
+    assert_eq!(status(&raw(addr, ok("/v1/credentials/b/revoke").as_bytes()).await), 202);
+    p.shutdown().await;
+}
