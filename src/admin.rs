@@ -25,8 +25,12 @@ use crate::proxy::{full, Body};
 use crate::state::Shared;
 use control::{ControlListener, Refusal, Windows};
 
-/// Concurrent connections per admin or control listener; more are closed at once.
-pub const MAX_CONNECTIONS: usize = 32;
+/// Concurrent connections per admin or control listener; more are closed at once. Connections
+/// are not kept alive and must send their head within [`HEAD_TIMEOUT`], so holding every slot
+/// takes a steady stream of new connections rather than a few idle ones.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Time allowed for a request head on the admin and control listeners.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Which listener, with what the control listener checks.
 pub enum Kind {
@@ -94,7 +98,7 @@ async fn serve(listener: Listener, shared: Arc<Shared>, kind: Kind, mut shutdown
                 async move { Ok::<_, Infallible>(route(&shared, &kind, req)) }
             });
             let mut b = hyper::server::conn::http1::Builder::new();
-            b.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
+            b.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEAD_TIMEOUT).keep_alive(false);
             let _ = b.serve_connection(TokioIo::new(stream), svc).await;
             drop(permit);
         });
@@ -180,18 +184,26 @@ fn command(shared: &Shared, windows: &Windows, path: &str) -> Response<Body> {
     if slot.control().is_none() {
         return error(StatusCode::CONFLICT, "not_rotating", "file and env credentials change when their source does");
     }
-    if let Err(wait) = windows.take(tool, std::time::Instant::now()) {
-        let mut r = error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "rotate and revoke run at most once per 10 s per tool",
-        );
-        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
-        return r;
-    }
-    if !slot.command(cmd) {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "busy", "the credential's task has commands pending; try again");
+    // The window is used only by a command the task accepted (a `busy` answer leaves it open).
+    match windows.take_if(tool, std::time::Instant::now(), || slot.command(cmd)) {
+        Ok(true) => {}
+        Ok(false) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "the credential's task has commands pending; try again",
+            )
+        }
+        Err(wait) => {
+            let mut r = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "rotate and revoke run at most once per 10 s per tool",
+            );
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            return r;
+        }
     }
     json_response(StatusCode::ACCEPTED, json!({"tool": tool, "action": action, "accepted": true}))
 }

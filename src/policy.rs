@@ -32,7 +32,8 @@ pub struct Destination<'a> {
 
 /// Methods whose response may echo the request head, injected credential included.
 fn echoes_request(m: &http::Method) -> bool {
-    m == http::Method::TRACE || m.as_str().eq_ignore_ascii_case("TRACK")
+    // Case-insensitive: methods are case-sensitive, but many servers upper-case them first.
+    m.as_str().eq_ignore_ascii_case("TRACE") || m.as_str().eq_ignore_ascii_case("TRACK")
 }
 
 /// What to do with a request.

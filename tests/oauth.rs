@@ -329,3 +329,35 @@ async fn token_exchange_reads_the_subject_token_each_time_and_checks_the_issued_
     assert_error(&get(q.addr, "/api/x").await, 503, "credential_unavailable");
     drop(p);
 }
+
+/// A refresh token mounted from a Secret (a symlink) is never written through: the rotated one
+/// is kept in memory, used for the next refresh, and the operator is told once.
+#[tokio::test]
+async fn a_rotated_refresh_token_behind_a_symlink_is_kept_in_memory() {
+    let logs = Capture::install();
+    let up = Upstream::start().await;
+    let auth = Authority::start(Mode::Ok).await;
+    auth.extra.lock().unwrap().insert("refresh_token".into(), "rt-2".into());
+    let dir = tempfile::tempdir().unwrap();
+    write_file(&dir, "secret", "pw");
+    let data = write_file(&dir, "secret-data", "rt-1\n");
+    std::os::unix::fs::symlink(&data, dir.path().join("refresh")).unwrap();
+    let cred = format!(
+        "{{ source: oauth2_refresh_token, token_url: \"{}\", client_id: agent, client_secret_file: \"{{dir}}/secret\", refresh_token_file: \"{{dir}}/refresh\" }}",
+        auth.url()
+    );
+    let p = Proxy::start_unready(dir, &api_policy(up.port(), &cred)).await;
+    until_valid(&p).await;
+    auth.extra.lock().unwrap().insert("refresh_token".into(), "rt-3".into());
+    assert_eq!(status(&p.control_post("/v1/credentials/api/rotate").await), 202);
+    eventually(async || auth.requests().len() >= 2, "second refresh").await;
+    eventually(async || p.credential("api").await["consecutive_failures"] == 0, "second token").await;
+    let sent: Vec<_> = auth.requests().iter().map(|r| r.param("refresh_token").unwrap().to_string()).collect();
+    assert_eq!(sent[..2], ["rt-1", "rt-2"], "the rotated token was used from memory");
+    assert_eq!(std::fs::read_to_string(&data).unwrap(), "rt-1\n", "the mounted file was written through");
+    let link = p.dir.path().join("refresh");
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    let warned = logs.text().matches("kept in memory only").count();
+    assert_eq!(warned, 1, "{}", logs.text());
+    p.shutdown().await;
+}

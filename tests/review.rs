@@ -263,6 +263,40 @@ async fn upgraded_connections_hold_their_permit_until_idle() {
     p.shutdown().await;
 }
 
+/// Finding 9, WebSocket: the upgraded connection keeps its place too, and idles out.
+#[tokio::test]
+async fn a_websocket_holds_its_permit_until_idle() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_file(&dir, "token", TOKEN);
+    let policy = format!(
+        "version: 1\nlimits: {{ max_connections: 1, idle_timeout: 1s }}\ntools:\n  api:\n    upstream: http://127.0.0.1:{0}\n    credential: {{ source: file, path: \"{{dir}}/token\" }}\n    routes: [{{ scheme: http, host: 127.0.0.1, port: {0}, allow_private: true }}]\n",
+        up.port()
+    );
+    let p = Proxy::start_in(dir, &policy).await;
+    let mut ws = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    let req = "GET /api/v1/ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    ws.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(ws.read(&mut b).await.unwrap(), 1, "closed: {}", String::from_utf8_lossy(&head));
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    assert_eq!(up.last().headers["authorization"], format!("Bearer {TOKEN}"));
+    let active = "credproxy_connections_active";
+    // The upgrade has happened and hyper's connection is done; the relay still holds the place.
+    eventually(async || metric(&p.metrics().await, active) == Some(1.0), "one active relay").await;
+    assert_error(&get(p.addr, "/api/x").await, 503, "too_many_connections");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), ws.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the idle WebSocket was not closed");
+    eventually(async || metric(&p.metrics().await, active) == Some(0.0), "the freed place").await;
+    assert_eq!(status(&get(p.addr, "/api/after").await), 200);
+    p.shutdown().await;
+}
+
 /// Finding 13: a connection opened for one tool is never reused for another.
 #[tokio::test]
 async fn upstream_connections_are_never_shared_across_tools() {

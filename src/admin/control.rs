@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -30,25 +30,66 @@ impl ControlListener {
     /// Where it listens (the bound port for TCP).
     pub fn addr(&self) -> ControlAddr {
         match self {
-            ControlListener::Unix(_, f) => ControlAddr::Unix(f.0.clone()),
+            ControlListener::Unix(_, f) => ControlAddr::Unix(f.path.clone()),
             ControlListener::Tcp(l, _) => ControlAddr::Tcp(l.local_addr().expect("a bound listener has an address")),
         }
     }
 }
 
-/// The socket's path; removed on drop, so a clean stop leaves nothing behind.
-pub struct SocketFile(PathBuf);
+/// The socket's path and identity; removed on drop only while it is still ours (a newer
+/// instance's socket at the same path is left alone).
+pub struct SocketFile {
+    path: PathBuf,
+    id: (u64, u64),
+}
+
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
 
 impl Drop for SocketFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        if file_id(&self.path) == Some(self.id) {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
-/// Bind the control listener. For a Unix socket: create its folder (0700) when missing, remove
-/// a stale socket that nothing answers on, refuse any other kind of file at the path, and bind
-/// under a temporary name made 0600 before it is renamed into place, so the socket is never
-/// reachable with wider permissions.
+fn refuse(kind: io::ErrorKind, why: &str) -> io::Error {
+    io::Error::new(kind, why.to_string())
+}
+
+/// The socket's folder must be a real folder owned by us or by root: another user's folder (one
+/// planted in `/tmp`, say) could swap or answer for the socket. A root-owned folder may be
+/// world-writable: a Kubernetes `emptyDir` is, and only the sidecar mounts it.
+fn check_folder(dir: &Path) -> io::Result<()> {
+    let m = std::fs::symlink_metadata(dir)?;
+    if !m.file_type().is_dir() {
+        return Err(refuse(
+            io::ErrorKind::InvalidInput,
+            "the control socket's folder is not a folder (or is a symlink)",
+        ));
+    }
+    // SAFETY: geteuid(2) has no arguments and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if !trusted_owner(m.uid(), me) {
+        return Err(refuse(
+            io::ErrorKind::PermissionDenied,
+            "the control socket's folder belongs to another user; use a folder of your own",
+        ));
+    }
+    Ok(())
+}
+
+/// Ourselves, or root.
+fn trusted_owner(owner: u32, me: u32) -> bool {
+    owner == me || owner == 0
+}
+
+/// Bind the control listener. For a Unix socket: create its folder (0700) when missing, refuse
+/// a folder another user owns, remove a stale socket that refuses connections, refuse any other
+/// kind of file at the path, and bind with a umask that makes the socket 0600 from its first
+/// moment (no window with wider permissions, no rename to race).
 pub async fn bind(addr: &ControlAddr) -> io::Result<ControlListener> {
     match addr {
         ControlAddr::Tcp(a) => {
@@ -58,21 +99,26 @@ pub async fn bind(addr: &ControlAddr) -> io::Result<ControlListener> {
         }
         ControlAddr::Unix(path) => {
             let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("/"));
-            if !dir.exists() {
+            if std::fs::symlink_metadata(dir).is_err() {
                 std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
             }
+            check_folder(dir)?;
             match std::fs::symlink_metadata(path) {
-                Ok(m) if m.file_type().is_socket() => {
-                    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                        return Err(io::Error::new(
-                            io::ErrorKind::AddrInUse,
-                            "another process answers on this control socket",
-                        ));
+                Ok(m) if m.file_type().is_socket() => match std::os::unix::net::UnixStream::connect(path) {
+                    Ok(_) => {
+                        return Err(refuse(io::ErrorKind::AddrInUse, "another process answers on this control socket"))
                     }
-                    std::fs::remove_file(path)?;
-                }
+                    // Only a refused connection proves nobody listens (not a full backlog, not EACCES).
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => std::fs::remove_file(path)?,
+                    Err(e) => {
+                        return Err(io::Error::new(
+                            e.kind(),
+                            format!("cannot tell whether the control socket is in use: {e}"),
+                        ))
+                    }
+                },
                 Ok(_) => {
-                    return Err(io::Error::new(
+                    return Err(refuse(
                         io::ErrorKind::AlreadyExists,
                         "a file that is not a socket sits at the control socket's path",
                     ))
@@ -80,16 +126,14 @@ pub async fn bind(addr: &ControlAddr) -> io::Result<ControlListener> {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
             }
-            let tmp = dir.join(format!(".control-{}.sock", std::process::id()));
-            let _ = std::fs::remove_file(&tmp);
-            let listener = UnixListener::bind(&tmp)?;
-            let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
-                .and_then(|()| std::fs::rename(&tmp, path));
-            if let Err(e) = placed {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(e);
-            }
-            Ok(ControlListener::Unix(listener, SocketFile(path.clone())))
+            // SAFETY: umask(2) cannot fail. It is process-wide: this runs at start, before any
+            // other part of credproxy creates a file.
+            let old = unsafe { libc::umask(0o177) };
+            let bound = UnixListener::bind(path);
+            unsafe { libc::umask(old) };
+            let listener = bound?;
+            let id = file_id(path).ok_or_else(|| refuse(io::ErrorKind::NotFound, "the control socket vanished"))?;
+            Ok(ControlListener::Unix(listener, SocketFile { path: path.clone(), id }))
         }
     }
 }
@@ -133,18 +177,21 @@ pub fn admit(headers: &HeaderMap, port: Option<u16>, token: Option<&SecretString
 pub struct Windows(Mutex<HashMap<String, Instant>>);
 
 impl Windows {
-    /// Take `tool`'s window at `now`, or say how long until it opens.
-    pub fn take(&self, tool: &str, now: Instant) -> Result<(), Duration> {
+    /// When `tool`'s window is open at `now`, run `act` and, if it succeeded, shut the window;
+    /// otherwise say how long until it opens.
+    pub fn take_if(&self, tool: &str, now: Instant, act: impl FnOnce() -> bool) -> Result<bool, Duration> {
         let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        match last.get(tool) {
-            Some(&at) if now.saturating_duration_since(at) < COMMAND_EVERY => {
-                Err(COMMAND_EVERY - now.saturating_duration_since(at))
-            }
-            _ => {
-                last.insert(tool.to_string(), now);
-                Ok(())
+        if let Some(&at) = last.get(tool) {
+            let since = now.saturating_duration_since(at);
+            if since < COMMAND_EVERY {
+                return Err(COMMAND_EVERY - since);
             }
         }
+        let done = act();
+        if done {
+            last.insert(tool.to_string(), now);
+        }
+        Ok(done)
     }
 }
 
@@ -187,10 +234,12 @@ mod tests {
     fn one_window_per_tool() {
         let w = Windows::default();
         let t0 = Instant::now();
-        assert_eq!(w.take("a", t0), Ok(()));
-        assert_eq!(w.take("a", t0 + Duration::from_secs(3)), Err(Duration::from_secs(7)));
-        assert_eq!(w.take("b", t0 + Duration::from_secs(3)), Ok(()));
-        assert_eq!(w.take("a", t0 + COMMAND_EVERY), Ok(()));
+        // A refused command (the task was busy) leaves the window open.
+        assert_eq!(w.take_if("a", t0, || false), Ok(false));
+        assert_eq!(w.take_if("a", t0, || true), Ok(true));
+        assert_eq!(w.take_if("a", t0 + Duration::from_secs(3), || true), Err(Duration::from_secs(7)));
+        assert_eq!(w.take_if("b", t0 + Duration::from_secs(3), || true), Ok(true));
+        assert_eq!(w.take_if("a", t0 + COMMAND_EVERY, || true), Ok(true));
     }
 
     #[tokio::test]
@@ -199,6 +248,7 @@ mod tests {
         let path = dir.path().join("ctl/control.sock");
         let addr = ControlAddr::Unix(path.clone());
         let l = bind(&addr).await.unwrap();
+        use std::os::unix::fs::PermissionsExt;
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&path), 0o600);
         assert_eq!(mode(path.parent().unwrap()), 0o700);
@@ -216,5 +266,32 @@ mod tests {
         std::fs::write(&path, "not a socket").unwrap();
         assert_eq!(bind(&addr).await.err().map(|e| e.kind()), Some(io::ErrorKind::AlreadyExists));
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "not a socket");
+    }
+
+    #[tokio::test]
+    async fn a_newer_socket_at_the_path_is_not_removed_by_the_old_listener() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let old = bind(&ControlAddr::Unix(path.clone())).await.unwrap();
+        // Another instance replaced it (a stale-socket takeover): dropping the old one leaves it.
+        std::fs::remove_file(&path).unwrap();
+        let newer = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        drop(old);
+        assert!(path.exists(), "the newer socket was removed");
+        drop(newer);
+    }
+
+    #[tokio::test]
+    async fn a_symlinked_or_foreign_folder_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let r = bind(&ControlAddr::Unix(link.join("control.sock"))).await;
+        assert_eq!(r.err().map(|e| e.kind()), Some(io::ErrorKind::InvalidInput));
+        // Owners: ourselves or root (a Kubernetes emptyDir), never another user.
+        assert!(trusted_owner(1000, 1000) && trusted_owner(0, 1000) && trusted_owner(0, 0));
+        assert!(!trusted_owner(1001, 1000) && !trusted_owner(65532, 0));
     }
 }

@@ -46,7 +46,10 @@ pub async fn run(path: &Path, cx: &CredCtx, mut last_error: Option<String>) {
                 cx.offer(secret, mtime);
                 None
             }
-            Ok(None) => Some(EMPTY_RETRY),
+            Ok(None) => {
+                tracing::debug!(tool = %cx.tool, "credential file is empty; the current token stays");
+                Some(EMPTY_RETRY)
+            }
             Err(msg) => {
                 // Report a persistent error once, not every retry.
                 if last_error.as_deref() != Some(msg.as_str()) {

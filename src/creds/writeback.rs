@@ -4,7 +4,7 @@
 //! token is kept in memory, and the caller warns once.
 
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 /// Why a rotated refresh token was kept in memory only.
@@ -12,6 +12,8 @@ use std::path::Path;
 pub enum Kept {
     /// The file is a symlink (a mounted Secret): never written through.
     Symlink,
+    /// The file is read-only (no owner write bit): someone meant it not to change.
+    ReadOnly,
     /// Writing failed (a read-only folder, for instance).
     Io(io::ErrorKind),
 }
@@ -20,6 +22,7 @@ impl std::fmt::Display for Kept {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Kept::Symlink => f.write_str("the refresh token file is a symlink (a mounted Secret)"),
+            Kept::ReadOnly => f.write_str("the refresh token file is read-only"),
             Kept::Io(k) => write!(f, "the refresh token file cannot be replaced: {k}"),
         }
     }
@@ -29,6 +32,7 @@ impl std::fmt::Display for Kept {
 pub fn write_back(path: &Path, token: &str) -> Result<(), Kept> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_symlink() => return Err(Kept::Symlink),
+        Ok(m) if m.permissions().mode() & 0o200 == 0 => return Err(Kept::ReadOnly),
         Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(Kept::Io(e.kind())),
@@ -60,7 +64,6 @@ pub fn write_back(path: &Path, token: &str) -> Result<(), Kept> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     fn mode(p: &Path) -> u32 {
         std::fs::metadata(p).unwrap().permissions().mode() & 0o777
@@ -90,6 +93,16 @@ mod tests {
         assert!(matches!(write_back(&path, "new"), Err(Kept::Symlink)));
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "mounted");
         assert!(std::fs::symlink_metadata(&path).unwrap().file_type().is_symlink());
+    }
+
+    #[test]
+    fn a_read_only_file_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("refresh-token");
+        std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
+        assert!(matches!(write_back(&path, "new"), Err(Kept::ReadOnly)));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "old");
     }
 
     #[test]

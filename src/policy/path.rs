@@ -18,6 +18,9 @@ pub enum PathError {
     Nul,
     /// A `%` not followed by two hex digits.
     BadEscape,
+    /// Escapes that do not decode to valid UTF-8 (overlong forms such as `%C0%AE` among them,
+    /// which a lenient decoder turns into `.`).
+    InvalidUtf8,
     /// A segment that is `.` or `..` before a `;` path parameter (`/..;/admin`): Tomcat, Jetty
     /// and Spring drop the parameter and treat it as a dot segment, so it would walk out of a glob.
     DotSegmentParameter,
@@ -31,6 +34,7 @@ impl fmt::Display for PathError {
             PathError::Backslash => "backslash in path",
             PathError::Nul => "NUL in path",
             PathError::BadEscape => "malformed percent-escape in path",
+            PathError::InvalidUtf8 => "percent-escapes that are not valid UTF-8 in path",
             PathError::DotSegmentParameter => "dot segment with a path parameter ('..;') in path",
         })
     }
@@ -62,6 +66,8 @@ pub fn normalize(raw: &str) -> Result<String, PathError> {
         return Ok(raw.to_owned());
     }
     let mut decoded = String::with_capacity(raw.len());
+    // Every byte the path stands for, escapes decoded: it must be valid UTF-8.
+    let mut meant: Vec<u8> = Vec::with_capacity(raw.len());
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
@@ -74,6 +80,7 @@ pub fn normalize(raw: &str) -> Result<String, PathError> {
                     _ => return Err(PathError::BadEscape),
                 };
                 let v = h * 16 + l;
+                meant.push(v);
                 match v {
                     0 => return Err(PathError::Nul),
                     b'/' | b'\\' => return Err(PathError::EncodedSeparator),
@@ -92,7 +99,11 @@ pub fn normalize(raw: &str) -> Result<String, PathError> {
         // Multi-byte UTF-8 is copied through whole: `raw` is a &str, so boundaries are valid.
         let ch_len = utf8_len(b);
         decoded.push_str(&raw[i..i + ch_len]);
+        meant.extend_from_slice(&bytes[i..i + ch_len]);
         i += ch_len;
+    }
+    if std::str::from_utf8(&meant).is_err() {
+        return Err(PathError::InvalidUtf8);
     }
     if decoded.split('/').any(|seg| is_dot_like(seg) && seg != "." && seg != "..") {
         return Err(PathError::DotSegmentParameter);
@@ -106,15 +117,11 @@ fn is_dot_like(seg: &str) -> bool {
     matches!(&seg[..end], "." | "..")
 }
 
-/// Does a normalised path hide a dot or separator behind a double encoding (`%252e`, `%252F`,
-/// `%255c`)? An upstream that decodes twice would see `..` or `/` where the glob saw none, so
-/// routes with `paths` refuse such paths.
-pub fn has_double_encoded_dot_or_separator(path: &str) -> bool {
-    let b = path.as_bytes();
+/// Does a normalised path hold an encoded `%` (`%25`)? Behind it an upstream that decodes twice
+/// may find a dot, a separator or a `;` the glob never saw (`%252e`, `%252F`, `..%253B`, and
+/// deeper encodings), so routes with `paths` refuse such paths.
+pub fn has_encoded_percent(path: &str) -> bool {
     path.contains("%25")
-        && b.windows(5).any(|w| {
-            w[..3] == *b"%25" && matches!((w[3], w[4].to_ascii_lowercase()), (b'2', b'e') | (b'2', b'f') | (b'5', b'c'))
-        })
 }
 
 fn utf8_len(first: u8) -> usize {
@@ -329,13 +336,23 @@ mod tests {
 
     #[test]
     fn double_encoded_dots_and_separators_are_seen() {
-        for p in ["/v1/public/%252e%252e/admin", "/v1/a%252Fb", "/v1/a%255Cb", "/x/%252E"] {
+        for p in
+            ["/v1/public/%252e%252e/admin", "/v1/a%252Fb", "/v1/a%255Cb", "/x/%252E", "/v1/..%253B/x", "/x/%25252e"]
+        {
             let n = normalize(p).unwrap();
-            assert!(has_double_encoded_dot_or_separator(&n), "{p} -> {n}");
+            assert!(has_encoded_percent(&n), "{p} -> {n}");
         }
-        for p in ["/v1/a%2520b", "/v1/100%25", "/v1/plain"] {
-            assert!(!has_double_encoded_dot_or_separator(&normalize(p).unwrap()), "{p}");
+        for p in ["/v1/a%20b", "/v1/plain", "/v1/%C3%A9"] {
+            assert!(!has_encoded_percent(&normalize(p).unwrap()), "{p}");
         }
+    }
+
+    #[test]
+    fn escapes_must_decode_to_utf8() {
+        for p in ["/v1/%C0%AE%C0%AE/admin", "/v1/%E0%80%AE", "/v1/%FF", "/v1/%C3"] {
+            assert_eq!(normalize(p), Err(PathError::InvalidUtf8), "{p}");
+        }
+        assert_eq!(normalize("/v1/%C3%A9/%E2%82%AC").unwrap(), "/v1/%C3%A9/%E2%82%AC");
     }
 
     #[test]

@@ -198,7 +198,7 @@ fn base_url_path_names_its_tool_whatever_is_more_specific() {
 #[test]
 fn trace_and_track_are_refused_where_a_credential_is_injected() {
     let p = policy(CORP);
-    for m in ["TRACE", "TRACK", "track"] {
+    for m in ["TRACE", "TRACK", "track", "trace", "Trace"] {
         let d = decide(&p, m, "https://git.corp.example/", None);
         assert_eq!(d, Decision { action: Action::Deny, reason: Reason::MethodEchoesCredential }, "{m}");
         assert_eq!(d.reason.code(), "method_echoes_credential");

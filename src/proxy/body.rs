@@ -113,12 +113,13 @@ pub fn strip_named(headers: &mut HeaderMap, names: &[HeaderName]) {
     for name in names {
         headers.remove(name);
     }
-    if !headers.keys().any(|k| k.as_str().contains('_')) {
+    let underscore = |n: &str| n.contains('_');
+    if !headers.keys().any(|k| underscore(k.as_str())) && !names.iter().any(|n| underscore(n.as_str())) {
         return;
     }
     let aliases: Vec<HeaderName> = headers
         .keys()
-        .filter(|k| k.as_str().contains('_') && names.iter().any(|n| same_but_underscores(k.as_str(), n.as_str())))
+        .filter(|k| names.iter().any(|n| same_but_underscores(k.as_str(), n.as_str())))
         .cloned()
         .collect();
     for name in aliases {
@@ -147,9 +148,10 @@ pub fn strip_announced_trailers(headers: &mut HeaderMap, names: &[HeaderName]) {
     }
 }
 
-/// Equal when every `_` of `alias` stands for a `-` of `name` (both already lower-case).
-fn same_but_underscores(alias: &str, name: &str) -> bool {
-    alias.len() == name.len() && alias.bytes().zip(name.bytes()).all(|(a, n)| a == n || (a == b'_' && n == b'-'))
+/// Equal once `_` is read as `-` on both sides (both already lower-case).
+fn same_but_underscores(a: &str, b: &str) -> bool {
+    let fold = |c: u8| if c == b'_' { b'-' } else { c };
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| fold(x) == fold(y))
 }
 
 #[cfg(test)]
@@ -169,5 +171,12 @@ mod tests {
         );
         let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, ["x_other"]);
+        // A configured name with `_` strips the dashed form too.
+        let mut h = HeaderMap::new();
+        h.append("x-token", "a".parse().unwrap());
+        h.append("x_token", "b".parse().unwrap());
+        h.append("x-kept", "c".parse().unwrap());
+        strip_named(&mut h, &[HeaderName::from_static("x_token")]);
+        assert_eq!(h.keys().map(HeaderName::as_str).collect::<Vec<_>>(), ["x-kept"]);
     }
 }

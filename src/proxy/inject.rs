@@ -173,13 +173,23 @@ pub(super) fn scrub_response(headers: &mut HeaderMap, param: &str, token: &Token
     }
 }
 
-/// Does `text` hold the secret, raw or percent-encoded in any way?
+/// Does `text` hold the secret, raw or percent-encoded in any way, up to four encodings deep
+/// (a login redirect's `return_to` carries the original URL encoded once more)?
 fn holds(text: &str, secret: &str) -> bool {
-    text.contains(secret) || {
-        let decoded = percent_decode_all(text);
-        decoded.windows(secret.len()).any(|w| w == secret.as_bytes())
-            || decode(text).windows(secret.len()).any(|w| w == secret.as_bytes())
+    let found = |b: &[u8]| b.windows(secret.len()).any(|w| w == secret.as_bytes());
+    let mut layer = text.as_bytes().to_vec();
+    for _ in 0..5 {
+        let plus: Vec<u8> = layer.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect();
+        if found(&layer) || found(&percent_decode_all(&String::from_utf8_lossy(&plus))) {
+            return true;
+        }
+        let next = percent_decode_all(&String::from_utf8_lossy(&layer));
+        if next == layer {
+            return false;
+        }
+        layer = next;
     }
+    true
 }
 
 fn percent_decode_all(text: &str) -> Vec<u8> {
@@ -286,6 +296,9 @@ mod tests {
         // The token under another name, or in the path: the field goes whole.
         assert!(scrubbed("location", &format!("/v1/{enc}/x"), s).is_empty());
         assert!(scrubbed("location", &format!("/v1/x?token={enc}"), s).is_empty());
+        // Encoded once more inside another parameter (a login page's return_to): dropped.
+        let twice = "/login?return_to=%2Fv1%3Fkey%3Dsk-T0k%252Fen%252B1";
+        assert!(scrubbed("location", twice, s).is_empty());
         // Unrelated URLs pass untouched.
         assert_eq!(scrubbed("location", "/v1/next?key=other", s), ["/v1/next?key=other"]);
     }
