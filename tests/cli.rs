@@ -117,6 +117,18 @@ fn explain_says_which_tool_and_why() {
     assert!(text.contains("DENY") && text.contains("method_or_path_not_allowed"), "{text}");
 }
 
+/// The child's exit code once it exits (10 s at most; then it is killed and `None`).
+async fn exit_code(child: &mut std::process::Child) -> Option<i32> {
+    for _ in 0..400 {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s.code();
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let _ = child.kill();
+    None
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -154,17 +166,7 @@ async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
     assert!(killed.success());
     let resp = slow.await.unwrap();
     assert_eq!(status(&resp), 200, "the in-flight request was cut: {resp}");
-    let mut code = None;
-    for _ in 0..200 {
-        if let Some(s) = child.try_wait().unwrap() {
-            code = s.code();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    if code.is_none() {
-        let _ = child.kill();
-    }
+    let code = exit_code(&mut child).await;
     assert_eq!(code, Some(0));
 }
 
@@ -236,17 +238,7 @@ async fn run_from_env_json_logs_status_over_the_socket_and_sigint() {
 
     let killed = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(killed.success());
-    let mut code = None;
-    for _ in 0..400 {
-        if let Some(s) = child.try_wait().unwrap() {
-            code = s.code();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    if code.is_none() {
-        let _ = child.kill();
-    }
+    let code = exit_code(&mut child).await;
     assert_eq!(code, Some(0), "{}", stderr());
     let (stdout, stderr) = (std::fs::read_to_string(dir.path().join("stdout")).unwrap(), stderr());
     assert!(!stdout.contains("HELPER-STDERR-CANARY") && !stderr.contains("HELPER-STDERR-CANARY"));

@@ -237,12 +237,7 @@ async fn upgraded_connections_hold_their_permit_until_idle() {
     let mut tunnel = tokio::net::TcpStream::connect(p.addr).await.unwrap();
     let connect = format!("CONNECT localhost:{0} HTTP/1.1\r\nHost: localhost:{0}\r\n\r\n", up.port());
     tunnel.write_all(connect.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(tunnel.read(&mut b).await.unwrap(), 1, "closed: {}", String::from_utf8_lossy(&head));
-        head.push(b[0]);
-    }
+    let head = read_head(&mut tunnel).await;
     assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
     let active = "credproxy_connections_active";
     assert_eq!(metric(&p.metrics().await, active), Some(1.0));
@@ -277,12 +272,7 @@ async fn a_websocket_holds_its_permit_until_idle() {
     let mut ws = tokio::net::TcpStream::connect(p.addr).await.unwrap();
     let req = "GET /api/v1/ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
     ws.write_all(req.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(ws.read(&mut b).await.unwrap(), 1, "closed: {}", String::from_utf8_lossy(&head));
-        head.push(b[0]);
-    }
+    let head = read_head(&mut ws).await;
     assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
     assert_eq!(up.last().headers["authorization"], format!("Bearer {TOKEN}"));
     let active = "credproxy_connections_active";
@@ -380,5 +370,27 @@ async fn control_api_over_tcp_checks_host_token_and_rate() {
     }
     // Another tool has its own window.
     assert_eq!(status(&raw(addr, ok("/v1/credentials/b/revoke").as_bytes()).await), 202);
+    p.shutdown().await;
+}
+
+/// Finding 9, the admin listener: its own connection cap, and connections that never send a
+/// head give their place back after 2 s, so probes get through again.
+#[tokio::test]
+async fn the_admin_listener_has_its_own_small_cap() {
+    let p = Proxy::start("version: 1\ntools:\n  open:\n    routes: [{ host: a.example }]\n").await;
+    let mut held = Vec::new();
+    for _ in 0..credproxy::admin::MAX_CONNECTIONS {
+        held.push(tokio::net::TcpStream::connect(p.admin).await.unwrap());
+    }
+    // Over the cap: closed at once, before any byte is sent.
+    let mut extra = tokio::net::TcpStream::connect(p.admin).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(1), extra.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the connection over the cap stayed open: {read:?}");
+    // The proxy listener is not affected.
+    assert_error(&get(p.addr, "/x").await, 403, "route_denied");
+    // Silent connections are cut after the 2 s head timeout; then probes are answered again.
+    eventually(async || status(&get(p.admin, "/live").await) == 200, "the admin listener answering again").await;
+    drop(held);
     p.shutdown().await;
 }

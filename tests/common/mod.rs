@@ -392,6 +392,17 @@ pub async fn raw_control(addr: &credproxy::policy::ControlAddr, request: &[u8]) 
     }
 }
 
+/// Read a response head byte by byte (the bytes after it belong to an upgraded stream).
+pub async fn read_head(s: &mut TcpStream) -> Vec<u8> {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).await.unwrap(), 1, "closed: {}", String::from_utf8_lossy(&head));
+        head.push(b[0]);
+    }
+    head
+}
+
 /// `GET path` with `Connection: close`.
 pub async fn get(addr: SocketAddr, path: &str) -> String {
     raw(addr, format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await
