@@ -23,7 +23,7 @@ use crate::creds::Command;
 use crate::policy::{Inject, Policy};
 use crate::proxy::{full, Body};
 use crate::state::Shared;
-use control::{ControlListener, Refusal, Windows};
+use control::{ControlListener, Refusal};
 
 /// Concurrent connections per admin or control listener; more are closed at once. Connections
 /// are not kept alive and must send their head within [`HEAD_TIMEOUT`], so holding every slot
@@ -40,8 +40,6 @@ pub enum Kind {
     Control {
         /// The TCP port `Host` must name (`None` on a Unix socket).
         port: Option<u16>,
-        /// Rotate/revoke windows.
-        windows: Windows,
     },
 }
 
@@ -60,7 +58,7 @@ pub async fn serve_control(listener: ControlListener, shared: Arc<Shared>, shutd
         ControlListener::Tcp(_, port) => Some(*port),
         ControlListener::Unix(..) => None,
     };
-    let kind = Kind::Control { port, windows: Windows::default() };
+    let kind = Kind::Control { port };
     serve(Listener::Control(listener), shared, kind, shutdown).await;
 }
 
@@ -121,9 +119,9 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
 }
 
 fn route(shared: &Shared, kind: &Kind, req: Request<Incoming>) -> Response<Body> {
-    if let Kind::Control { port, windows } = kind {
-        let token = shared.live.load().policy.listen.control_auth.clone();
-        match control::admit(req.headers(), *port, token.as_ref()) {
+    if let Kind::Control { port } = kind {
+        let live = shared.live.load();
+        match control::admit(req.headers(), *port, live.policy.listen.control_auth.as_ref()) {
             Ok(()) => {}
             Err(Refusal::Host) => {
                 return error(
@@ -139,7 +137,7 @@ fn route(shared: &Shared, kind: &Kind, req: Request<Incoming>) -> Response<Body>
             }
         }
         if req.method() == Method::POST {
-            return command(shared, windows, req.uri().path());
+            return command(shared, req.uri().path());
         }
     }
     if req.method() != Method::GET {
@@ -166,9 +164,9 @@ fn route(shared: &Shared, kind: &Kind, req: Request<Incoming>) -> Response<Body>
 }
 
 /// `POST /v1/credentials/{tool}/rotate` and `.../revoke`: queue the command for the tool's task,
-/// at most once per [`control::COMMAND_EVERY`] per tool (each is an immediate call to the
+/// at most once per [`crate::creds::COMMAND_EVERY`] per tool (each is an immediate call to the
 /// authority: a loop must not get the client locked out there).
-fn command(shared: &Shared, windows: &Windows, path: &str) -> Response<Body> {
+fn command(shared: &Shared, path: &str) -> Response<Body> {
     let Some((tool, action)) = path.strip_prefix("/v1/credentials/").and_then(|r| r.split_once('/')) else {
         return error(StatusCode::NOT_FOUND, "not_found", "POST /v1/credentials/{tool}/rotate or /revoke");
     };
@@ -184,16 +182,8 @@ fn command(shared: &Shared, windows: &Windows, path: &str) -> Response<Body> {
     if slot.control().is_none() {
         return error(StatusCode::CONFLICT, "not_rotating", "file and env credentials change when their source does");
     }
-    // The window is used only by a command the task accepted (a `busy` answer leaves it open).
-    match windows.take_if(tool, std::time::Instant::now(), || slot.command(cmd)) {
-        Ok(true) => {}
-        Ok(false) => {
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "busy",
-                "the credential's task has commands pending; try again",
-            )
-        }
+    let taken = match slot.commands.try_take() {
+        Ok(t) => t,
         Err(wait) => {
             let mut r = error(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -204,6 +194,11 @@ fn command(shared: &Shared, windows: &Windows, path: &str) -> Response<Body> {
             r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
             return r;
         }
+    };
+    if !slot.command(cmd) {
+        // Not accepted: the window stays open for the next try.
+        slot.commands.give_back(taken);
+        return error(StatusCode::SERVICE_UNAVAILABLE, "busy", "the credential's task has commands pending; try again");
     }
     json_response(StatusCode::ACCEPTED, json!({"tool": tool, "action": action, "accepted": true}))
 }

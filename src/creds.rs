@@ -15,9 +15,10 @@ pub mod refresher;
 pub mod schedule;
 mod slot;
 pub mod source;
+pub mod window;
 pub mod writeback;
 
-pub use slot::{Command, Slot, State};
+pub use slot::{Command, Slot, State, COMMAND_EVERY, FORCED_REFRESH_EVERY};
 
 use std::time::SystemTime;
 

@@ -202,6 +202,8 @@ impl Policy {
             None => None,
         };
         let base_path = named.is_some() && dest.by_path;
+        // Routes with `paths` never match an encoded `%` (see `path::has_encoded_percent`).
+        let encoded_percent = path::has_encoded_percent(dest.path);
         let mut host_known = false;
         // The best match overall, the named tool's best at that level, and whether a tool that
         // needs no header matched at the top.
@@ -214,7 +216,7 @@ impl Policy {
                 continue;
             }
             host_known = true;
-            if base_path && named != Some(t) {
+            if (base_path && named != Some(t)) || (encoded_percent && !route.paths.is_empty()) {
                 continue;
             }
             let Some(spec) = route.specificity(dest.method, dest.path) else { continue };

@@ -334,7 +334,10 @@ impl Shared {
 /// restart (the bound listeners, what they demand, the instance's identity, the audit output).
 fn restart_fields(old: &Policy, new: &Policy) -> Vec<&'static str> {
     use secrecy::ExposeSecret;
-    let secret = |s: &Option<secrecy::SecretString>| s.as_ref().map(|s| s.expose_secret().to_owned());
+    // Compared in place: no copy of a secret is made.
+    fn secret(s: &Option<secrecy::SecretString>) -> Option<&str> {
+        s.as_ref().map(|s| s.expose_secret())
+    }
     let (a, b) = (&old.listen, &new.listen);
     [
         ("listen.proxy", a.proxy != b.proxy),

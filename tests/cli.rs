@@ -118,15 +118,25 @@ fn explain_says_which_tool_and_why() {
 }
 
 /// The child's exit code once it exits (10 s at most; then it is killed and `None`).
-async fn exit_code(child: &mut std::process::Child) -> Option<i32> {
+async fn exit_code(child: &mut tokio::process::Child) -> Option<i32> {
+    match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
+        Ok(status) => status.unwrap().code(),
+        Err(_) => {
+            let _ = child.kill().await;
+            None
+        }
+    }
+}
+
+/// Whether the binary's admin listener answers `/ready` with 200 within 10 s.
+async fn until_ready(admin: std::net::SocketAddr) -> bool {
     for _ in 0..400 {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s.code();
+        if tokio::net::TcpStream::connect(admin).await.is_ok() && status(&get(admin, "/ready").await) == 200 {
+            return true;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let _ = child.kill();
-    None
+    false
 }
 
 fn free_port() -> u16 {
@@ -146,23 +156,21 @@ async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
             up.port()
         ),
     );
-    let mut child =
-        bin().args(["run", "--config"]).arg(&policy).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = tokio::process::Command::from(bin())
+        .args(["run", "--config"])
+        .arg(&policy)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let admin = format!("127.0.0.1:{a}").parse().unwrap();
     let proxy: std::net::SocketAddr = format!("127.0.0.1:{p}").parse().unwrap();
-    let mut ready = false;
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(admin).await.is_ok() && status(&get(admin, "/ready").await) == 200 {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let ready = until_ready(admin).await;
     assert!(ready, "credproxy did not become ready");
     let slow = tokio::spawn(async move { get(proxy, "/api/slow").await });
     // In flight: the upstream has it (and answers 1.5 s later).
     eventually(async || up.requests().iter().any(|r| r.uri == "/slow"), "the request in flight").await;
-    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let killed = Command::new("kill").args(["-TERM", &child.id().expect("running").to_string()]).status().unwrap();
     assert!(killed.success());
     let resp = slow.await.unwrap();
     assert_eq!(status(&resp), 200, "the in-flight request was cut: {resp}");
@@ -201,7 +209,7 @@ async fn run_from_env_json_logs_status_over_the_socket_and_sigint() {
     );
     let out = std::fs::File::create(dir.path().join("stdout")).unwrap();
     let err = std::fs::File::create(dir.path().join("stderr")).unwrap();
-    let mut child = bin()
+    let mut child = tokio::process::Command::from(bin())
         .args(["run", "--log-format", "json"])
         .env("CREDPROXY_CONFIG", dir.path().join("p.yaml"))
         .stdout(out)
@@ -209,14 +217,7 @@ async fn run_from_env_json_logs_status_over_the_socket_and_sigint() {
         .spawn()
         .unwrap();
     let admin: std::net::SocketAddr = format!("127.0.0.1:{a}").parse().unwrap();
-    let mut ready = false;
-    for _ in 0..400 {
-        if tokio::net::TcpStream::connect(admin).await.is_ok() && status(&get(admin, "/ready").await) == 200 {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let ready = until_ready(admin).await;
     let stderr = || std::fs::read_to_string(dir.path().join("stderr")).unwrap();
     assert!(ready, "credproxy did not become ready: {}", stderr());
     let proxy: std::net::SocketAddr = format!("127.0.0.1:{p}").parse().unwrap();
@@ -236,7 +237,7 @@ async fn run_from_env_json_logs_status_over_the_socket_and_sigint() {
     assert!(!without.status.success());
     assert!(String::from_utf8_lossy(&without.stderr).contains("--control-auth-file"), "{without:?}");
 
-    let killed = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let killed = Command::new("kill").args(["-INT", &child.id().expect("running").to_string()]).status().unwrap();
     assert!(killed.success());
     let code = exit_code(&mut child).await;
     assert_eq!(code, Some(0), "{}", stderr());

@@ -270,6 +270,14 @@ async fn upstream_401_forces_one_refresh_and_retries_a_get_once() {
         .contains(r#"credproxy_credential_revocations_total{reason="upstream_401",tool="api"} 1"#));
 }
 
+/// The refresh-token grant at `auth`, its token in `{dir}/refresh`.
+fn refresh_cred(auth: &Authority) -> String {
+    format!(
+        "{{ source: oauth2_refresh_token, token_url: \"{}\", client_id: agent, client_secret_file: \"{{dir}}/secret\", refresh_token_file: \"{{dir}}/refresh\" }}",
+        auth.url()
+    )
+}
+
 #[tokio::test]
 async fn refresh_token_rotation_is_kept_and_written_back() {
     let up = Upstream::start().await;
@@ -278,10 +286,7 @@ async fn refresh_token_rotation_is_kept_and_written_back() {
     let dir = tempfile::tempdir().unwrap();
     write_file(&dir, "secret", "pw");
     let rt = write_file(&dir, "refresh", "rt-1\n");
-    let cred = format!(
-        "{{ source: oauth2_refresh_token, token_url: \"{}\", client_id: agent, client_secret_file: \"{{dir}}/secret\", refresh_token_file: \"{{dir}}/refresh\" }}",
-        auth.url()
-    );
+    let cred = refresh_cred(&auth);
     let p = Proxy::start_unready(dir, &api_policy(up.port(), &cred)).await;
     until_valid(&p).await;
     assert_eq!(std::fs::read_to_string(&rt).unwrap(), "rt-2");
@@ -342,10 +347,7 @@ async fn a_rotated_refresh_token_behind_a_symlink_is_kept_in_memory() {
     write_file(&dir, "secret", "pw");
     let data = write_file(&dir, "secret-data", "rt-1\n");
     std::os::unix::fs::symlink(&data, dir.path().join("refresh")).unwrap();
-    let cred = format!(
-        "{{ source: oauth2_refresh_token, token_url: \"{}\", client_id: agent, client_secret_file: \"{{dir}}/secret\", refresh_token_file: \"{{dir}}/refresh\" }}",
-        auth.url()
-    );
+    let cred = refresh_cred(&auth);
     let p = Proxy::start_unready(dir, &api_policy(up.port(), &cred)).await;
     until_valid(&p).await;
     auth.extra.lock().unwrap().insert("refresh_token".into(), "rt-3".into());

@@ -75,8 +75,7 @@ fn client_credentials(oidc: &Oidc, resource: &str, more: &str) -> String {
 /// One agent request; its status and `credproxy-error` code, if any.
 async fn call(p: &Proxy, path: &str) -> (u16, Option<String>) {
     let r = get(p.addr, path).await;
-    let code = r.lines().find_map(|l| l.strip_prefix("credproxy-error: ")).map(str::to_string);
-    (status(&r), code)
+    (status(&r), error_code(&r))
 }
 
 #[tokio::test]
@@ -99,13 +98,15 @@ async fn rotation_under_load_then_an_authority_outage_and_recovery() {
         .map(|_| {
             tokio::spawn(async move {
                 let (mut ok, mut failed) = (0u64, Vec::new());
+                // The client's pace: a request every 200 ms.
+                let mut pace = tokio::time::interval(Duration::from_millis(200));
                 while start.elapsed() < Duration::from_secs(60) {
+                    pace.tick().await;
                     let r = get(addr, "/api/v1/items").await;
                     match status(&r) {
                         200 => ok += 1,
                         s => failed.push((start.elapsed(), s, error_code(&r))),
                     }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 (ok, failed)
             })

@@ -223,6 +223,20 @@ async fn trace_underscores_and_the_tool_header() {
     p.shutdown().await;
 }
 
+/// With `max_connections: 1` and a relay open on `stream`: the relay counts as the one active
+/// connection, a second agent connection is shed, and `idle_timeout` of silence closes the relay
+/// and frees its place.
+async fn relay_holds_its_place_until_idle(p: &Proxy, mut stream: tokio::net::TcpStream) {
+    let active = "credproxy_connections_active";
+    // After the upgrade hyper's connection is done; the relay still holds the place.
+    eventually(async || metric(&p.metrics().await, active) == Some(1.0), "one active relay").await;
+    assert_error(&get(p.addr, "/x").await, 503, "too_many_connections");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the idle relay was not closed");
+    eventually(async || metric(&p.metrics().await, active) == Some(0.0), "the freed place").await;
+}
+
 /// Finding 9: an upgraded connection keeps its place under `max_connections` until it ends,
 /// and ends after `idle_timeout` without traffic.
 #[tokio::test]
@@ -239,16 +253,7 @@ async fn upgraded_connections_hold_their_permit_until_idle() {
     tunnel.write_all(connect.as_bytes()).await.unwrap();
     let head = read_head(&mut tunnel).await;
     assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
-    let active = "credproxy_connections_active";
-    assert_eq!(metric(&p.metrics().await, active), Some(1.0));
-    // While the tunnel is open, a second agent connection is over the cap.
-    let resp = get(p.addr, "/x").await;
-    assert_eq!((status(&resp), error_code(&resp).as_deref()), (503, Some("too_many_connections")), "{resp}");
-    // Silence for idle_timeout closes the tunnel and frees its place.
-    let mut rest = Vec::new();
-    let closed = tokio::time::timeout(Duration::from_secs(5), tunnel.read_to_end(&mut rest)).await;
-    assert!(closed.is_ok(), "the idle tunnel was not closed");
-    eventually(async || metric(&p.metrics().await, active) == Some(0.0), "the freed place").await;
+    relay_holds_its_place_until_idle(&p, tunnel).await;
     let resp = raw(
         p.addr,
         format!("GET http://localhost:{}/after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", up.port()).as_bytes(),
@@ -275,14 +280,7 @@ async fn a_websocket_holds_its_permit_until_idle() {
     let head = read_head(&mut ws).await;
     assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
     assert_eq!(up.last().headers["authorization"], format!("Bearer {TOKEN}"));
-    let active = "credproxy_connections_active";
-    // The upgrade has happened and hyper's connection is done; the relay still holds the place.
-    eventually(async || metric(&p.metrics().await, active) == Some(1.0), "one active relay").await;
-    assert_error(&get(p.addr, "/api/x").await, 503, "too_many_connections");
-    let mut rest = Vec::new();
-    let closed = tokio::time::timeout(Duration::from_secs(5), ws.read_to_end(&mut rest)).await;
-    assert!(closed.is_ok(), "the idle WebSocket was not closed");
-    eventually(async || metric(&p.metrics().await, active) == Some(0.0), "the freed place").await;
+    relay_holds_its_place_until_idle(&p, ws).await;
     assert_eq!(status(&get(p.addr, "/api/after").await), 200);
     p.shutdown().await;
 }

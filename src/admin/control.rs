@@ -1,22 +1,16 @@
 //! The control listener's doors: a 0600 Unix socket in a 0700 folder of its own (the default, out
-//! of the agent's reach), or TCP with a `Host` check against DNS rebinding; an optional bearer
-//! token; and one rotate/revoke window per tool.
+//! of the agent's reach), or TCP with a `Host` check against DNS rebinding; and an optional
+//! bearer token.
 
-use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use http::header::{HeaderMap, AUTHORIZATION, HOST};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::{TcpListener, UnixListener};
 
 use crate::policy::ControlAddr;
-
-/// Rotate and revoke share one window per tool: at most one of them this often.
-pub const COMMAND_EVERY: Duration = Duration::from_secs(10);
 
 /// A bound control listener.
 pub enum ControlListener {
@@ -172,29 +166,6 @@ pub fn admit(headers: &HeaderMap, port: Option<u16>, token: Option<&SecretString
     Ok(())
 }
 
-/// One rotate/revoke window per tool.
-#[derive(Default)]
-pub struct Windows(Mutex<HashMap<String, Instant>>);
-
-impl Windows {
-    /// When `tool`'s window is open at `now`, run `act` and, if it succeeded, shut the window;
-    /// otherwise say how long until it opens.
-    pub fn take_if(&self, tool: &str, now: Instant, act: impl FnOnce() -> bool) -> Result<bool, Duration> {
-        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(&at) = last.get(tool) {
-            let since = now.saturating_duration_since(at);
-            if since < COMMAND_EVERY {
-                return Err(COMMAND_EVERY - since);
-            }
-        }
-        let done = act();
-        if done {
-            last.insert(tool.to_string(), now);
-        }
-        Ok(done)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,18 +199,6 @@ mod tests {
         assert_eq!(admit(&headers("x", Some("Bearer wrong")), None, Some(&t)), Err(Refusal::Auth));
         assert_eq!(admit(&headers("x", Some("Basic s3cret")), None, Some(&t)), Err(Refusal::Auth));
         assert_eq!(admit(&headers("x", None), None, Some(&t)), Err(Refusal::Auth));
-    }
-
-    #[test]
-    fn one_window_per_tool() {
-        let w = Windows::default();
-        let t0 = Instant::now();
-        // A refused command (the task was busy) leaves the window open.
-        assert_eq!(w.take_if("a", t0, || false), Ok(false));
-        assert_eq!(w.take_if("a", t0, || true), Ok(true));
-        assert_eq!(w.take_if("a", t0 + Duration::from_secs(3), || true), Err(Duration::from_secs(7)));
-        assert_eq!(w.take_if("b", t0 + Duration::from_secs(3), || true), Ok(true));
-        assert_eq!(w.take_if("a", t0 + COMMAND_EVERY, || true), Ok(true));
     }
 
     #[tokio::test]

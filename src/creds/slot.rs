@@ -1,12 +1,13 @@
 //! The per-tool slot the request path reads (one atomic load), the status the control API shows,
 //! and the commands a credential's task accepts.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwapOption;
 
+use super::window::Window;
 use super::Token;
 use crate::clock::Clock;
 
@@ -68,6 +69,12 @@ pub enum Command {
     Shutdown(tokio::sync::oneshot::Sender<()>),
 }
 
+/// An upstream `401` forces a refresh at most this often per credential.
+pub const FORCED_REFRESH_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+/// Control-API rotate and revoke (one window for both) at most this often per credential: each
+/// is an immediate call to the authority, and a loop must not get the client locked out there.
+pub const COMMAND_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// One tool's published credential plus the status the control API shows.
 #[derive(Debug)]
 pub struct Slot {
@@ -76,9 +83,10 @@ pub struct Slot {
     consecutive_failures: AtomicU32,
     last_error: Mutex<Option<String>>,
     next_refresh: Mutex<Option<SystemTime>>,
-    /// Monotonic milliseconds (since `epoch`) of the last 401-forced refresh.
-    forced_ms: AtomicU64,
-    epoch: tokio::time::Instant,
+    /// An upstream `401` forces a refresh at most once per [`FORCED_REFRESH_EVERY`].
+    pub forced: Window,
+    /// Control-API rotate and revoke, together at most once per [`COMMAND_EVERY`].
+    pub commands: Window,
     /// Woken whenever a token is published.
     published: tokio::sync::Notify,
     /// The task's command channel (rotating sources only).
@@ -96,8 +104,8 @@ impl Slot {
             consecutive_failures: AtomicU32::new(0),
             last_error: Mutex::new(None),
             next_refresh: Mutex::new(None),
-            forced_ms: AtomicU64::new(0),
-            epoch: tokio::time::Instant::now(),
+            forced: Window::new(FORCED_REFRESH_EVERY),
+            commands: Window::new(COMMAND_EVERY),
             published: tokio::sync::Notify::new(),
             control,
             source,
@@ -113,14 +121,6 @@ impl Slot {
     /// The task's command channel.
     pub fn control(&self) -> Option<&tokio::sync::mpsc::Sender<Command>> {
         self.control.as_ref()
-    }
-
-    /// Whether an upstream `401` may force a refresh now: at most once per `every`. Lock-free.
-    pub fn try_force(&self, every: std::time::Duration) -> bool {
-        let now = self.epoch.elapsed().as_millis() as u64 + every.as_millis() as u64;
-        let last = self.forced_ms.load(Ordering::Acquire);
-        now >= last + every.as_millis() as u64
-            && self.forced_ms.compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire).is_ok()
     }
 
     /// Wait (at most `limit`) until a token other than `fingerprint` is published and usable.

@@ -69,13 +69,19 @@ mod tests {
         std::fs::metadata(p).unwrap().permissions().mode() & 0o777
     }
 
-    #[test]
-    fn replaces_the_file_at_0600_and_leaves_no_temporary() {
+    /// A refresh-token file holding "old" at `mode`, in a folder of its own.
+    fn token_file(mode: u32) -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("refresh-token");
         std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn replaces_the_file_at_0600_and_leaves_no_temporary() {
         // A planted file's mode is not kept.
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let (dir, path) = token_file(0o666);
         write_back(&path, "new-token").unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "new-token");
         assert_eq!(mode(&path), 0o600);
@@ -97,10 +103,7 @@ mod tests {
 
     #[test]
     fn a_read_only_file_is_left_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("refresh-token");
-        std::fs::write(&path, "old").unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
+        let (_dir, path) = token_file(0o400);
         assert!(matches!(write_back(&path, "new"), Err(Kept::ReadOnly)));
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "old");
     }

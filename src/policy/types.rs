@@ -321,8 +321,6 @@ impl Route {
         }
         let path_prefix_len = if self.paths.is_empty() {
             0
-        } else if super::path::has_encoded_percent(path) {
-            return None;
         } else {
             self.paths.iter().filter(|g| g.matches(path)).map(PathGlob::literal_prefix_len).max()?
         };

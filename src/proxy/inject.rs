@@ -12,6 +12,7 @@ use super::target::Target;
 use crate::clock::Clock;
 use crate::creds::{Command, Slot, Token};
 use crate::error::ProxyError;
+use crate::policy::path::percent_decode;
 use crate::policy::{Inject, Tool};
 
 /// Remove what the agent must not send (the tool's strip list, any case, every copy), then attach
@@ -44,13 +45,11 @@ pub fn strip_and_inject(
     Ok(Some(token))
 }
 
-/// An upstream `401` forces a refresh at most this often per tool.
-const FORCED_REFRESH_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 /// The one place a request waits on a credential: the refresh a `401` forced.
 const RETRY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// An upstream `401` to `used`: force one refresh of a rotating credential (at most once per
-/// [`FORCED_REFRESH_EVERY`]) and, when the request kept its `headers` for a retry, wait up to
+/// [`crate::creds::FORCED_REFRESH_EVERY`]) and, when the request kept its `headers` for a retry, wait up to
 /// [`RETRY_WAIT`] for the new token and return the request to send again with it.
 pub(super) async fn after_401(
     slot: &Slot,
@@ -61,7 +60,7 @@ pub(super) async fn after_401(
     used: &Token,
     headers: Option<HeaderMap>,
 ) -> Result<Option<(Request<UpstreamBody>, Arc<Token>)>, ProxyError> {
-    if slot.control().is_none() || !slot.try_force(FORCED_REFRESH_EVERY) {
+    if slot.control().is_none() || slot.forced.try_take().is_err() {
         return Ok(None);
     }
     slot.command(Command::Refresh { reason: "upstream_401" });
@@ -133,7 +132,7 @@ fn decode(s: &str) -> std::borrow::Cow<'_, [u8]> {
     if !s.contains(['%', '+']) {
         return std::borrow::Cow::Borrowed(s.as_bytes());
     }
-    std::borrow::Cow::Owned(percent_decode_all(&s.replace('+', " ")))
+    std::borrow::Cow::Owned(percent_decode(s.replace('+', " ").as_bytes()))
 }
 
 /// Response fields that can carry a URL back to the agent.
@@ -180,36 +179,16 @@ fn holds(text: &str, secret: &str) -> bool {
     let mut layer = text.as_bytes().to_vec();
     for _ in 0..5 {
         let plus: Vec<u8> = layer.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect();
-        if found(&layer) || found(&percent_decode_all(&String::from_utf8_lossy(&plus))) {
+        if found(&layer) || found(&percent_decode(&plus)) {
             return true;
         }
-        let next = percent_decode_all(&String::from_utf8_lossy(&layer));
+        let next = percent_decode(&layer);
         if next == layer {
             return false;
         }
         layer = next;
     }
     true
-}
-
-fn percent_decode_all(text: &str) -> Vec<u8> {
-    let b = text.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-        match (b[i], b.get(i + 1).and_then(|&c| hex(c)), b.get(i + 2).and_then(|&c| hex(c))) {
-            (b'%', Some(h), Some(l)) => {
-                out.push(h * 16 + l);
-                i += 3;
-            }
-            (c, _, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    out
 }
 
 /// Remove every `param=VALUE` (after `?` or `&`) whose decoded value is the secret.
@@ -224,7 +203,7 @@ fn remove_param(text: &str, param: &str, secret: &str) -> String {
         let pair = &after[..end];
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let hit = decode(k) == param.as_bytes()
-            && (decode(v) == secret.as_bytes() || percent_decode_all(v) == secret.as_bytes());
+            && (decode(v) == secret.as_bytes() || percent_decode(v.as_bytes()) == secret.as_bytes());
         if hit {
             // Keep a `?` for the parameters that follow; drop the pair and its separator.
             let tail = &after[end..];

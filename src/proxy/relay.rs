@@ -135,21 +135,23 @@ mod tests {
         let (guard, gauge, sem, _stop) = guard();
         let (mut agent, a) = tokio::io::duplex(64);
         let (b, mut upstream) = tokio::io::duplex(64);
-        let task = tokio::spawn(relay(a, b, Duration::from_secs(30), guard));
+        let mut task = tokio::spawn(relay(a, b, Duration::from_secs(30), guard));
         assert_eq!(gauge.get(), 1);
         assert_eq!(sem.available_permits(), 0);
-        // Traffic at 20 s keeps it open past the first 30 s.
-        tokio::time::sleep(Duration::from_secs(20)).await;
+        // (Paused time: each timeout below is the relay's end awaited for that many virtual
+        // seconds.) It does not end in the first 20 s; traffic then keeps it open past 30 s.
+        assert!(tokio::time::timeout(Duration::from_secs(20), &mut task).await.is_err());
         agent.write_all(b"ping").await.unwrap();
         let mut buf = [0u8; 4];
         upstream.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"ping");
-        tokio::time::sleep(Duration::from_secs(25)).await;
-        assert!(!task.is_finished(), "closed although bytes moved 25 s ago");
+        assert!(
+            tokio::time::timeout(Duration::from_secs(25), &mut task).await.is_err(),
+            "closed although bytes moved 25 s ago"
+        );
         assert_eq!(gauge.get(), 1);
-        // Then 30 s of silence ends it and frees the permit.
-        tokio::time::sleep(Duration::from_secs(6)).await;
-        task.await.unwrap();
+        // Then 30 s of silence since the ping ends it and frees the permit.
+        tokio::time::timeout(Duration::from_secs(6), task).await.expect("closed 30 s after the last byte").unwrap();
         assert_eq!(gauge.get(), 0);
         assert_eq!(sem.available_permits(), 1);
     }

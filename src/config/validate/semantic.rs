@@ -154,17 +154,17 @@ fn listen(cx: &mut Ctx<'_>, raw: &RawPolicy) -> Listen {
     let l = &raw.listen;
     let proxy = cx.socket("listen.proxy", &l.proxy, "127.0.0.1:15001");
     let admin = cx.socket("listen.admin", &l.admin, "127.0.0.1:15090");
-    let control = match &l.control {
-        None => ControlAddr::parse(ControlAddr::DEFAULT).expect("the default parses"),
-        Some(raw) => match cx.expand("listen.control", raw).map(|s| ControlAddr::parse(&s)) {
-            Some(Ok(c)) => c,
-            Some(Err(m)) => {
-                cx.err("listen.control", m);
-                ControlAddr::parse(ControlAddr::DEFAULT).expect("the default parses")
-            }
-            None => ControlAddr::parse(ControlAddr::DEFAULT).expect("the default parses"),
-        },
+    let raw_control = match &l.control {
+        None => Some(ControlAddr::DEFAULT.to_string()),
+        Some(raw) => cx.expand("listen.control", raw),
     };
+    let control = raw_control
+        .map(|s| ControlAddr::parse(&s))
+        .unwrap_or_else(|| ControlAddr::parse(ControlAddr::DEFAULT))
+        .unwrap_or_else(|m| {
+            cx.err("listen.control", m);
+            ControlAddr::parse(ControlAddr::DEFAULT).expect("the default parses")
+        });
     let proxy_auth = secret_file(cx, "listen.proxy_auth_file", &l.proxy_auth_file);
     let control_auth = secret_file(cx, "listen.control_auth_file", &l.control_auth_file);
     if !proxy.ip().is_loopback() && l.proxy_auth_file.is_none() {
