@@ -19,9 +19,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use crate::audit::timestamp;
+use crate::body::{full, Body};
 use crate::creds::Command;
 use crate::policy::{Inject, Policy};
-use crate::proxy::{full, Body};
 use crate::state::Shared;
 use control::{ControlListener, Refusal};
 

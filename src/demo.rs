@@ -89,7 +89,7 @@ pub async fn run(opts: Options) -> Result<Summary, String> {
     }
     let policy_path = dir.join("policy.yaml");
     std::fs::write(&policy_path, policy).map_err(|e| format!("cannot write {}: {e}", policy_path.display()))?;
-    let running = crate::proxy::start(policy_path).await.map_err(|e| e.to_string())?;
+    let running = crate::serve::start(policy_path).await.map_err(|e| e.to_string())?;
     let proxy = running.proxy_addr;
     println!("credproxy demo: the real proxy on config/demo.yaml, a token authority on 127.0.0.1:{auth_port} issuing");
     println!(
@@ -205,7 +205,7 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 /// Steady traffic: each tool every [`EVERY`], counted as 200 or not.
 async fn drive(proxy: std::net::SocketAddr, sent: Arc<Vec<(AtomicU64, AtomicU64)>>) {
     // The token-endpoint client type (loopback allowed): no extra hyper client in the binary.
-    let client = crate::proxy::forward::Upstreams::new().token_client(&[], false);
+    let client = crate::outbound::Upstreams::new().token_client(&[], false);
     let mut tick = tokio::time::interval(EVERY);
     loop {
         tick.tick().await;

@@ -6,9 +6,8 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, PROXY_AUTHENTICATE, RETRY_AFTER};
 use http::{Response, StatusCode};
 
+use crate::body::Body;
 use crate::metrics::Outcome;
-use crate::proxy::forward::ConnectError;
-use crate::proxy::Body;
 
 /// The header on every response credproxy itself produces (and removed from upstream responses).
 pub static CREDPROXY_ERROR: HeaderName = HeaderName::from_static("credproxy-error");
@@ -55,30 +54,6 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
-    /// What an upstream client error means: a refused address, a TLS failure, a timeout, or
-    /// an unreachable upstream (walks the error chain, through `io::Error` wrappers).
-    pub fn from_client(e: &hyper_util::client::legacy::Error) -> ProxyError {
-        let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
-        while let Some(s) = src {
-            if let Some(c) = s.downcast_ref::<ConnectError>() {
-                return c.into();
-            }
-            if let Some(t) = s.downcast_ref::<rustls::Error>() {
-                return ProxyError::UpstreamTls(t.to_string());
-            }
-            // io::Error::source() skips the error it wraps; get_ref() is the next link.
-            src = match s.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
-                Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
-                None => s.source(),
-            };
-        }
-        ProxyError::UpstreamUnreachable(if e.is_connect() {
-            "connect failed".into()
-        } else {
-            "the upstream closed the connection".into()
-        })
-    }
-
     /// Status, `credproxy-error` code and request outcome: the one mapping.
     pub fn parts(&self) -> (StatusCode, &'static str, Outcome) {
         use ProxyError::*;
@@ -109,7 +84,7 @@ impl ProxyError {
             _ => tracing::debug!(code, tool = tool.map(|t| &**t), "{message}"),
         }
         let body = serde_json::json!({"error": {"code": code, "message": message, "tool": tool.map(|t| &**t)}});
-        let mut resp = Response::new(crate::proxy::full(Bytes::from(body.to_string())));
+        let mut resp = Response::new(crate::body::full(Bytes::from(body.to_string())));
         *resp.status_mut() = status;
         let h = resp.headers_mut();
         h.insert(CREDPROXY_ERROR.clone(), HeaderValue::from_static(code));

@@ -3,13 +3,17 @@
 
 pub mod admin;
 pub mod audit;
+pub mod body;
+pub mod certs;
 pub mod clock;
 pub mod config;
 pub mod creds;
 pub mod demo;
 pub mod error;
 pub mod metrics;
+pub mod outbound;
 pub mod policy;
 pub mod proxy;
+pub mod serve;
 pub mod state;
 pub mod status;

@@ -168,7 +168,7 @@ fn run(config: PathBuf, shutdown_timeout: Duration) -> ExitCode {
         }
     };
     rt.block_on(async move {
-        let running = match credproxy::proxy::start(config.clone()).await {
+        let running = match credproxy::serve::start(config.clone()).await {
             Ok(r) => r,
             Err(e) => {
                 eprint!("credproxy: {}: {e}", config.display());

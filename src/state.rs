@@ -20,8 +20,8 @@ use crate::creds::refresher::{self, CredCtx, TaskHandle};
 use crate::creds::Slot;
 use crate::fields;
 use crate::metrics::{Metrics, ToolMetrics};
+use crate::outbound::{Client, ClientOpts, ConnectSettings, Upstreams};
 use crate::policy::{CredentialSpec, Inject, Policy, Refresh, Tool};
-use crate::proxy::forward::{Client, ClientOpts, ConnectSettings, Upstreams};
 
 /// Headers removed from every credentialed request, besides the tool's `strip_headers` and its
 /// injected header (see the README).
@@ -160,7 +160,7 @@ impl Shared {
             connect_timeout: policy.limits.connect_timeout,
         });
         if policy.tools.iter().flat_map(|t| &t.routes).any(|r| r.scheme == crate::policy::Scheme::Https) {
-            tokio::task::spawn_blocking(crate::proxy::forward::warm_system_roots);
+            tokio::task::spawn_blocking(crate::certs::warm_system_roots);
         }
         let mut creds = self.creds.lock().unwrap_or_else(|e| e.into_inner());
         creds.retain(|name, _| policy.tool_index(name).is_some_and(|i| policy.tools[i].credential.is_some()));

@@ -103,7 +103,7 @@ async fn configmap_symlink_swaps_are_seen_for_policy_and_secret() {
         "..gen1",
         &[("policy.yaml", &format!("{listen}{}", policy(up.port(), "/v1/**", token_path.to_str().unwrap())))],
     );
-    let running = credproxy::proxy::start(cm.join("policy.yaml")).await.unwrap();
+    let running = credproxy::serve::start(cm.join("policy.yaml")).await.unwrap();
     let addr = running.proxy_addr;
     eventually(async || status(&get(addr, "/api/v1/x").await) == 200, "first token").await;
     assert_eq!(up.last().headers["authorization"], "Bearer first-token");

@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::source::{oauth_error_code, Expiry, FetchError};
 use crate::error::ProxyError;
-use crate::proxy::forward::TokenClient;
+use crate::outbound::TokenClient;
 
 /// Largest token-endpoint body read.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -79,7 +79,7 @@ pub async fn post_form(
 
 /// A client error as a fetch failure: the request path's classification, in the fetch's words.
 fn classify_client_error(e: &hyper_util::client::legacy::Error) -> FetchError {
-    match ProxyError::from_client(e) {
+    match crate::outbound::client_error(e) {
         ProxyError::UpstreamTimeout => FetchError::new("timeout", "connecting to the authority timed out"),
         ProxyError::UpstreamTls(m) => FetchError::new("unreachable", format!("TLS with the authority failed: {m}")),
         other => FetchError::new("unreachable", format!("cannot reach the authority: {other}")),

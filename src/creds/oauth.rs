@@ -10,8 +10,8 @@ use super::authority::{issued, post_form};
 use super::refresher::CredCtx;
 use super::source::{FetchError, Fetched, Source};
 use crate::clock::Clock;
+use crate::outbound::TokenClient;
 use crate::policy::{ClientAuth, Grant, OAuthSpec};
-use crate::proxy::forward::TokenClient;
 
 const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";

@@ -14,8 +14,8 @@ use crate::clock::Clock;
 use crate::config::watch::FsWatch;
 use crate::fields;
 use crate::metrics::Metrics;
+use crate::outbound::Upstreams;
 use crate::policy::{CredentialSpec, Inject, Refresh};
-use crate::proxy::forward::Upstreams;
 
 /// What a credential task needs besides its source settings.
 #[derive(Clone)]

@@ -7,13 +7,13 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use super::body::{full, Body};
-use super::forward::{connect_guarded, ConnectError};
 use super::relay::{relay, ConnGuard};
 use super::request::{audit_request, RequestEvent};
 use super::target::Target;
+use crate::body::{full, Body};
 use crate::error::ProxyError;
 use crate::metrics::Outcome;
+use crate::outbound::{connect_guarded, ConnectError};
 use crate::policy::{normalize_host, ConnectDecision, Scheme};
 use crate::state::{Live, Shared};
 

@@ -7,8 +7,8 @@ use std::time::SystemTime;
 use http::header::HeaderMap;
 use http::{Method, Request, Uri};
 
-use super::body::UpstreamBody;
 use super::target::Target;
+use crate::body::UpstreamBody;
 use crate::clock::Clock;
 use crate::creds::{Command, Slot, Token};
 use crate::error::ProxyError;
@@ -25,8 +25,8 @@ pub fn strip_and_inject(
     max_header_bytes: usize,
     now: SystemTime,
 ) -> Result<Option<Arc<Token>>, ProxyError> {
-    super::body::strip_named(headers, strip);
-    super::body::strip_announced_trailers(headers, strip);
+    crate::body::strip_named(headers, strip);
+    crate::body::strip_announced_trailers(headers, strip);
     let Some((slot, inject)) = credential else { return Ok(None) };
     let Some(token) = slot.usable(now) else {
         // A token past its end that the task has not cleared yet: the host was suspended, or

@@ -10,11 +10,11 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use secrecy::ExposeSecret;
 
-use super::body::{Body, UpstreamBody};
-use super::forward::{connection_tokens, remove_hop_by_hop};
+use super::hop::{connection_tokens, remove_hop_by_hop};
 use super::inject::{after_401, is_idempotent, scrub_response, strip_and_inject, upstream_uri};
 use super::relay::{relay, ConnGuard};
 use super::target::Target;
+use crate::body::{Body, UpstreamBody};
 use crate::error::{ProxyError, CREDPROXY_ERROR};
 use crate::fields;
 use crate::metrics::Outcome;
@@ -254,7 +254,7 @@ async fn forward(
     let send = |req| async move {
         match tokio::time::timeout(limit, client.request(req)).await {
             Err(_) => Err(ProxyError::UpstreamTimeout),
-            Ok(Err(e)) => Err(ProxyError::from_client(&e)),
+            Ok(Err(e)) => Err(crate::outbound::client_error(&e)),
             Ok(Ok(r)) => Ok(r),
         }
     };

@@ -11,8 +11,8 @@ use hyper_util::service::TowerToHyperService;
 use tower::ServiceBuilder;
 use tower_http::sensitive_headers::{SetSensitiveRequestHeadersLayer, SetSensitiveResponseHeadersLayer};
 
-use super::body::Body;
 use super::relay::ConnGuard;
+use crate::body::Body;
 use crate::state::Shared;
 
 /// Request headers whose values are marked sensitive before anything can log them.

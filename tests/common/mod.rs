@@ -225,7 +225,7 @@ pub fn tokio_stream_from<T: Send + 'static>(
 
 /// A proxy started in-process from a policy written to a temp folder.
 pub struct Proxy {
-    pub running: Option<credproxy::proxy::Running>,
+    pub running: Option<credproxy::serve::Running>,
     pub dir: tempfile::TempDir,
     pub policy_path: PathBuf,
     pub addr: SocketAddr,
@@ -251,7 +251,7 @@ impl Proxy {
     pub async fn start_unready(dir: tempfile::TempDir, policy: &str) -> Proxy {
         let policy_path = dir.path().join("policy.yaml");
         std::fs::write(&policy_path, Self::render(&dir, policy)).unwrap();
-        let running = credproxy::proxy::start(policy_path.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+        let running = credproxy::serve::start(policy_path.clone()).await.unwrap_or_else(|e| panic!("{e}"));
         Proxy {
             addr: running.proxy_addr,
             admin: running.admin_addr,

@@ -16,8 +16,8 @@ use crate::creds::refresher::{supervise, CredCtx};
 use crate::creds::source::{Expiry, FetchError, Fetched, Source};
 use crate::creds::{Command, Slot, State};
 use crate::metrics::Metrics;
+use crate::outbound::Upstreams;
 use crate::policy::{Inject, Lifetime, Refresh};
-use crate::proxy::forward::Upstreams;
 
 type Script = Box<dyn FnMut(u32) -> Result<Duration, FetchError> + Send>;
 

@@ -201,7 +201,7 @@ fn oauth(cx: &mut Ctx<'_>, path: &str, o: &RawOAuth, kind: Kind) -> Option<Crede
         Some(p) => {
             let at = format!("{path}.ca_file");
             let p = cx.expand(&at, p)?;
-            crate::proxy::forward::read_ca_file(std::path::Path::new(&p)).map_err(|m| cx.err(at, m)).ok()?
+            crate::certs::read_ca_file(std::path::Path::new(&p)).map_err(|m| cx.err(at, m)).ok()?
         }
     };
     let mut scopes = Vec::new();

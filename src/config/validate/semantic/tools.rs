@@ -95,7 +95,7 @@ pub(super) fn tool(cx: &mut Ctx<'_>, name: &str, t: &RawTool, now: SystemTime, r
     let ca = t.ca_file.as_ref().and_then(|p| {
         let path = format!("{base}.ca_file");
         let p = cx.expand(&path, p)?;
-        match crate::proxy::forward::read_ca_file(std::path::Path::new(&p)) {
+        match crate::certs::read_ca_file(std::path::Path::new(&p)) {
             Ok(certs) => Some((PathBuf::from(p), certs)),
             Err(m) => {
                 cx.err(path, m);

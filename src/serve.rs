@@ -1,0 +1,146 @@
+//! Start-up and shutdown: load the policy, bind the proxy, admin and control listeners, start
+//! each one's accept loop, and stop them in order.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+use crate::clock::Clock;
+use crate::config::ConfigErrors;
+use crate::metrics::Metrics;
+use crate::proxy::Accept;
+use crate::state::Shared;
+
+/// Why the proxy did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The policy file is invalid.
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    /// The control listener could not be bound.
+    #[error("cannot listen on {addr} (control): {source}")]
+    Control {
+        /// Its address.
+        addr: crate::policy::ControlAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// Its address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A running proxy: its bound addresses and a way to stop it.
+pub struct Running {
+    /// Where agents connect.
+    pub proxy_addr: SocketAddr,
+    /// `/metrics`, `/live`, `/ready`.
+    pub admin_addr: SocketAddr,
+    /// The control API (a Unix socket, or TCP with its bound port).
+    pub control: crate::policy::ControlAddr,
+    /// Shared state (tests inspect it).
+    pub shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    /// Fires when the shutdown deadline has passed: relays still open stop.
+    hard_stop: watch::Sender<bool>,
+    connections: Arc<()>,
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what, addr, source })
+}
+
+/// Load the policy, bind the listeners, and serve. Must run inside a Tokio runtime.
+pub async fn start(config_path: PathBuf) -> Result<Running, StartError> {
+    start_with_clock(config_path, Clock::system()).await
+}
+
+/// [`start`] with a given clock (tests jump its wall time).
+pub async fn start_with_clock(config_path: PathBuf, clock: Clock) -> Result<Running, StartError> {
+    let (text, policy) = crate::config::load_text(&config_path)?;
+    let proxy = bind("proxy", policy.listen.proxy).await?;
+    let admin = bind("admin", policy.listen.admin).await?;
+    let control = crate::admin::control::bind(&policy.listen.control)
+        .await
+        .map_err(|source| StartError::Control { addr: policy.listen.control.clone(), source })?;
+    let control_addr = control.addr();
+    let mut own: Vec<SocketAddr> = [proxy.local_addr(), admin.local_addr()].into_iter().flatten().collect();
+    if let crate::policy::ControlAddr::Tcp(a) = control_addr {
+        own.push(a);
+        if policy.listen.control_auth.is_none() {
+            tracing::warn!(
+                control = %a,
+                "the control API listens on TCP without listen.control_auth_file: anything sharing this \
+                 loopback (in a pod, the agent) can rotate, revoke and read the policy; prefer unix:PATH"
+            );
+        }
+    }
+    let metrics = Metrics::new();
+    metrics.config_last_reload_success.set(1);
+    metrics.config_reloads.with_label_values(&["ok"]).inc();
+    let max_connections = policy.limits.max_connections;
+    let shared = Shared::new(policy, config_path, own.clone(), metrics, clock);
+    let (shutdown, rx) = watch::channel(false);
+    let (hard_stop, stop_rx) = watch::channel(false);
+    let connections = Arc::new(());
+    let sem = Arc::new(Semaphore::new(max_connections));
+    let accept = Accept { shared: shared.clone(), sem, connections: connections.clone(), stop: stop_rx };
+    tokio::spawn(crate::proxy::accept(proxy, accept, rx.clone()));
+    tokio::spawn(crate::admin::serve_admin(admin, shared.clone(), rx.clone()));
+    tokio::spawn(crate::admin::serve_control(control, shared.clone(), rx));
+    shared.spawn_reloader(text);
+    tracing::info!(proxy = %own[0], admin = %own[1], control = %control_addr, "credproxy listening");
+    Ok(Running {
+        proxy_addr: own[0],
+        admin_addr: own[1],
+        control: control_addr,
+        shared,
+        shutdown,
+        hard_stop,
+        connections,
+    })
+}
+
+impl Running {
+    /// Stop accepting, let in-flight requests finish up to `deadline`, flush audit events.
+    pub async fn shutdown(self, deadline: Duration) {
+        let _ = self.shutdown.send(true);
+        let until = tokio::time::Instant::now() + deadline;
+        while Arc::strong_count(&self.connections) > 1 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = Arc::strong_count(&self.connections) - 1;
+        if left > 0 {
+            tracing::warn!(connections = left, "shutdown deadline reached with connections still open");
+        }
+        let _ = self.hard_stop.send(true);
+        // Rotating credentials stop; those with `revoke_on_shutdown` revoke first, within the deadline.
+        let live = self.shared.live.load();
+        let mut acks = Vec::new();
+        for slot in live.tools.iter().filter_map(|t| t.slot.as_ref()) {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if slot.command(crate::creds::Command::Shutdown(tx)) {
+                acks.push(rx);
+            }
+        }
+        let until = until.max(tokio::time::Instant::now() + Duration::from_secs(1));
+        for ack in acks {
+            if tokio::time::timeout_at(until, ack).await.is_err() {
+                tracing::warn!("shutdown deadline reached before every credential was revoked");
+                break;
+            }
+        }
+        self.shared.audit.flush().await;
+    }
+}
