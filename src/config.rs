@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-pub use validate::{load_file, load_text, parse, ConfigError, ConfigErrors};
+pub use validate::{load_file, load_text, parse, parse_with, ConfigError, ConfigErrors, Overrides};
 
 /// The whole policy file.
 #[derive(Debug, Deserialize)]
@@ -25,6 +25,9 @@ pub struct RawPolicy {
     /// Identifies this instance in audit events and the control API.
     /// Default: the host name plus a random suffix.
     pub instance_id: Option<String>,
+    /// TLS interception of CONNECT by a pod-local CA; off without this block (and without `run --ca-dir`).
+    #[serde(default)]
+    pub interception: Option<RawInterception>,
     /// Audit event output.
     #[serde(default)]
     pub audit: RawAudit,
@@ -57,6 +60,23 @@ pub struct RawListen {
     pub control: Option<String>,
     /// A file whose contents callers of the control API present as `Authorization: Bearer`.
     pub control_auth_file: Option<String>,
+}
+
+/// `interception:` — the pod-local CA that signs leaf certificates for intercepted CONNECT hosts.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInterception {
+    /// The CA certificate alone, PEM (for `NODE_EXTRA_CA_CERTS`). Required.
+    pub ca_cert_out: Option<String>,
+    /// The system's roots followed by the CA, PEM (for `SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE`,
+    /// `CURL_CA_BUNDLE`). Required.
+    pub ca_bundle_out: Option<String>,
+    /// The same roots as a PKCS12 trust store, password `changeit`, for Java. Optional.
+    pub java_truststore_out: Option<String>,
+    /// How long the CA is valid. Default `365d`; between `1d` and `3650d`.
+    pub ca_validity: Option<String>,
+    /// Most leaf certificates kept (one per intercepted host). Default 1000.
+    pub leaf_cache_size: Option<u64>,
 }
 
 /// `audit:` — audit events, one JSON object per line.

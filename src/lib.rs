@@ -17,3 +17,4 @@ pub mod proxy;
 pub mod serve;
 pub mod state;
 pub mod status;
+pub mod tls;

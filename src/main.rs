@@ -37,6 +37,10 @@ enum Command {
         /// How long in-flight requests may take to finish after SIGTERM.
         #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
         shutdown_timeout: Duration,
+        /// Turn CONNECT interception on and write ca.crt, ca-bundle.crt and truststore.p12 into
+        /// DIR (overrides the policy's interception output paths).
+        #[arg(long, value_name = "DIR")]
+        ca_dir: Option<PathBuf>,
     },
     /// Validate a policy file and print its route table.
     Check {
@@ -95,9 +99,9 @@ fn init_logs(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config, log_format, shutdown_timeout } => {
+        Command::Run { config, log_format, shutdown_timeout, ca_dir } => {
             init_logs(log_format);
-            run(config, shutdown_timeout)
+            run(config, credproxy::config::Overrides { ca_dir }, shutdown_timeout)
         }
         Command::Check { config } => match credproxy::config::load_file(&config) {
             Ok(policy) => {
@@ -152,7 +156,7 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a Tokio runtime")
 }
 
-fn run(config: PathBuf, shutdown_timeout: Duration) -> ExitCode {
+fn run(config: PathBuf, overrides: credproxy::config::Overrides, shutdown_timeout: Duration) -> ExitCode {
     // A sidecar with one core (a CPU limit, or taskset) runs leaner on a single-threaded runtime.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut builder = if cores == 1 {
@@ -168,16 +172,17 @@ fn run(config: PathBuf, shutdown_timeout: Duration) -> ExitCode {
         }
     };
     rt.block_on(async move {
-        let running = match credproxy::serve::start(config.clone()).await {
-            Ok(r) => r,
-            Err(e) => {
-                eprint!("credproxy: {}: {e}", config.display());
-                if !e.to_string().ends_with('\n') {
-                    eprintln!();
+        let running =
+            match credproxy::serve::start_with(config.clone(), overrides, credproxy::clock::Clock::system()).await {
+                Ok(r) => r,
+                Err(e) => {
+                    eprint!("credproxy: {}: {e}", config.display());
+                    if !e.to_string().ends_with('\n') {
+                        eprintln!();
+                    }
+                    return ExitCode::FAILURE;
                 }
-                return ExitCode::FAILURE;
-            }
-        };
+            };
         wait_for_signal().await;
         tracing::info!("shutting down");
         running.shutdown(shutdown_timeout).await;

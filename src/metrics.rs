@@ -45,6 +45,12 @@ pub struct Metrics {
     pub credential_revocations: IntCounterVec,
     /// `credproxy_credential_refresh_duration_seconds{tool,source}`.
     pub credential_refresh_duration: HistogramVec,
+    /// `credproxy_tls_interceptions_total{result}`: intercepted CONNECTs by handshake result.
+    pub tls_interceptions: IntCounterVec,
+    /// `credproxy_tls_leaf_certs_cached`.
+    pub tls_leaf_certs_cached: IntGauge,
+    /// `credproxy_ca_expiration_timestamp_seconds`: when the earliest pod CA expires.
+    pub ca_expiration: Gauge,
 }
 
 /// One tool's request metrics, resolved once per policy load so the request path only touches atomics.
@@ -193,6 +199,21 @@ impl Metrics {
                 "credproxy_credential_task_restarts_total",
                 "Credential tasks restarted after a panic.",
                 &["tool"],
+            ),
+            tls_interceptions: counter_vec(
+                "credproxy_tls_interceptions_total",
+                "Intercepted CONNECTs by result: ok, handshake_error, mint_error.",
+                &["result"],
+            ),
+            tls_leaf_certs_cached: reg(
+                &r,
+                IntGauge::new("credproxy_tls_leaf_certs_cached", "Leaf certificates held for intercepted hosts.")
+                    .unwrap(),
+            ),
+            ca_expiration: reg(
+                &r,
+                Gauge::new("credproxy_ca_expiration_timestamp_seconds", "When the earliest pod-local CA expires.")
+                    .unwrap(),
             ),
             credential_revocations: counter_vec(
                 "credproxy_credential_revocations_total",

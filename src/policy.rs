@@ -117,6 +117,12 @@ impl Decision {
     }
 }
 
+/// A CONNECT to this route's host cannot be a blind tunnel: the route needs a credential, or a
+/// method or path check, which only interception can give.
+fn needs_interception(tool: &Tool, route: &Route) -> bool {
+    route.scheme == Scheme::Https && (tool.credential.is_some() || route.methods.is_some() || !route.paths.is_empty())
+}
+
 /// What to do with a `CONNECT host:port`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectDecision {
@@ -127,6 +133,8 @@ pub enum ConnectDecision {
         /// Whether the tunnel may reach a private or loopback address.
         allow_private: bool,
     },
+    /// Terminate the agent's TLS with a leaf for the host, and decide each inner request.
+    Intercept,
     /// Refuse with 403 before relaying anything.
     Deny(ConnectDenial),
 }
@@ -253,7 +261,9 @@ impl Policy {
         }
     }
 
-    /// Whether a CONNECT to `host:port` may be tunnelled untouched.
+    /// What to do with a CONNECT to `host:port`: tunnel it when every route for the host is
+    /// unrestricted and carries no credential, intercept it when one needs a credential or a
+    /// method/path check (and interception is on), else refuse it.
     pub fn decide_connect(&self, host: &str, port: u16) -> ConnectDecision {
         let mut first = None;
         let mut allow_private = true;
@@ -264,8 +274,11 @@ impl Policy {
                 continue;
             }
             first.get_or_insert(t);
-            if tool.credential.is_some() || route.methods.is_some() || !route.paths.is_empty() {
-                return ConnectDecision::Deny(ConnectDenial::NeedsInterception);
+            if needs_interception(tool, route) {
+                return match self.interception {
+                    Some(_) => ConnectDecision::Intercept,
+                    None => ConnectDecision::Deny(ConnectDenial::NeedsInterception),
+                };
             }
             allow_private &= route.allow_private;
         }
@@ -273,6 +286,17 @@ impl Policy {
             Some(tool) => ConnectDecision::Tunnel { tool, allow_private },
             None => ConnectDecision::Deny(ConnectDenial::UnknownHost),
         }
+    }
+
+    /// The host patterns whose CONNECTs are intercepted (on some port): what the pod CA's name
+    /// constraints must permit. Sorted, without duplicates.
+    pub fn intercepted_hosts(&self) -> Vec<HostPattern> {
+        let mut hosts: Vec<HostPattern> = (self.tools.iter())
+            .flat_map(|t| t.routes.iter().filter(move |r| needs_interception(t, r)).map(|r| r.host.clone()))
+            .collect();
+        hosts.sort_by_key(|h| h.to_string());
+        hosts.dedup();
+        hosts
     }
 
     /// The index of the tool with this name.

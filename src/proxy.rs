@@ -4,6 +4,7 @@
 pub mod connect;
 pub mod hop;
 pub mod inject;
+pub mod intercept;
 pub mod relay;
 pub mod request;
 pub mod stack;
@@ -89,7 +90,7 @@ pub async fn accept(listener: TcpListener, a: Accept, mut shutdown: watch::Recei
             stop.clone(),
         ));
         tokio::spawn(async move {
-            let svc = stack::proxy_service(shared.clone(), peer, guard.clone());
+            let svc = stack::proxy_service(shared.clone(), peer, guard.clone(), None);
             let conn = http1_builder(&limits).serve_connection(TokioIo::new(stream), svc).with_upgrades();
             tokio::pin!(conn);
             tokio::select! {

@@ -10,10 +10,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use crate::clock::Clock;
-use crate::config::ConfigErrors;
+use crate::config::{ConfigErrors, Overrides};
 use crate::metrics::Metrics;
 use crate::proxy::Accept;
 use crate::state::Shared;
+use crate::tls::Interceptor;
 
 /// Why the proxy did not start.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +30,9 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// The pod-local CA or its files could not be made.
+    #[error("interception: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// A listener could not be bound.
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
@@ -63,12 +67,17 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Start
 
 /// Load the policy, bind the listeners, and serve. Must run inside a Tokio runtime.
 pub async fn start(config_path: PathBuf) -> Result<Running, StartError> {
-    start_with_clock(config_path, Clock::system()).await
+    start_with(config_path, Overrides::default(), Clock::system()).await
 }
 
 /// [`start`] with a given clock (tests jump its wall time).
 pub async fn start_with_clock(config_path: PathBuf, clock: Clock) -> Result<Running, StartError> {
-    let (text, policy) = crate::config::load_text(&config_path)?;
+    start_with(config_path, Overrides::default(), clock).await
+}
+
+/// [`start`] with the command line's overrides and a clock.
+pub async fn start_with(config_path: PathBuf, overrides: Overrides, clock: Clock) -> Result<Running, StartError> {
+    let (text, policy) = crate::config::load_text(&config_path, &overrides)?;
     let proxy = bind("proxy", policy.listen.proxy).await?;
     let admin = bind("admin", policy.listen.admin).await?;
     let control = crate::admin::control::bind(&policy.listen.control)
@@ -90,7 +99,14 @@ pub async fn start_with_clock(config_path: PathBuf, clock: Clock) -> Result<Runn
     metrics.config_last_reload_success.set(1);
     metrics.config_reloads.with_label_values(&["ok"]).inc();
     let max_connections = policy.limits.max_connections;
-    let shared = Shared::new(policy, config_path, own.clone(), metrics, clock);
+    let interception = policy.interception.clone();
+    let hosts = policy.intercepted_hosts();
+    let shared = Shared::new(policy, config_path, own.clone(), overrides, metrics, clock);
+    // The CA files exist before any listener serves, so before /ready can be true.
+    if let Some(settings) = &interception {
+        let tls = Interceptor::start(settings, &hosts, &shared.metrics, &shared.audit, &shared.clock)?;
+        let _ = shared.tls.set(tls);
+    }
     let (shutdown, rx) = watch::channel(false);
     let (hard_stop, stop_rx) = watch::channel(false);
     let connections = Arc::new(());

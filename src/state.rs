@@ -15,6 +15,7 @@ use crate::audit::Audit;
 use crate::clock::Clock;
 use crate::config::validate::read_capped;
 use crate::config::watch::FsWatch;
+use crate::config::Overrides;
 use crate::creds::lifecycle;
 use crate::creds::refresher::{self, CredCtx, TaskHandle};
 use crate::creds::Slot;
@@ -22,6 +23,7 @@ use crate::fields;
 use crate::metrics::{Metrics, ToolMetrics};
 use crate::outbound::{Client, ClientOpts, ConnectSettings, Upstreams};
 use crate::policy::{CredentialSpec, Inject, Policy, Refresh, Tool};
+use crate::tls::Interceptor;
 
 /// Headers removed from every credentialed request, besides the tool's `strip_headers` and its
 /// injected header (see the README).
@@ -116,6 +118,10 @@ pub struct Shared {
     pub config_path: PathBuf,
     /// The listeners' bound addresses (proxy, admin, control).
     pub own: Vec<SocketAddr>,
+    /// The command line's overrides, applied to every reload as to the first load.
+    pub overrides: Overrides,
+    /// The pod-local CA and leaf cache, set at start when interception is on.
+    pub tls: OnceLock<Arc<Interceptor>>,
     creds: Mutex<HashMap<String, CredEntry>>,
 }
 
@@ -125,6 +131,7 @@ impl Shared {
         policy: Policy,
         config_path: PathBuf,
         own: Vec<SocketAddr>,
+        overrides: Overrides,
         metrics: Metrics,
         clock: Clock,
     ) -> Arc<Self> {
@@ -146,6 +153,8 @@ impl Shared {
             watch,
             config_path,
             own,
+            overrides,
+            tls: OnceLock::new(),
             creds,
         });
         shared.install(policy);
@@ -256,10 +265,19 @@ impl Shared {
     pub fn reload(&self, text: &str) -> bool {
         let now = SystemTime::now();
         self.metrics.config_last_reload_timestamp.set(crate::clock::unix(now).as_secs_f64());
-        let parsed = crate::config::parse(text, &|name| std::env::var(name).ok(), now);
+        let parsed = crate::config::parse_with(text, &|name| std::env::var(name).ok(), now, &self.overrides);
         let rejected = match parsed {
             Ok(policy) => {
                 let fields = restart_fields(&self.live.load().policy, &policy);
+                let covered = match (fields.is_empty(), self.tls.get()) {
+                    (true, Some(tls)) => tls.cover(&policy.intercepted_hosts()).map(|_| ()),
+                    _ => Ok(()),
+                };
+                if let Err(e) = covered {
+                    tracing::error!(path = %self.config_path.display(), error = %e, "policy rejected: its new intercepted hosts need a CA that could not be made; the running policy stays");
+                    self.reject(fields! {"reason" => "ca_failed", "message" => e.to_string()});
+                    return false;
+                }
                 if fields.is_empty() {
                     let tools = policy.tools.len();
                     self.install(Arc::new(policy));
@@ -285,12 +303,16 @@ impl Shared {
                 fields! {"reason" => "invalid", "errors" => list}
             }
         };
+        self.reject(rejected);
+        false
+    }
+
+    fn reject(&self, why: serde_json::Map<String, serde_json::Value>) {
         self.metrics.config_reloads.with_label_values(&["error"]).inc();
         self.metrics.config_last_reload_success.set(0);
         let mut f = fields! {"path" => self.config_path.display().to_string()};
-        f.extend(rejected);
+        f.extend(why);
         self.audit.emit("config.rejected", f);
-        false
     }
 
     /// Watch the policy file's folder and reload on change, debounced, until the process ends.
@@ -330,6 +352,12 @@ impl Shared {
     }
 }
 
+/// Whether interception is on, and the files it writes (what a reload cannot change).
+fn interception_files(p: &Policy) -> Option<[Option<&std::path::Path>; 3]> {
+    let i = p.interception.as_ref()?;
+    Some([Some(&i.ca_cert_out), Some(&i.ca_bundle_out), i.java_truststore_out.as_deref()])
+}
+
 /// The fields that differ between the running policy and a new one and take effect only at a
 /// restart (the bound listeners, what they demand, the instance's identity, the audit output).
 fn restart_fields(old: &Policy, new: &Policy) -> Vec<&'static str> {
@@ -347,6 +375,7 @@ fn restart_fields(old: &Policy, new: &Policy) -> Vec<&'static str> {
         ("listen.control_auth_file", secret(&a.control_auth) != secret(&b.control_auth)),
         ("instance_id", old.instance_id != new.instance_id),
         ("audit.output", old.audit.file != new.audit.file),
+        ("interception", interception_files(old) != interception_files(new)),
     ]
     .into_iter()
     .filter_map(|(name, changed)| changed.then_some(name))

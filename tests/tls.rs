@@ -6,44 +6,13 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
+fn ca() -> TestCa {
+    TestCa::new()
 }
 
-fn ca() -> Ca {
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name.push(DnType::CommonName, "credproxy test CA");
-    Ca { cert: p.self_signed(&key).unwrap(), key }
-}
-
-fn server(ca: &Ca, name: &str, expired: bool) -> rustls::ServerConfig {
-    server_alpn(ca, name, expired, b"http/1.1")
-}
-
-fn server_alpn(ca: &Ca, name: &str, expired: bool, alpn: &[u8]) -> rustls::ServerConfig {
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(vec![name.to_string()]).unwrap();
-    if expired {
-        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
-    }
-    let cert = p.signed_by(&key, &ca.cert, &ca.key).unwrap();
-    let chain = vec![CertificateDer::from(cert.der().to_vec())];
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
-    cfg.alpn_protocols = vec![alpn.to_vec()];
-    cfg
+fn server(ca: &TestCa, name: &str, expired: bool) -> rustls::ServerConfig {
+    ca.server(name, expired)
 }
 
 #[tokio::test]
@@ -54,7 +23,7 @@ async fn tls_is_verified_and_failures_never_see_the_token() {
     let wrong = Upstream::start_tls(server(&ca, "other.test", false)).await;
     let unknown = Upstream::start_tls(server(&ca, "unknown.test", false)).await;
     let dir = tempfile::tempdir().unwrap();
-    write_file(&dir, "ca.pem", &ca.cert.pem());
+    write_file(&dir, "ca.pem", &ca.pem());
     write_file(&dir, "token", "tls-token\n");
     let tool = |name: &str, port: u16, with_ca: bool| {
         format!(
@@ -91,7 +60,7 @@ async fn tls_is_verified_and_failures_never_see_the_token() {
 async fn h2_upstream_by_alpn() {
     use std::convert::Infallible;
     let ca = ca();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_alpn(&ca, "h2.test", false, b"h2")));
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(ca.server_alpn("h2.test", false, &[b"h2"])));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let seen = Arc::new(std::sync::Mutex::new(Vec::<(http::Version, Option<String>)>::new()));
@@ -117,7 +86,7 @@ async fn h2_upstream_by_alpn() {
         }
     });
     let dir = tempfile::tempdir().unwrap();
-    write_file(&dir, "ca.pem", &ca.cert.pem());
+    write_file(&dir, "ca.pem", &ca.pem());
     write_file(&dir, "token", "h2-token");
     let policy = format!(
         "version: 1\nresolve: {{ h2.test: 127.0.0.1 }}\ntools:\n  h2:\n    upstream: https://h2.test:{port}\n    ca_file: \"{{dir}}/ca.pem\"\n    credential: {{ source: file, path: \"{{dir}}/token\" }}\n    routes: [{{ host: h2.test, port: {port}, allow_private: true }}]\n"
@@ -138,7 +107,7 @@ async fn token_endpoints_are_verified_too() {
     let auth = Authority::start_tls(Mode::Ok, server(&ca, "auth.test", false)).await;
     let up = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    write_file(&dir, "ca.pem", &ca.cert.pem());
+    write_file(&dir, "ca.pem", &ca.pem());
     write_file(&dir, "secret", "tls-secret");
     let tool = |name: &str, with_ca: bool| {
         format!(

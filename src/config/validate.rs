@@ -2,7 +2,7 @@
 //! every error with its path in the document. No message ever echoes a value from the file.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use super::RawPolicy;
@@ -61,16 +61,43 @@ impl ConfigErrors {
     }
 }
 
-/// Read and validate a policy file, with the process environment and the current time.
-pub fn load_file(path: &Path) -> Result<Policy, ConfigErrors> {
-    load_text(path).map(|(_, policy)| policy)
+/// What the command line sets over the policy file (`credproxy run --ca-dir`), applied to every
+/// load and reload alike, so a reload never sees them as a change.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// Turn interception on and write `ca.crt`, `ca-bundle.crt` and `truststore.p12` here.
+    pub ca_dir: Option<PathBuf>,
 }
 
-/// [`load_file`], also returning the text that was validated (the reloader's starting point, so
-/// a change made just after start is never mistaken for the text already in force).
-pub fn load_text(path: &Path) -> Result<(String, Policy), ConfigErrors> {
+impl Overrides {
+    fn apply(&self, raw: &mut RawPolicy) {
+        if let Some(dir) = &self.ca_dir {
+            let out = |name: &str| Some(dir.join(name).to_string_lossy().into_owned());
+            let block = raw.interception.get_or_insert_with(Default::default);
+            block.ca_cert_out = out(CA_CERT_FILE);
+            block.ca_bundle_out = out(CA_BUNDLE_FILE);
+            block.java_truststore_out = out(TRUSTSTORE_FILE);
+        }
+    }
+}
+
+/// The CA certificate's file name under `--ca-dir`.
+pub const CA_CERT_FILE: &str = "ca.crt";
+/// The bundle's file name under `--ca-dir`.
+pub const CA_BUNDLE_FILE: &str = "ca-bundle.crt";
+/// The Java trust store's file name under `--ca-dir`.
+pub const TRUSTSTORE_FILE: &str = "truststore.p12";
+
+/// Read and validate a policy file, with the process environment and the current time.
+pub fn load_file(path: &Path) -> Result<Policy, ConfigErrors> {
+    load_text(path, &Overrides::default()).map(|(_, policy)| policy)
+}
+
+/// [`load_file`] with overrides, also returning the text that was validated (the reloader's
+/// starting point, so a change made just after start is never mistaken for the text in force).
+pub fn load_text(path: &Path, overrides: &Overrides) -> Result<(String, Policy), ConfigErrors> {
     let text = read_capped(path).map_err(|m| ConfigErrors::one("(file)", None, m))?;
-    let policy = parse(&text, &|name| std::env::var(name).ok(), SystemTime::now())?;
+    let policy = parse_with(&text, &|name| std::env::var(name).ok(), SystemTime::now(), overrides)?;
     Ok((text, policy))
 }
 
@@ -90,6 +117,16 @@ pub fn read_capped(path: &Path) -> Result<String, String> {
 
 /// Validate policy text. `env` expands `${VAR}`; `now` bounds `not_before`.
 pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>, now: SystemTime) -> Result<Policy, ConfigErrors> {
+    parse_with(text, env, now, &Overrides::default())
+}
+
+/// [`parse`] with the command line's overrides applied before validation.
+pub fn parse_with(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    now: SystemTime,
+    overrides: &Overrides,
+) -> Result<Policy, ConfigErrors> {
     if text.len() > MAX_POLICY_BYTES {
         return Err(ConfigErrors::one("(document)", None, format!("larger than {MAX_POLICY_BYTES} bytes")));
     }
@@ -112,7 +149,7 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>, now: SystemTime) 
     }
     // Second pass, typed, with the path of the first error.
     let de = serde_yaml::Deserializer::from_str(text);
-    let raw: RawPolicy = serde_path_to_error::deserialize(de).map_err(|e| {
+    let mut raw: RawPolicy = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = match e.path().to_string() {
             p if p == "." || p.is_empty() => "(document)".to_string(),
             p => p,
@@ -121,6 +158,7 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>, now: SystemTime) 
         let line = inner.location().map(|l| l.line());
         ConfigErrors::one(&path, line, sanitize(&inner.to_string()))
     })?;
+    overrides.apply(&mut raw);
     semantic::check(raw, env, now).map_err(|mut errors| {
         for e in errors.0.iter_mut().filter(|e| e.line.is_none()) {
             e.line = locate::line_of(text, &e.path);

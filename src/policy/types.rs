@@ -24,9 +24,33 @@ pub struct Policy {
     pub resolve: Resolve,
     /// Timeouts and size limits.
     pub limits: Limits,
+    /// TLS interception of CONNECT, when on.
+    pub interception: Option<Interception>,
     /// Tools in name order.
     pub tools: Vec<Tool>,
     pub(crate) index: RouteIndex,
+}
+
+/// The pod-local CA's settings (`interception:`, or `run --ca-dir`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interception {
+    /// The CA certificate alone, PEM.
+    pub ca_cert_out: PathBuf,
+    /// The system's roots followed by the CA, PEM.
+    pub ca_bundle_out: PathBuf,
+    /// The same roots as a PKCS12 trust store (password `changeit`), when asked for.
+    pub java_truststore_out: Option<PathBuf>,
+    /// Validity of each CA generated.
+    pub ca_validity: Duration,
+    /// Most leaf certificates kept.
+    pub leaf_cache_size: usize,
+}
+
+impl Interception {
+    /// Default validity of the CA: one year, longer than any pod lives.
+    pub const DEFAULT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+    /// Default bound of the leaf cache.
+    pub const DEFAULT_LEAF_CACHE: usize = 1000;
 }
 
 /// The three listeners.

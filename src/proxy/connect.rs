@@ -1,6 +1,8 @@
-//! CONNECT: tunnel byte for byte when every route for the host is unrestricted and carries no
-//! credential; otherwise refuse with 403 before relaying anything (interception comes later).
+//! CONNECT, decided on its target before any byte is relayed: intercept (a route for the host
+//! needs a credential or a method/path check), tunnel byte for byte (every route for the host
+//! is unrestricted and carries no credential), or refuse with 403.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{Request, Response, StatusCode};
@@ -8,9 +10,9 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use super::relay::{relay, ConnGuard};
-use super::request::{audit_request, RequestEvent};
-use super::target::Target;
-use crate::body::{full, Body};
+use super::request::{audit_request, RequestEvent, Served};
+use super::target::{Pinned, Target};
+use crate::body::full;
 use crate::error::ProxyError;
 use crate::metrics::Outcome;
 use crate::outbound::{connect_guarded, ConnectError};
@@ -19,11 +21,12 @@ use crate::state::{Live, Shared};
 
 /// Serve a CONNECT request.
 pub async fn handle(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     live: &Live,
+    peer: SocketAddr,
     guard: &Arc<ConnGuard>,
     req: Request<Incoming>,
-) -> (Option<usize>, Result<(Response<Body>, Outcome), ProxyError>) {
+) -> Served {
     let Some(auth) = req.uri().authority().filter(|_| req.uri().scheme().is_none()) else {
         return (None, Err(ProxyError::BadRequest("CONNECT needs host:port")));
     };
@@ -46,6 +49,7 @@ pub async fn handle(
     };
     let (tool, allow_private) = match policy.decide_connect(&target.host, port) {
         ConnectDecision::Tunnel { tool, allow_private } => (tool, allow_private),
+        ConnectDecision::Intercept => return intercept(shared, peer, guard, req, target).await,
         ConnectDecision::Deny(why) => {
             audit_request(shared, live, RequestEvent::Denied(why.code()), req.method(), &target, None);
             let msg = match why {
@@ -82,5 +86,38 @@ pub async fn handle(
     });
     let mut resp = Response::new(full(bytes::Bytes::new()));
     *resp.status_mut() = StatusCode::OK;
-    (Some(tool), Ok((resp, Outcome::Passthrough)))
+    (Some(tool), Ok((resp, Some(Outcome::Passthrough))))
+}
+
+/// Mint (or find) the host's leaf, answer 200, and serve the tunnel's requests behind TLS.
+async fn intercept(
+    shared: &Arc<Shared>,
+    peer: SocketAddr,
+    guard: &Arc<ConnGuard>,
+    req: Request<Incoming>,
+    target: Target,
+) -> Served {
+    // Interception is on whenever the policy decides to intercept (a reload cannot turn it on).
+    let Some(tls) = shared.tls.get() else {
+        return (None, Err(ProxyError::RouteDenied("interception is off")));
+    };
+    let config = match tls.server_config(&target.host).await {
+        Ok(c) => c,
+        Err(e) => {
+            shared.metrics.tls_interceptions.with_label_values(&["mint_error"]).inc();
+            tracing::error!(host = %target.host, error = %e, "no leaf certificate for an intercepted host");
+            return (None, Err(ProxyError::RouteDenied("no certificate can be made for this host")));
+        }
+    };
+    let pinned = Arc::new(Pinned { host: target.host, port: target.port });
+    let (shared, guard) = (shared.clone(), guard.clone());
+    tokio::spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(agent) => super::intercept::serve(shared, peer, guard, config, pinned, agent).await,
+            Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
+        }
+    });
+    let mut resp = Response::new(full(bytes::Bytes::new()));
+    *resp.status_mut() = StatusCode::OK;
+    (None, Ok((resp, None)))
 }

@@ -33,6 +33,14 @@ impl ConnGuard {
     }
 }
 
+impl ConnGuard {
+    /// Resolves when a shutdown's deadline has passed.
+    pub async fn stopped(&self) {
+        let mut stop = self.stop.clone();
+        let _ = stop.wait_for(|s| *s).await;
+    }
+}
+
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.active.dec();

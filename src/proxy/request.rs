@@ -13,7 +13,7 @@ use secrecy::ExposeSecret;
 use super::hop::{connection_tokens, remove_hop_by_hop};
 use super::inject::{after_401, is_idempotent, scrub_response, strip_and_inject, upstream_uri};
 use super::relay::{relay, ConnGuard};
-use super::target::Target;
+use super::target::{Pinned, Target};
 use crate::body::{Body, UpstreamBody};
 use crate::error::{ProxyError, CREDPROXY_ERROR};
 use crate::fields;
@@ -26,13 +26,16 @@ const MAX_URI_BYTES: usize = 16 * 1024;
 
 static TOOL_HEADER: http::HeaderName = http::HeaderName::from_static("credproxy-tool");
 
-type Served = (Option<usize>, Result<(Response<Body>, Outcome), ProxyError>);
+/// The tool (for metrics), and the response with its outcome (`None`: not counted, as for the
+/// CONNECT that opens an intercepted tunnel, whose inner requests are counted one by one).
+pub(super) type Served = (Option<usize>, Result<(Response<Body>, Option<Outcome>), ProxyError>);
 
 /// Serve one request from an agent; never fails (errors become credproxy's own responses).
 pub async fn handle(
     shared: Arc<Shared>,
     peer: SocketAddr,
     guard: &Arc<ConnGuard>,
+    pinned: Option<&Pinned>,
     req: Request<Incoming>,
 ) -> Response<Body> {
     let start = Instant::now();
@@ -40,13 +43,15 @@ pub async fn handle(
     // After a refused CONNECT the agent may already have sent tunnel bytes (a TLS ClientHello):
     // never read them as the next request.
     let connect = req.method() == Method::CONNECT;
-    let (tool, result) = serve(&shared, &live, peer, guard, req).await;
+    let (tool, result) = serve(&shared, &live, peer, guard, pinned, req).await;
     let rt = tool.map(|i| &live.tools[i]);
     let metrics = rt.map_or(&shared.no_tool, |t| &t.metrics);
     let elapsed = start.elapsed().as_secs_f64();
     match result {
         Ok((resp, outcome)) => {
-            metrics.count(outcome, elapsed);
+            if let Some(outcome) = outcome {
+                metrics.count(outcome, elapsed);
+            }
             resp
         }
         Err(e) => {
@@ -61,20 +66,25 @@ pub async fn handle(
 }
 
 async fn serve(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     live: &Live,
     peer: SocketAddr,
     guard: &Arc<ConnGuard>,
+    pinned: Option<&Pinned>,
     req: Request<Incoming>,
 ) -> Served {
     let policy = &live.policy;
-    if let Some(secret) = &policy.listen.proxy_auth {
+    // Inside an intercepted tunnel the CONNECT that opened it was authenticated.
+    if let (Some(secret), None) = (&policy.listen.proxy_auth, pinned) {
         if !proxy_auth_ok(req.headers(), secret.expose_secret()) {
             return (None, Err(ProxyError::ProxyAuthRequired));
         }
     }
     if req.method() == Method::CONNECT {
-        return super::connect::handle(shared, live, guard, req).await;
+        if pinned.is_some() {
+            return (None, Err(ProxyError::BadRequest("CONNECT inside an intercepted tunnel")));
+        }
+        return super::connect::handle(shared, live, peer, guard, req).await;
     }
     // Framing is hyper's: CL+TE is read as chunked, Content-Length dropped and the connection
     // closed after the response; conflicting Content-Lengths get hyper's own 400
@@ -85,7 +95,7 @@ async fn serve(
     if uri_len > MAX_URI_BYTES {
         return (None, Err(ProxyError::UriTooLong));
     }
-    let target = match Target::of(live, &req) {
+    let target = match pinned.map_or_else(|| Target::of(live, &req), |p| Target::pinned(p, &req)) {
         Ok(t) => t,
         Err(e) => return (None, Err(e)),
     };
@@ -124,7 +134,8 @@ async fn serve(
         return deny(shared, live, &req, &target, t, decision.reason.code(), decision.reason.message());
     };
     // Boxed: the forwarding future is large, and hyper moves the request future into place.
-    (Some(tool), Box::pin(forward(shared, live, peer, guard, req, target, tool, route)).await)
+    let forwarded = Box::pin(forward(shared, live, peer, guard, req, target, tool, route)).await;
+    (Some(tool), forwarded.map(|(resp, outcome)| (resp, Some(outcome))))
 }
 
 /// `Proxy-Authorization: Basic base64(any:SECRET)` or `Bearer SECRET`, compared in constant time.

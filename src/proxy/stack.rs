@@ -12,6 +12,7 @@ use tower::ServiceBuilder;
 use tower_http::sensitive_headers::{SetSensitiveRequestHeadersLayer, SetSensitiveResponseHeadersLayer};
 
 use super::relay::ConnGuard;
+use super::target::Pinned;
 use crate::body::Body;
 use crate::state::Shared;
 
@@ -26,17 +27,19 @@ fn sensitive_request_headers() -> [HeaderName; 5] {
     ]
 }
 
-/// sensitive-header marking -> [`super::request::handle`].
+/// sensitive-header marking -> [`super::request::handle`]. `pinned` is set for the requests
+/// inside an intercepted CONNECT: they all go to its authority.
 pub fn proxy_service(
     shared: Arc<Shared>,
     peer: SocketAddr,
     guard: Arc<ConnGuard>,
+    pinned: Option<Arc<Pinned>>,
 ) -> TowerToHyperService<
     impl tower::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible, Future = impl Send> + Clone,
 > {
     let handler = tower::service_fn(move |req: Request<Incoming>| {
-        let (shared, guard) = (shared.clone(), guard.clone());
-        async move { Ok::<_, Infallible>(super::request::handle(shared, peer, &guard, req).await) }
+        let (shared, guard, pinned) = (shared.clone(), guard.clone(), pinned.clone());
+        async move { Ok::<_, Infallible>(super::request::handle(shared, peer, &guard, pinned.as_deref(), req).await) }
     });
     let svc = ServiceBuilder::new()
         .layer(SetSensitiveRequestHeadersLayer::new(sensitive_request_headers()))

@@ -30,7 +30,54 @@ pub struct Target {
     pub upstream_authority: Option<Authority>,
 }
 
+/// The authority of an intercepted CONNECT: every request inside the tunnel goes there.
+#[derive(Debug)]
+pub struct Pinned {
+    /// Normalised host.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+}
+
 impl Target {
+    /// A request inside an intercepted tunnel: `https://` the CONNECT authority and the request's
+    /// path. Its `Host` (HTTP/1.1) or `:authority` (h2), and an absolute URL's authority, must name
+    /// that same host and port (443 when absent), else `421`.
+    pub(super) fn pinned(pin: &Pinned, req: &Request<Incoming>) -> Result<Target, ProxyError> {
+        let uri = req.uri();
+        if uri.scheme().is_some_and(|s| s != &http::uri::Scheme::HTTPS) {
+            return Err(ProxyError::Misdirected);
+        }
+        let hosts = req.headers().get_all(http::header::HOST);
+        if hosts.iter().count() > 1 {
+            return Err(ProxyError::BadRequest("more than one Host field"));
+        }
+        let named =
+            uri.authority().map(|a| a.as_str()).into_iter().chain(hosts.iter().map(|h| h.to_str().unwrap_or("\0")));
+        let mut seen = false;
+        for raw in named {
+            seen = true;
+            let auth: Authority = raw.parse().map_err(|_| ProxyError::Misdirected)?;
+            let port = auth.port_u16().unwrap_or(443);
+            if auth.as_str().contains('@') || normalize_host(auth.host()) != pin.host || port != pin.port {
+                return Err(ProxyError::Misdirected);
+            }
+        }
+        if !seen {
+            return Err(ProxyError::BadRequest("request without a Host"));
+        }
+        let path = normalize(uri.path()).map_err(|_| ProxyError::BadRequest(PATH_REFUSED))?;
+        Ok(Target {
+            scheme: Scheme::Https,
+            host: pin.host.clone(),
+            port: pin.port,
+            path,
+            query: uri.query().map(str::to_owned),
+            base_tool: None,
+            upstream_authority: None,
+        })
+    }
+
     pub(super) fn of(live: &Live, req: &Request<Incoming>) -> Result<Target, ProxyError> {
         let uri = req.uri();
         let query = uri.query().map(str::to_owned);

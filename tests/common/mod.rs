@@ -3,6 +3,9 @@
 
 pub mod authority;
 pub mod oidc;
+pub mod testca;
+#[allow(unused_imports)]
+pub use testca::TestCa;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -195,6 +198,10 @@ impl Upstream {
         }
         if path.ends_with("/chat/completions") {
             let body = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"gpt-test","choices":[{"index":0,"message":{"role":"assistant","content":"hello from upstream"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#;
+            return Response::builder().header("content-type", "application/json").body(boxed(body)).unwrap();
+        }
+        if path.ends_with("/v1/messages") {
+            let body = r#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-test","content":[{"type":"text","text":"hello from upstream"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":1,"output_tokens":1}}"#;
             return Response::builder().header("content-type", "application/json").body(boxed(body)).unwrap();
         }
         if path.ends_with("/echo-location") {

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use secrecy::SecretString;
 
 use super::{ConfigError, ConfigErrors};
-use crate::config::{RawLimits, RawPolicy};
+use crate::config::{RawInterception, RawLimits, RawPolicy};
 use crate::policy::*;
 use tools::{check_ties, host_pattern, tool};
 
@@ -143,11 +143,12 @@ pub(super) fn check(
         tools.push(tool(&mut cx, name, t, now, &resolve));
     }
     check_ties(&mut cx, &tools);
+    let interception = raw.interception.as_ref().and_then(|i| interception(&mut cx, i));
     if !cx.errors.is_empty() {
         return Err(ConfigErrors(cx.errors));
     }
     let index = crate::policy::RouteIndex::build(&tools);
-    Ok(Policy { listen, instance_id, audit, resolve, limits, tools, index })
+    Ok(Policy { listen, instance_id, audit, resolve, limits, interception, tools, index })
 }
 
 fn listen(cx: &mut Ctx<'_>, raw: &RawPolicy) -> Listen {
@@ -239,4 +240,49 @@ fn limits(cx: &mut Ctx<'_>, raw: &RawLimits) -> Limits {
         idle_timeout: cx.duration("limits.idle_timeout", &raw.idle_timeout, d.idle_timeout),
         max_connections,
     }
+}
+
+fn interception(cx: &mut Ctx<'_>, raw: &RawInterception) -> Option<Interception> {
+    let out = |cx: &mut Ctx<'_>, field: &str, v: &Option<String>| {
+        let path = format!("interception.{field}");
+        let p = cx.expand(&path, v.as_ref()?)?;
+        if p.is_empty() || p.ends_with('/') {
+            cx.err(path, "must be a file path");
+            return None;
+        }
+        Some(PathBuf::from(p))
+    };
+    let ca_cert_out = out(cx, "ca_cert_out", &raw.ca_cert_out);
+    let ca_bundle_out = out(cx, "ca_bundle_out", &raw.ca_bundle_out);
+    let java_truststore_out = out(cx, "java_truststore_out", &raw.java_truststore_out);
+    for (field, v) in [("ca_cert_out", &ca_cert_out), ("ca_bundle_out", &ca_bundle_out)] {
+        if v.is_none() && !cx.errors.iter().any(|e| e.path == format!("interception.{field}")) {
+            cx.err(format!("interception.{field}"), "is required (or run with --ca-dir)");
+        }
+    }
+    let day = Duration::from_secs(24 * 3600);
+    let ca_validity = cx.duration("interception.ca_validity", &raw.ca_validity, Interception::DEFAULT_VALIDITY);
+    if !(day..=3650 * day).contains(&ca_validity) {
+        cx.err("interception.ca_validity", "must be between 1d and 3650d");
+    }
+    let leaf_cache_size = match raw.leaf_cache_size {
+        None => Interception::DEFAULT_LEAF_CACHE,
+        Some(n) if (1..=1_000_000).contains(&n) => n as usize,
+        Some(_) => {
+            cx.err("interception.leaf_cache_size", "must be between 1 and 1000000");
+            Interception::DEFAULT_LEAF_CACHE
+        }
+    };
+    let files = [&ca_cert_out, &ca_bundle_out, &java_truststore_out];
+    let named: Vec<&PathBuf> = files.iter().filter_map(|f| f.as_ref()).collect();
+    if (1..named.len()).any(|i| named[..i].contains(&named[i])) {
+        cx.err("interception", "ca_cert_out, ca_bundle_out and java_truststore_out must be different files");
+    }
+    Some(Interception {
+        ca_cert_out: ca_cert_out?,
+        ca_bundle_out: ca_bundle_out?,
+        java_truststore_out,
+        ca_validity,
+        leaf_cache_size,
+    })
 }

@@ -1,0 +1,77 @@
+//! Inside an intercepted CONNECT: terminate the agent's TLS with the CONNECT host's leaf, then
+//! serve its requests (HTTP/1.1 or h2, by ALPN) on the same request path as plain ones, pinned
+//! to the CONNECT authority.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use hyper::server::conn::http2;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::ServerConfig;
+
+use super::relay::ConnGuard;
+use super::target::Pinned;
+use crate::state::Shared;
+
+/// Handshake with the agent and serve the tunnel's requests until it closes, idles out, or the
+/// shutdown deadline passes. The connection's guard is held throughout. Boxed: the inner
+/// requests take the same path as the CONNECT that opened the tunnel, so the future's type
+/// would otherwise contain itself.
+pub fn serve(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    guard: Arc<ConnGuard>,
+    config: Arc<ServerConfig>,
+    pinned: Arc<Pinned>,
+    agent: Upgraded,
+) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(serve_tunnel(shared, peer, guard, config, pinned, agent))
+}
+
+async fn serve_tunnel(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    guard: Arc<ConnGuard>,
+    config: Arc<ServerConfig>,
+    pinned: Arc<Pinned>,
+    agent: Upgraded,
+) {
+    let limits = shared.live.load().policy.limits;
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let handshake = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(TokioIo::new(agent))).await;
+    let result = |r: &str| shared.metrics.tls_interceptions.with_label_values(&[r]).inc();
+    let tls = match handshake {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            result("handshake_error");
+            // Most often an agent that does not trust the pod CA: say so where an operator looks.
+            tracing::info!(%peer, host = %pinned.host, error = %e, "agent TLS handshake in an intercepted CONNECT failed");
+            return;
+        }
+        Err(_) => {
+            result("handshake_error");
+            tracing::info!(%peer, host = %pinned.host, "agent TLS handshake in an intercepted CONNECT timed out");
+            return;
+        }
+    };
+    result("ok");
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let svc = super::stack::proxy_service(shared.clone(), peer, guard.clone(), Some(pinned));
+    let io = TokioIo::new(tls);
+    let served = async {
+        if h2 {
+            let mut b = http2::Builder::new(TokioExecutor::new());
+            b.timer(TokioTimer::new()).max_header_list_size(limits.max_header_bytes as u32);
+            b.serve_connection(io, svc).await
+        } else {
+            super::http1_builder(&limits).serve_connection(io, svc).with_upgrades().await
+        }
+    };
+    tokio::select! {
+        r = served => if let Err(e) = r { tracing::debug!(%peer, error = %e, "intercepted connection ended with an error") },
+        () = guard.stopped() => tracing::debug!(%peer, "intercepted connection closed at the shutdown deadline"),
+    }
+}

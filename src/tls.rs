@@ -1,0 +1,168 @@
+//! The pod-local CA for CONNECT interception: CAs generated in memory with name constraints,
+//! the files agents trust, and a bounded cache of leaf certificates with their rustls server
+//! configurations, minted once per host (concurrent first uses wait for the one minting).
+
+pub mod ca;
+pub mod files;
+pub mod truststore;
+
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use rustls::ServerConfig;
+
+use crate::audit::Audit;
+use crate::clock::Clock;
+use crate::fields;
+use crate::metrics::Metrics;
+use crate::policy::{HostPattern, Interception};
+use ca::{CaError, Constraints, PodCa};
+
+/// Protocols offered to agents inside an intercepted tunnel.
+const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// A cached leaf: the server configuration for one host, and when to mint it anew.
+struct CachedLeaf {
+    config: Arc<ServerConfig>,
+    renew_at: SystemTime,
+}
+
+/// Every CA of this process, the files, and the leaf cache.
+pub struct Interceptor {
+    settings: Interception,
+    /// Read by every intercepted CONNECT; replaced (under `writer`) when a reload adds a CA.
+    cas: ArcSwap<Vec<Arc<PodCa>>>,
+    writer: Mutex<()>,
+    leaves: quick_cache::sync::Cache<String, Arc<CachedLeaf>>,
+    metrics: Metrics,
+    audit: Audit,
+    clock: Clock,
+}
+
+impl std::fmt::Debug for Interceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Interceptor").field("cas", &self.cas.load().len()).finish()
+    }
+}
+
+/// Why interception could not start or serve a host.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// Making a CA or leaf failed.
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    /// An output file could not be written.
+    #[error("{0}")]
+    Write(String),
+    /// rustls refused the leaf.
+    #[error("TLS server configuration: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+impl Interceptor {
+    /// Generate the first CA for `hosts` and write the files, before any listener serves.
+    pub fn start(
+        settings: &Interception,
+        hosts: &[HostPattern],
+        metrics: &Metrics,
+        audit: &Audit,
+        clock: &Clock,
+    ) -> Result<Arc<Self>, TlsError> {
+        let this = Arc::new(Interceptor {
+            settings: settings.clone(),
+            cas: ArcSwap::from_pointee(Vec::new()),
+            writer: Mutex::new(()),
+            leaves: quick_cache::sync::Cache::new(settings.leaf_cache_size),
+            metrics: metrics.clone(),
+            audit: audit.clone(),
+            clock: clock.clone(),
+        });
+        this.add_ca(Constraints::for_hosts(hosts))?;
+        Ok(this)
+    }
+
+    /// After a reload: hosts that no CA's constraints permit get a CA of their own, appended to
+    /// the files; the CAs already written keep serving theirs. Returns whether one was added.
+    pub fn cover(&self, hosts: &[HostPattern]) -> Result<bool, TlsError> {
+        let wanted = Constraints::for_hosts(hosts);
+        let cas = self.cas.load();
+        let uncovered = Constraints {
+            dns: wanted.dns.into_iter().filter(|d| !cas.iter().any(|ca| ca.constraints.permits(d))).collect(),
+            ips: wanted.ips.into_iter().filter(|ip| !cas.iter().any(|ca| ca.constraints.ips.contains(ip))).collect(),
+        };
+        if uncovered.is_empty() {
+            return Ok(false);
+        }
+        self.add_ca(uncovered)?;
+        Ok(true)
+    }
+
+    fn add_ca(&self, constraints: Constraints) -> Result<(), TlsError> {
+        let _writing = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let now = self.clock.now();
+        let ca = Arc::new(PodCa::generate(constraints, now, self.settings.ca_validity)?);
+        let mut all: Vec<Arc<PodCa>> = self.cas.load().iter().cloned().collect();
+        all.push(ca.clone());
+        let roots = &crate::certs::system_roots().certs;
+        files::write_all(&self.settings, roots, &all.iter().map(|c| &**c).collect::<Vec<_>>())
+            .map_err(TlsError::Write)?;
+        let earliest = all.iter().map(|c| c.not_after).min().unwrap_or(ca.not_after);
+        self.metrics.ca_expiration.set(crate::clock::unix(earliest).as_secs_f64());
+        self.cas.store(Arc::new(all));
+        let expires_at = crate::audit::timestamp(ca.not_after);
+        let constraints = ca.constraints.describe();
+        tracing::info!(
+            fingerprint = %ca.fingerprint,
+            constraints = ?constraints,
+            expires_at = %expires_at,
+            ca_cert = %self.settings.ca_cert_out.display(),
+            ca_bundle = %self.settings.ca_bundle_out.display(),
+            "pod-local CA created"
+        );
+        self.audit.emit(
+            "ca.created",
+            fields! {"fingerprint" => &ca.fingerprint, "constraints" => constraints, "expires_at" => expires_at},
+        );
+        Ok(())
+    }
+
+    /// The CAs, oldest first.
+    pub fn cas(&self) -> Arc<Vec<Arc<PodCa>>> {
+        self.cas.load_full()
+    }
+
+    /// The server configuration for `host` (the CONNECT host, normalised): its leaf is minted on
+    /// first use and cached; concurrent first uses wait for one minting.
+    pub async fn server_config(&self, host: &str) -> Result<Arc<ServerConfig>, TlsError> {
+        let now = self.clock.now();
+        if let Some(hit) = self.leaves.get(host) {
+            if hit.renew_at > now {
+                return Ok(hit.config.clone());
+            }
+            self.leaves.remove(host);
+        }
+        let leaf = self.leaves.get_or_insert_async(host, async { self.mint(host, now).map(Arc::new) }).await?;
+        self.metrics.tls_leaf_certs_cached.set(self.leaves.len() as i64);
+        Ok(leaf.config.clone())
+    }
+
+    fn mint(&self, host: &str, now: SystemTime) -> Result<CachedLeaf, TlsError> {
+        let cas = self.cas.load();
+        let ca = cas
+            .iter()
+            .rev()
+            .find(|ca| ca.constraints.permits(host))
+            .ok_or_else(|| CaError::OutsideConstraints(host.to_string()))?;
+        let leaf = ca.mint(host, now)?;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(leaf.chain, leaf.key)?;
+        config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+        // Renewed once two thirds of its life have passed.
+        let life = leaf.not_after.duration_since(now).unwrap_or_default();
+        Ok(CachedLeaf { config: Arc::new(config), renew_at: now + life * 2 / 3 })
+    }
+}
