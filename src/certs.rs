@@ -28,6 +28,11 @@ pub struct SystemRoots {
     pub compiled_in: bool,
 }
 
+/// The common name of every pod-local CA credproxy generates. A root by that name found among
+/// the system's (an `SSL_CERT_FILE` pointing at a bundle credproxy wrote, inherited by credproxy
+/// itself) is never trusted upstream nor copied into a new bundle.
+pub const POD_CA_NAME: &str = "credproxy pod-local CA";
+
 /// Load the system roots now (from a blocking thread at load time), not at the first use.
 pub fn warm_system_roots() {
     let _ = system_roots();
@@ -42,10 +47,21 @@ pub fn system_roots() -> &'static SystemRoots {
         let found = rustls_native_certs::load_native_certs();
         let mut store = RootCertStore::empty();
         let mut certs = Vec::new();
+        let mut skipped = 0;
         for cert in found.certs {
-            if store.add(cert.clone()).is_ok() && !certs.contains(&cert) {
-                certs.push(cert);
+            if certs.contains(&cert) || store.add(cert.clone()).is_err() {
+                continue;
             }
+            let subject = store.roots.last().map(|a| a.subject.as_ref()).unwrap_or_default();
+            if subject.windows(POD_CA_NAME.len()).any(|w| w == POD_CA_NAME.as_bytes()) {
+                store.roots.pop();
+                skipped += 1;
+                continue;
+            }
+            certs.push(cert);
+        }
+        if skipped > 0 {
+            tracing::warn!(skipped, "the system roots hold credproxy pod-local CAs (is SSL_CERT_FILE a bundle credproxy wrote?); they are not trusted");
         }
         let compiled_in = certs.is_empty();
         if compiled_in {

@@ -118,9 +118,10 @@ impl Decision {
 }
 
 /// A CONNECT to this route's host cannot be a blind tunnel: the route needs a credential, or a
-/// method or path check, which only interception can give.
+/// method or path check, which only interception can give. Whatever the route's scheme: a
+/// tunnel to a credentialed `http` route's port would skip its checks just the same.
 fn needs_interception(tool: &Tool, route: &Route) -> bool {
-    route.scheme == Scheme::Https && (tool.credential.is_some() || route.methods.is_some() || !route.paths.is_empty())
+    tool.credential.is_some() || route.methods.is_some() || !route.paths.is_empty()
 }
 
 /// What to do with a `CONNECT host:port`.

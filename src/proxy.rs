@@ -83,12 +83,10 @@ pub async fn accept(listener: TcpListener, a: Accept, mut shutdown: watch::Recei
         let shared = shared.clone();
         let mut shutdown = shutdown.clone();
         // Held by the connection and by any relay it upgrades into (WebSocket, CONNECT).
-        let guard = Arc::new(relay::ConnGuard::new(
-            permit,
-            shared.metrics.connections_active.clone(),
-            connections.clone(),
-            stop.clone(),
-        ));
+        let guard = Arc::new(
+            relay::ConnGuard::new(permit, shared.metrics.connections_active.clone(), connections.clone(), stop.clone())
+                .draining_on(shutdown.clone()),
+        );
         tokio::spawn(async move {
             let svc = stack::proxy_service(shared.clone(), peer, guard.clone(), None);
             let conn = http1_builder(&limits).serve_connection(TokioIo::new(stream), svc).with_upgrades();

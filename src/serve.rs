@@ -105,6 +105,7 @@ pub async fn start_with(config_path: PathBuf, overrides: Overrides, clock: Clock
     // The CA files exist before any listener serves, so before /ready can be true.
     if let Some(settings) = &interception {
         let tls = Interceptor::start(settings, &hosts, &shared.metrics, &shared.audit, &shared.clock)?;
+        tokio::spawn(crate::tls::renewals(Arc::downgrade(&tls)));
         let _ = shared.tls.set(tls);
     }
     let (shutdown, rx) = watch::channel(false);

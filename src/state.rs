@@ -332,7 +332,13 @@ impl Shared {
                 // Read once (capped), compare, and validate those same bytes.
                 let Some(text) = read().await.filter(|t| last.as_ref() != Some(t)) else { continue };
                 let Some(shared) = shared.upgrade() else { return };
-                shared.reload(&text);
+                // Off the runtime's threads: a reload may generate a CA and write its files.
+                let text = tokio::task::spawn_blocking(move || {
+                    shared.reload(&text);
+                    text
+                })
+                .await;
+                let Ok(text) = text else { continue };
                 last = Some(text);
             }
         })
@@ -352,12 +358,6 @@ impl Shared {
     }
 }
 
-/// Whether interception is on, and the files it writes (what a reload cannot change).
-fn interception_files(p: &Policy) -> Option<[Option<&std::path::Path>; 3]> {
-    let i = p.interception.as_ref()?;
-    Some([Some(&i.ca_cert_out), Some(&i.ca_bundle_out), i.java_truststore_out.as_deref()])
-}
-
 /// The fields that differ between the running policy and a new one and take effect only at a
 /// restart (the bound listeners, what they demand, the instance's identity, the audit output).
 fn restart_fields(old: &Policy, new: &Policy) -> Vec<&'static str> {
@@ -375,7 +375,7 @@ fn restart_fields(old: &Policy, new: &Policy) -> Vec<&'static str> {
         ("listen.control_auth_file", secret(&a.control_auth) != secret(&b.control_auth)),
         ("instance_id", old.instance_id != new.instance_id),
         ("audit.output", old.audit.file != new.audit.file),
-        ("interception", interception_files(old) != interception_files(new)),
+        ("interception", old.interception != new.interception),
     ]
     .into_iter()
     .filter_map(|(name, changed)| changed.then_some(name))

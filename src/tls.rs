@@ -38,7 +38,14 @@ pub struct Interceptor {
     metrics: Metrics,
     audit: Audit,
     clock: Clock,
+    provider: Arc<rustls::crypto::CryptoProvider>,
 }
+
+/// A CA with less life left than this mints no more leaves while a newer one can.
+const MIN_CA_LIFE_LEFT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// TLS sessions kept per leaf for resumption (rustls keeps 256 by default: ~30 KB a leaf).
+const SESSIONS_PER_LEAF: usize = 16;
 
 impl std::fmt::Debug for Interceptor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -77,6 +84,7 @@ impl Interceptor {
             metrics: metrics.clone(),
             audit: audit.clone(),
             clock: clock.clone(),
+            provider: Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
         });
         this.add_ca(Constraints::for_hosts(hosts))?;
         Ok(this)
@@ -98,11 +106,42 @@ impl Interceptor {
         Ok(true)
     }
 
+    /// When the next CA is due for a successor: two thirds into the life of the first CA to end
+    /// that has none yet.
+    pub fn next_renewal(&self) -> Option<SystemTime> {
+        self.without_successor().into_iter().map(|(_, due)| due).min()
+    }
+
+    /// The constraints of each CA no later CA with the same constraints outlives, and when it is due.
+    fn without_successor(&self) -> Vec<(Constraints, SystemTime)> {
+        let third = self.settings.ca_validity / 3;
+        let cas = self.cas.load();
+        (cas.iter())
+            .filter(|ca| !cas.iter().any(|o| o.constraints == ca.constraints && o.not_after > ca.not_after))
+            .map(|ca| (ca.constraints.clone(), ca.not_after - third))
+            .collect()
+    }
+
+    /// Give every CA in its last third of life a successor with the same constraints (appended to
+    /// the files, audited); expired ones leave the files. Leaves come from the old CA while it has
+    /// a day left, so agents that read the files before the successor was added keep working.
+    pub fn renew(&self) -> Result<usize, TlsError> {
+        let now = self.clock.now();
+        let due: Vec<Constraints> =
+            self.without_successor().into_iter().filter(|(_, at)| *at <= now).map(|(c, _)| c).collect();
+        for constraints in &due {
+            self.add_ca(constraints.clone())?;
+        }
+        Ok(due.len())
+    }
+
     fn add_ca(&self, constraints: Constraints) -> Result<(), TlsError> {
         let _writing = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let now = self.clock.now();
         let ca = Arc::new(PodCa::generate(constraints, now, self.settings.ca_validity)?);
-        let mut all: Vec<Arc<PodCa>> = self.cas.load().iter().cloned().collect();
+        // Expired CAs leave the files; one being renewed stays until it expires, since agents
+        // that read the files before its successor was added trust only it.
+        let mut all: Vec<Arc<PodCa>> = self.cas.load().iter().filter(|old| old.not_after > now).cloned().collect();
         all.push(ca.clone());
         let roots = &crate::certs::system_roots().certs;
         files::write_all(&self.settings, roots, &all.iter().map(|c| &**c).collect::<Vec<_>>())
@@ -149,20 +188,45 @@ impl Interceptor {
 
     fn mint(&self, host: &str, now: SystemTime) -> Result<CachedLeaf, TlsError> {
         let cas = self.cas.load();
-        let ca = cas
-            .iter()
-            .rev()
-            .find(|ca| ca.constraints.permits(host))
+        // The oldest CA that permits the host with a day of life left (every agent, however
+        // early it read the files, trusts it), else any that has not expired.
+        let permits = |ca: &&Arc<PodCa>, until: SystemTime| ca.constraints.permits(host) && ca.not_after > until;
+        let ca = (cas.iter().find(|ca| permits(ca, now + MIN_CA_LIFE_LEFT)))
+            .or_else(|| cas.iter().find(|ca| permits(ca, now)))
             .ok_or_else(|| CaError::OutsideConstraints(host.to_string()))?;
         let leaf = ca.mint(host, now)?;
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut config = ServerConfig::builder_with_provider(provider)
+        let mut config = ServerConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_single_cert(leaf.chain, leaf.key)?;
         config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+        config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSIONS_PER_LEAF);
         // Renewed once two thirds of its life have passed.
         let life = leaf.not_after.duration_since(now).unwrap_or_default();
         Ok(CachedLeaf { config: Arc::new(config), renew_at: now + life * 2 / 3 })
+    }
+}
+
+/// Renew the CAs as they come due, for as long as the interceptor lives: one wakeup per renewal
+/// (at most every 30 days), none in between.
+pub async fn renewals(tls: std::sync::Weak<Interceptor>) {
+    const MAX_SLEEP: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+    loop {
+        let Some(wait) = tls.upgrade().and_then(|t| t.next_renewal().map(|at| (at, t.clock.now()))) else { return };
+        let (at, now) = wait;
+        tokio::time::sleep(at.duration_since(now).unwrap_or_default().min(MAX_SLEEP)).await;
+        let Some(t) = tls.upgrade() else { return };
+        if t.next_renewal().is_some_and(|at| at > t.clock.now()) {
+            continue;
+        }
+        // Key generation and file writes: off the runtime's threads.
+        match tokio::task::spawn_blocking(move || t.renew()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "renewing the pod-local CA failed; retrying in an hour");
+                tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+            }
+            Err(_) => return,
+        }
     }
 }

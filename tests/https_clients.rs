@@ -1,6 +1,8 @@
 //! Real agent HTTP stacks reaching an `https://` API through CONNECT interception, trusting the
-//! bundle credproxy wrote: curl with `-x`, Python requests and httpx, and the OpenAI and
-//! Anthropic SDKs with only `HTTPS_PROXY`, the CA variables and a placeholder key. The upstream
+//! files credproxy wrote: curl with `-x`, Python requests and httpx, the OpenAI and Anthropic
+//! SDKs with only `HTTPS_PROXY`, the CA variables and a placeholder key, Node 20 with undici's
+//! `EnvHttpProxyAgent` and `NODE_EXTRA_CA_CERTS`, Java's `HttpClient` with `JAVA_TOOL_OPTIONS`
+//! and the PKCS12 trust store, and Go's `net/http` with `HTTPS_PROXY` and `SSL_CERT_FILE`. The upstream
 //! (its own test certificate, trusted by credproxy through the tool's `ca_file`) must receive
 //! exactly the injected credential; a denied host gets 403 and the upstream sees nothing.
 
@@ -40,7 +42,7 @@ async fn setup() -> Setup {
         |host: &str, paths: &str| format!("[{{ host: {host}, port: {port}, allow_private: true, paths: {paths} }}]");
     let policy = format!(
         r#"version: 1
-interception: {{ ca_cert_out: "{{dir}}/ca/ca.crt", ca_bundle_out: "{{dir}}/ca/ca-bundle.crt" }}
+interception: {{ ca_cert_out: "{{dir}}/ca/ca.crt", ca_bundle_out: "{{dir}}/ca/ca-bundle.crt", java_truststore_out: "{{dir}}/ca/truststore.p12" }}
 resolve: {{ "*.example.test": 127.0.0.1, api.openai.test: 127.0.0.1, api.anthropic.test: 127.0.0.1, denied.test: 127.0.0.1 }}
 tools:
   openai:
@@ -187,5 +189,109 @@ async fn requests_httpx_and_curl_through_https_proxy_with_the_bundle() {
     assert_eq!(run(c, env, false).await.trim(), "refused True");
     assert_eq!(s.up.requests().len(), before);
     assert_eq!(s.up.connection_count(), connections);
+    s.proxy.shutdown().await;
+}
+
+fn manifest(rel: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel).display().to_string()
+}
+
+/// `cmd` aimed at an allowed URL (the upstream gets exactly the injected token and the output is
+/// `expect`), then at a denied host (the command fails and the upstream sees nothing).
+async fn allowed_then_denied(
+    s: &Setup,
+    make: impl Fn(&str) -> Command,
+    env: Vec<(&'static str, String)>,
+    expect: &str,
+    what: &str,
+) {
+    let port = s.up.port();
+    let out = run(make(&format!("https://data.example.test:{port}/data/{what}")), env.clone(), false).await;
+    assert_eq!(out, format!("{expect}ok /data/{what}"), "{what}");
+    let seen = s.up.last();
+    assert_eq!(seen.uri, format!("/data/{what}"));
+    assert_eq!(credentials(&seen), [format!("authorization: Bearer {TOKEN}")], "{what}");
+    let (before, connections) = (s.up.requests().len(), s.up.connection_count());
+    let out = run(make(&format!("https://denied.test:{port}/data/{what}")), env, true).await;
+    assert!(out.contains("403") || out.to_lowercase().contains("refused"), "{what}: {out}");
+    assert_eq!((s.up.requests().len(), s.up.connection_count()), (before, connections), "{what}");
+}
+
+#[tokio::test]
+async fn node_20_with_undici_env_http_proxy_agent_and_node_extra_ca_certs() {
+    let s = setup().await;
+    let node_modules = manifest("tests/node/node_modules/undici");
+    assert!(
+        PathBuf::from(&node_modules).exists(),
+        "{node_modules} is missing: run scripts/test (npm ci in tests/node)"
+    );
+    let env = vec![
+        ("HTTPS_PROXY", format!("http://{}", s.proxy.addr)),
+        ("NODE_EXTRA_CA_CERTS", s.proxy.dir.path().join("ca/ca.crt").display().to_string()),
+    ];
+    let make = |url: &str| {
+        let mut c = Command::new("node");
+        c.args([&manifest("tests/node/agent.mjs"), url]);
+        c
+    };
+    allowed_then_denied(&s, make, env, "", "node").await;
+    s.proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn java_http_client_with_java_tool_options_and_the_trust_store() {
+    let s = setup().await;
+    let store = s.proxy.dir.path().join("ca/truststore.p12");
+    let options = format!(
+        "-Dhttps.proxyHost=127.0.0.1 -Dhttps.proxyPort={} -Djavax.net.ssl.trustStore={} \
+         -Djavax.net.ssl.trustStorePassword=changeit -Djavax.net.ssl.trustStoreType=PKCS12",
+        s.proxy.addr.port(),
+        store.display()
+    );
+    let make = |url: &str| {
+        let mut c = Command::new("java");
+        c.args([&manifest("tests/java/Agent.java"), url]);
+        c
+    };
+    // Java prefers h2, which the tunnel offers.
+    allowed_then_denied(&s, make, vec![("JAVA_TOOL_OPTIONS", options)], "HTTP_2 ", "java").await;
+    s.proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn go_net_http_with_https_proxy_and_ssl_cert_file() {
+    let s = setup().await;
+    let cache = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/go-cache");
+    let env = vec![
+        ("HTTPS_PROXY", format!("http://{}", s.proxy.addr)),
+        ("SSL_CERT_FILE", s.bundle.display().to_string()),
+        ("GOCACHE", cache.display().to_string()),
+        ("GOFLAGS", "-mod=mod".to_string()),
+    ];
+    let make = |url: &str| {
+        let mut c = Command::new("go");
+        c.args(["run", &manifest("tests/go/agent.go"), url]);
+        c
+    };
+    allowed_then_denied(&s, make, env, "HTTP/2.0 ", "go").await;
+    s.proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn keytool_lists_every_root_of_the_bundle_as_a_trusted_entry() {
+    let s = setup().await;
+    let store = s.proxy.dir.path().join("ca/truststore.p12");
+    let mut c = Command::new("keytool");
+    c.args(["-list", "-rfc", "-storetype", "PKCS12", "-storepass", "changeit", "-keystore"]).arg(&store);
+    let listed = run(c, vec![], false).await;
+    let trusted = listed.matches("trustedCertEntry").count();
+    let in_store: std::collections::HashSet<Vec<u8>> =
+        credproxy::tls::files::read_pem(&listed).into_iter().map(|c| c.to_vec()).collect();
+    let bundle = std::fs::read_to_string(&s.bundle).unwrap();
+    let in_bundle: std::collections::HashSet<Vec<u8>> =
+        credproxy::tls::files::read_pem(&bundle).into_iter().map(|c| c.to_vec()).collect();
+    assert!(in_bundle.len() > 10);
+    assert_eq!(trusted, in_bundle.len(), "every certificate is a trusted entry");
+    assert_eq!(in_store, in_bundle);
     s.proxy.shutdown().await;
 }

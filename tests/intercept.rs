@@ -66,12 +66,30 @@ fn pod_ca(proxy: &Proxy) -> Vec<CertificateDer<'static>> {
 }
 
 fn client_config(roots: &[CertificateDer<'static>], alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    client_config_at(roots, alpn, credproxy::clock::Clock::system())
+}
+
+/// Verifies certificates at `clock`'s time (a jumped manual clock in the renewal test).
+#[derive(Debug)]
+struct At(credproxy::clock::Clock);
+
+impl rustls::time_provider::TimeProvider for At {
+    fn current_time(&self) -> Option<rustls_pki_types::UnixTime> {
+        Some(rustls_pki_types::UnixTime::since_unix_epoch(credproxy::clock::unix(self.0.now())))
+    }
+}
+
+fn client_config_at(
+    roots: &[CertificateDer<'static>],
+    alpn: &[&[u8]],
+    clock: credproxy::clock::Clock,
+) -> Arc<rustls::ClientConfig> {
     let mut store = rustls::RootCertStore::empty();
     for r in roots {
         store.add(r.clone()).unwrap();
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut c = rustls::ClientConfig::builder_with_provider(provider)
+    let mut c = rustls::ClientConfig::builder_with_details(provider, Arc::new(At(clock)))
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(store)
@@ -170,6 +188,8 @@ async fn interception_injects_and_the_upstream_sees_only_the_real_token() {
     assert_eq!(created.len(), 1, "{audit}");
     assert!(created[0].contains("dns:api.example.test") && created[0].contains("dns:wild.test"), "{}", created[0]);
     assert!(!created[0].contains("open.example.test"), "an unrestricted host is tunnelled, not permitted");
+    let connect = audit.lines().find(|l| l.contains("\"method\":\"CONNECT\"")).expect("the CONNECT is audited");
+    assert!(connect.contains("request.forwarded") && connect.contains(HOST), "{connect}");
 }
 
 #[tokio::test]
@@ -237,6 +257,8 @@ async fn another_authority_inside_the_tunnel_is_421_and_the_upstream_sees_nothin
         assert_eq!(parts.headers["credproxy-error"], "misdirected_request");
     }
     assert!(s.up.requests().is_empty());
+    let audit = s.proxy.audit().await;
+    assert_eq!(audit.matches("\"reason\":\"misdirected\"").count(), 4, "{audit}");
 }
 
 #[tokio::test]
@@ -394,4 +416,108 @@ impl rustls::client::danger::ServerCertVerifier for AnyCert {
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         provider().signature_verification_algorithms.supported_schemes()
     }
+}
+
+/// The CA that verifies the leaf served for `host`, among `cas`.
+async fn issuer_of(proxy: &Proxy, host: &str, port: u16, cas: &[CertificateDer<'static>]) -> usize {
+    issuer_at(proxy, host, port, cas, credproxy::clock::Clock::system()).await
+}
+
+/// [`issuer_of`], verifying at `clock`'s time.
+async fn issuer_at(
+    proxy: &Proxy,
+    host: &str,
+    port: u16,
+    cas: &[CertificateDer<'static>],
+    clock: credproxy::clock::Clock,
+) -> usize {
+    let mut found = Vec::new();
+    for (i, ca) in cas.iter().enumerate() {
+        let s = connect(proxy, &format!("{host}:{port}")).await.unwrap();
+        let connector =
+            tokio_rustls::TlsConnector::from(client_config_at(std::slice::from_ref(ca), &[b"http/1.1"], clock.clone()));
+        if connector.connect(ServerName::try_from(host.to_string()).unwrap(), s).await.is_ok() {
+            found.push(i);
+        }
+    }
+    assert_eq!(found.len(), 1, "{host}: exactly one CA verifies its leaf");
+    found[0]
+}
+
+#[tokio::test]
+async fn a_reload_with_new_hosts_adds_a_second_ca_and_the_first_keeps_its_hosts() {
+    let s = setup("").await;
+    let port = s.up.port();
+    let first = pod_ca(&s.proxy);
+    assert_eq!(issuer_of(&s.proxy, HOST, port, &first).await, 0);
+    let bundle_before = pem_set(&std::fs::read_to_string(s.proxy.dir.path().join("ca/ca-bundle.crt")).unwrap());
+    let policy = policy(port, "").replace(
+        "resolve: {",
+        "resolve: { new.example.test: 127.0.0.1,",
+    ) + &format!(
+        "  new:\n    credential: {{ source: file, path: \"{{dir}}/token\" }}\n    ca_file: \"{{dir}}/upstream-ca.pem\"\n    routes: [{{ host: new.example.test, port: {port}, allow_private: true }}]\n"
+    );
+    s.proxy.rewrite(&policy);
+    eventually(async || s.proxy.audit().await.contains("config.reloaded"), "the reload").await;
+    let both = pod_ca(&s.proxy);
+    assert_eq!(both.len(), 2);
+    assert_eq!(both[0], first[0], "the first CA stays, first in the file");
+    let bundle = pem_set(&std::fs::read_to_string(s.proxy.dir.path().join("ca/ca-bundle.crt")).unwrap());
+    assert_eq!(bundle.difference(&bundle_before).cloned().collect::<Vec<_>>(), [both[1].to_vec()]);
+    assert_eq!(issuer_of(&s.proxy, HOST, port, &both).await, 0, "the first CA keeps serving its hosts");
+    assert_eq!(issuer_of(&s.proxy, "new.example.test", port, &both).await, 1);
+    let audit = s.proxy.audit().await;
+    let created: Vec<&str> = audit.lines().filter(|l| l.contains("\"ca.created\"")).collect();
+    assert_eq!(created.len(), 2);
+    assert!(
+        created[1].contains("dns:new.example.test") && !created[1].contains("dns:api.example.test"),
+        "{}",
+        created[1]
+    );
+    // A reload that adds nothing outside the constraints adds no CA.
+    s.proxy.rewrite(&(policy.clone() + "# a comment\n"));
+    eventually(async || s.proxy.audit().await.matches("config.reloaded").count() == 2, "the second reload").await;
+    assert_eq!(pod_ca(&s.proxy).len(), 2);
+}
+
+#[tokio::test]
+async fn a_ca_in_its_last_third_gets_a_successor_and_leaves_move_to_it_at_its_last_day() {
+    let upstream_ca = TestCa::new();
+    let up = Upstream::start_tls(upstream_ca.server_names(&[HOST, "open.example.test", "*.wild.test"])).await;
+    let port = up.port();
+    let dir = tempfile::tempdir().unwrap();
+    write_file(&dir, "token", "real-token\n");
+    write_file(&dir, "upstream-ca.pem", &upstream_ca.pem());
+    let policy_path = dir.path().join("policy.yaml");
+    std::fs::write(&policy_path, Proxy::render(&dir, &policy(port, ", ca_validity: 6d"))).unwrap();
+    let clock = credproxy::clock::Clock::manual();
+    let running = credproxy::serve::start_with(policy_path.clone(), Default::default(), clock.clone()).await.unwrap();
+    let proxy = Proxy {
+        addr: running.proxy_addr,
+        admin: running.admin_addr,
+        control: running.control.clone(),
+        running: Some(running),
+        dir,
+        policy_path,
+    };
+    let tls = proxy.running.as_ref().unwrap().shared.tls.get().unwrap().clone();
+    assert_eq!(tls.renew().unwrap(), 0, "nothing is due at start");
+    // Two thirds in: a successor is added; the old CA still has more than a day, so it serves.
+    clock.jump(std::time::Duration::from_secs(4 * 86400 + 60));
+    assert_eq!(tls.renew().unwrap(), 1);
+    assert_eq!(tls.renew().unwrap(), 0, "one successor, not one per call");
+    let cas = pod_ca(&proxy);
+    assert_eq!(cas.len(), 2);
+    assert_eq!(issuer_at(&proxy, HOST, port, &cas, clock.clone()).await, 0, "the old CA signs while it has over a day");
+    // Under a day left: leaves minted from now on come from the successor.
+    clock.jump(std::time::Duration::from_secs(3600 * 36));
+    assert_eq!(issuer_at(&proxy, "b.wild.test", port, &cas, clock.clone()).await, 1);
+    let audit = proxy.audit().await;
+    assert_eq!(audit.matches("\"ca.created\"").count(), 2);
+    let expiry = metric(&proxy.metrics().await, "credproxy_ca_expiration_timestamp_seconds").unwrap();
+    let first_end = credproxy::clock::unix(clock.now() - std::time::Duration::from_secs(4 * 86400 + 60 + 36 * 3600))
+        .as_secs_f64()
+        + 6.0 * 86400.0;
+    assert!((expiry - first_end).abs() < 120.0, "the metric shows the earliest CA's end");
+    proxy.shutdown().await;
 }

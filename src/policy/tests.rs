@@ -126,6 +126,33 @@ fn connect_decisions() {
     assert_eq!(p.decide_connect("a.example.com", 8443), ConnectDecision::Deny(ConnectDenial::UnknownHost));
 }
 
+#[test]
+fn connect_is_intercepted_only_with_interception_on_and_never_tunnelled_past_a_check() {
+    let tools = r#"
+tools:
+  gh:
+    credential: { source: env, var: HOME }
+    allow_insecure_upstream: true
+    routes: [{ host: api.github.com }, { scheme: http, host: plain.example, port: 8080 }]
+  ro:
+    routes: [{ host: "*.models.test", methods: [GET] }]
+  open:
+    routes: [{ host: pypi.org }, { host: 10.0.0.7, allow_private: true }]
+"#;
+    let off = policy(&format!("version: 1{tools}"));
+    assert_eq!(off.decide_connect("api.github.com", 443), ConnectDecision::Deny(ConnectDenial::NeedsInterception));
+    // A credentialed http route's port is no tunnel either: it would skip the credential's checks.
+    assert_eq!(off.decide_connect("plain.example", 8080), ConnectDecision::Deny(ConnectDenial::NeedsInterception));
+    let on =
+        policy(&format!("version: 1\ninterception: {{ ca_cert_out: /tmp/a.crt, ca_bundle_out: /tmp/b.crt }}{tools}"));
+    assert_eq!(on.decide_connect("api.github.com", 443), ConnectDecision::Intercept);
+    assert_eq!(on.decide_connect("eu.models.test", 443), ConnectDecision::Intercept);
+    assert!(matches!(on.decide_connect("pypi.org", 443), ConnectDecision::Tunnel { .. }));
+    assert_eq!(on.decide_connect("evil.org", 443), ConnectDecision::Deny(ConnectDenial::UnknownHost));
+    let hosts: Vec<String> = on.intercepted_hosts().iter().map(ToString::to_string).collect();
+    assert_eq!(hosts, ["*.models.test", "api.github.com", "plain.example"]);
+}
+
 /// The review's case: a credentialed wildcard tool must not be named onto a more specific host.
 const CORP: &str = r#"
 version: 1

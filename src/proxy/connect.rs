@@ -37,6 +37,9 @@ pub async fn handle(
     let Some(port) = auth.port_u16() else {
         return (None, Err(ProxyError::BadRequest("CONNECT needs host:port")));
     };
+    if !plausible_host(&host) {
+        return (None, Err(ProxyError::BadRequest("CONNECT host is not a DNS name or an IP address")));
+    }
     let policy = &live.policy;
     let target = Target {
         scheme: Scheme::Https,
@@ -49,7 +52,10 @@ pub async fn handle(
     };
     let (tool, allow_private) = match policy.decide_connect(&target.host, port) {
         ConnectDecision::Tunnel { tool, allow_private } => (tool, allow_private),
-        ConnectDecision::Intercept => return intercept(shared, peer, guard, req, target).await,
+        ConnectDecision::Intercept => {
+            audit_request(shared, live, RequestEvent::Forwarded(None), req.method(), &target, None);
+            return intercept(shared, peer, guard, req, target).await;
+        }
         ConnectDecision::Deny(why) => {
             audit_request(shared, live, RequestEvent::Denied(why.code()), req.method(), &target, None);
             let msg = match why {
@@ -120,4 +126,15 @@ async fn intercept(
     let mut resp = Response::new(full(bytes::Bytes::new()));
     *resp.status_mut() = StatusCode::OK;
     (None, Ok((resp, None)))
+}
+
+/// A host a certificate may name: an IP literal, or DNS labels of letters, digits, `-` and `_`
+/// (no `*`, so no wildcard leaf is ever minted for what an agent sends).
+fn plausible_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.parse::<std::net::IpAddr>().is_ok()
+        || (host.len() <= 253
+            && host.split('.').all(|l| {
+                (1..=63).contains(&l.len()) && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            }))
 }

@@ -16,6 +16,9 @@ use super::relay::ConnGuard;
 use super::target::Pinned;
 use crate::state::Shared;
 
+/// Concurrent h2 streams one intercepted connection may open.
+const MAX_STREAMS: u32 = 100;
+
 /// Handshake with the agent and serve the tunnel's requests until it closes, idles out, or the
 /// shutdown deadline passes. The connection's guard is held throughout. Boxed: the inner
 /// requests take the same path as the CONNECT that opened the tunnel, so the future's type
@@ -48,12 +51,13 @@ async fn serve_tunnel(
         Ok(Err(e)) => {
             result("handshake_error");
             // Most often an agent that does not trust the pod CA: say so where an operator looks.
-            tracing::info!(%peer, host = %pinned.host, error = %e, "agent TLS handshake in an intercepted CONNECT failed");
+            // Debug, not info: the agent controls how often this happens; the metric counts it.
+            tracing::debug!(%peer, host = %pinned.host, error = %e, "agent TLS handshake in an intercepted CONNECT failed (does the agent trust the pod CA?)");
             return;
         }
         Err(_) => {
             result("handshake_error");
-            tracing::info!(%peer, host = %pinned.host, "agent TLS handshake in an intercepted CONNECT timed out");
+            tracing::debug!(%peer, host = %pinned.host, "agent TLS handshake in an intercepted CONNECT timed out");
             return;
         }
     };
@@ -61,17 +65,34 @@ async fn serve_tunnel(
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let svc = super::stack::proxy_service(shared.clone(), peer, guard.clone(), Some(pinned));
     let io = TokioIo::new(tls);
-    let served = async {
-        if h2 {
-            let mut b = http2::Builder::new(TokioExecutor::new());
-            b.timer(TokioTimer::new()).max_header_list_size(limits.max_header_bytes as u32);
-            b.serve_connection(io, svc).await
-        } else {
-            super::http1_builder(&limits).serve_connection(io, svc).with_upgrades().await
-        }
+    // Served until it ends; drained gracefully when a shutdown begins, cut at its deadline.
+    macro_rules! drive {
+        ($conn:expr) => {{
+            let conn = $conn;
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => r,
+                () = guard.draining() => {
+                    conn.as_mut().graceful_shutdown();
+                    tokio::select! { r = conn.as_mut() => r, () = guard.stopped() => Ok(()) }
+                }
+                () = guard.stopped() => Ok(()),
+            }
+        }};
+    }
+    let result = if h2 {
+        let mut b = http2::Builder::new(TokioExecutor::new());
+        b.timer(TokioTimer::new())
+            .max_header_list_size(limits.max_header_bytes as u32)
+            // One agent connection's share of the upstream: bounded, as its HTTP/1.1 is to one.
+            .max_concurrent_streams(MAX_STREAMS)
+            .keep_alive_interval(Some(limits.idle_timeout))
+            .keep_alive_timeout(limits.header_read_timeout);
+        drive!(b.serve_connection(io, svc))
+    } else {
+        drive!(super::http1_builder(&limits).serve_connection(io, svc).with_upgrades())
     };
-    tokio::select! {
-        r = served => if let Err(e) = r { tracing::debug!(%peer, error = %e, "intercepted connection ended with an error") },
-        () = guard.stopped() => tracing::debug!(%peer, "intercepted connection closed at the shutdown deadline"),
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "intercepted connection ended with an error");
     }
 }

@@ -23,17 +23,35 @@ pub struct ConnGuard {
     _tracker: Arc<()>,
     /// Fires when a shutdown's deadline has passed: relays stop then.
     stop: watch::Receiver<bool>,
+    /// Fires when a shutdown begins: connections served inside a tunnel drain then.
+    draining: Option<watch::Receiver<bool>>,
 }
 
 impl ConnGuard {
     /// Count the connection in.
     pub fn new(permit: OwnedSemaphorePermit, active: IntGauge, tracker: Arc<()>, stop: watch::Receiver<bool>) -> Self {
         active.inc();
-        ConnGuard { _permit: permit, active, _tracker: tracker, stop }
+        ConnGuard { _permit: permit, active, _tracker: tracker, stop, draining: None }
+    }
+
+    /// Also tell connections served inside this one's tunnel when a shutdown begins.
+    pub fn draining_on(mut self, shutdown: watch::Receiver<bool>) -> Self {
+        self.draining = Some(shutdown);
+        self
     }
 }
 
 impl ConnGuard {
+    /// Resolves when a shutdown begins (never, without [`ConnGuard::draining_on`]).
+    pub async fn draining(&self) {
+        match self.draining.clone() {
+            Some(mut rx) => {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+
     /// Resolves when a shutdown's deadline has passed.
     pub async fn stopped(&self) {
         let mut stop = self.stop.clone();

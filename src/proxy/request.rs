@@ -97,7 +97,14 @@ async fn serve(
     }
     let target = match pinned.map_or_else(|| Target::of(live, &req), |p| Target::pinned(p, &req)) {
         Ok(t) => t,
-        Err(e) => return (None, Err(e)),
+        Err(e) => {
+            if let (ProxyError::Misdirected, Some(pin)) = (&e, pinned) {
+                // Probing other hosts through a tunnel leaves a record, as a denial does.
+                let t = Target::pinned_to(pin, req.uri().path());
+                audit_request(shared, live, RequestEvent::Denied("misdirected"), req.method(), &t, None);
+            }
+            return (None, Err(e));
+        }
     };
     let named = match req.headers().get(&TOOL_HEADER).map(HeaderValue::to_str) {
         None => None,

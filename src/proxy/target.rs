@@ -78,6 +78,19 @@ impl Target {
         })
     }
 
+    /// The tunnel's own authority with a path as sent, for the audit record of a refused request.
+    pub(super) fn pinned_to(pin: &Pinned, path: &str) -> Target {
+        Target {
+            scheme: Scheme::Https,
+            host: pin.host.clone(),
+            port: pin.port,
+            path: path.to_string(),
+            query: None,
+            base_tool: None,
+            upstream_authority: None,
+        }
+    }
+
     pub(super) fn of(live: &Live, req: &Request<Incoming>) -> Result<Target, ProxyError> {
         let uri = req.uri();
         let query = uri.query().map(str::to_owned);

@@ -18,8 +18,8 @@ use crate::policy::HostPattern;
 pub const LEAF_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Leaves and CAs start this far in the past, for agents whose clocks run a little behind.
 const BACKDATE: Duration = Duration::from_secs(3600);
-/// The one name a CA permits when the policy intercepts nothing: `.invalid` never resolves
-/// (RFC 2606), so such a CA can sign for nothing real.
+/// The DNS subtree a CA permits when it is for no DNS name (nothing intercepted, or addresses
+/// only): `.invalid` never resolves (RFC 2606), so such a CA can sign for no real name.
 const NOTHING: &str = "invalid";
 
 /// Why a CA or leaf was not made.
@@ -89,7 +89,9 @@ impl Constraints {
 
     fn extension(&self) -> NameConstraints {
         let mut permitted: Vec<GeneralSubtree> = self.dns.iter().cloned().map(GeneralSubtree::DnsName).collect();
-        if self.is_empty() {
+        // A name type without a permitted subtree is unconstrained (RFC 5280 §4.2.1.10): a CA for
+        // addresses alone must still permit no real DNS name.
+        if self.dns.is_empty() {
             permitted.push(GeneralSubtree::DnsName(NOTHING.into()));
         }
         permitted.extend(self.ips.iter().map(|ip| {
@@ -177,7 +179,7 @@ impl PodCa {
         let key = CaKey(KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?);
         let mut params = CertificateParams::default();
         params.distinguished_name.push(DnType::OrganizationName, "credproxy");
-        params.distinguished_name.push(DnType::CommonName, "credproxy pod-local CA");
+        params.distinguished_name.push(DnType::CommonName, crate::certs::POD_CA_NAME);
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         params.name_constraints = Some(constraints.extension());
@@ -351,6 +353,23 @@ mod tests {
         let none = PodCa::generate(Constraints::for_hosts(&[]), SystemTime::now(), Duration::from_secs(86400)).unwrap();
         assert!(none.mint("api.example.test", SystemTime::now()).is_err());
         assert!(!none.constraints.permits("x.invalid"), "permits() reports the policy's names only");
+    }
+
+    #[test]
+    fn a_ca_for_addresses_alone_permits_no_real_dns_name() {
+        let now = SystemTime::now();
+        let ca =
+            PodCa::generate(Constraints::for_hosts(&hosts(&["10.1.2.3"])), now, Duration::from_secs(86400)).unwrap();
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::DnsName("evil.test".try_into().unwrap())];
+        params.not_before = (now - BACKDATE).into();
+        params.not_after = (now + LEAF_VALIDITY).into();
+        let cert = params.signed_by(&key, &ca.issuer).unwrap();
+        let err = verify(&ca, &[cert.der().clone(), ca.cert.clone()], "evil.test").unwrap_err();
+        assert!(format!("{err:?}").contains("NameConstraintViolation"), "{err:?}");
+        let leaf = ca.mint("10.1.2.3", now).unwrap();
+        verify(&ca, &leaf.chain, "10.1.2.3").unwrap();
     }
 
     #[test]

@@ -82,7 +82,10 @@ fn cert_bag(cert: &CertificateDer<'_>, alias: &str) -> Vec<u8> {
     let bag = seq(&[&oid(X509_CERTIFICATE), &explicit0(&octets(cert.as_ref()))]);
     let friendly = seq(&[&oid(FRIENDLY_NAME), &set(&[&tlv(0x1e, &bmp(alias))])]);
     let trusted = seq(&[&oid(ORACLE_TRUSTED_KEY_USAGE), &set(&[&oid(ANY_EXTENDED_KEY_USAGE)])]);
-    seq(&[&oid(CERT_BAG), &explicit0(&bag), &set(&[&friendly, &trusted])])
+    // DER orders a SET OF by its elements' encodings.
+    let mut attributes = [friendly, trusted];
+    attributes.sort();
+    seq(&[&oid(CERT_BAG), &explicit0(&bag), &set(&[&attributes[0], &attributes[1]])])
 }
 
 /// RFC 7292 Appendix B.2 with SHA-256, for a 32-byte MAC key (one block: `n = u`).
