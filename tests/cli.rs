@@ -251,3 +251,39 @@ async fn run_from_env_json_logs_status_over_the_socket_and_sigint() {
     }
     assert!(!sock.exists(), "the control socket is removed at exit");
 }
+
+/// `run --ca-dir DIR` turns interception on for a policy without an `interception:` block (and
+/// one that intercepts nothing): the three files exist, in full, by the time `/ready` is 200.
+#[tokio::test]
+async fn ca_dir_writes_the_three_files_before_ready_even_when_nothing_is_intercepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p, a, c) = (free_port(), free_port(), free_port());
+    let policy = write_file(
+        &dir,
+        "p.yaml",
+        &format!(
+            "version: 1\nlisten: {{ proxy: 127.0.0.1:{p}, admin: 127.0.0.1:{a}, control: 127.0.0.1:{c} }}\ntools:\n  pypi:\n    routes: [{{ host: pypi.org }}]\n"
+        ),
+    );
+    let ca_dir = dir.path().join("run/credproxy");
+    let mut child = tokio::process::Command::from(bin())
+        .args(["run", "--config"])
+        .arg(&policy)
+        .arg("--ca-dir")
+        .arg(&ca_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ready = until_ready(format!("127.0.0.1:{a}").parse().unwrap()).await;
+    let read = |f: &str| std::fs::read(ca_dir.join(f)).unwrap_or_default();
+    let (cert, bundle, store) = (read("ca.crt"), read("ca-bundle.crt"), read("truststore.p12"));
+    let _ = child.kill().await;
+    assert!(ready, "credproxy did not become ready");
+    let cas = credproxy::tls::files::read_pem(std::str::from_utf8(&cert).unwrap());
+    assert_eq!(cas.len(), 1, "one CA");
+    let in_bundle = credproxy::tls::files::read_pem(std::str::from_utf8(&bundle).unwrap());
+    assert_eq!(in_bundle.last(), Some(&cas[0]), "the bundle ends with the CA");
+    assert!(in_bundle.len() > 10, "after the system's roots");
+    assert_eq!(store.first(), Some(&0x30), "a DER PKCS12 file");
+}

@@ -121,10 +121,20 @@ async fn openai_sdk_with_https_proxy_ssl_cert_file_and_a_placeholder_key() {
         // The real API is on 443; the test's upstream is on a free port.
         ("OPENAI_BASE_URL", format!("https://api.openai.test:{}/v1", s.up.port())),
     ];
-    assert_eq!(run(c, env, false).await, "hello from upstream");
+    assert_eq!(run(c, env.clone(), false).await, "hello from upstream");
     let seen = s.up.last();
     assert_eq!(seen.uri, "/v1/chat/completions");
     assert_eq!(credentials(&seen), [format!("authorization: Bearer {TOKEN}")]);
+    // Aimed at a host no route names: the CONNECT is refused and the upstream sees nothing.
+    let (before, connections) = (s.up.requests().len(), s.up.connection_count());
+    let mut c = Command::new(python());
+    c.args(["-c", script]);
+    let mut env = env;
+    env.retain(|(k, _)| *k != "OPENAI_BASE_URL");
+    env.push(("OPENAI_BASE_URL", format!("https://denied.test:{}/v1", s.up.port())));
+    let out = run(c, env, true).await;
+    assert!(out.contains("APIConnectionError"), "{out}");
+    assert_eq!((s.up.requests().len(), s.up.connection_count()), (before, connections));
     s.proxy.shutdown().await;
 }
 
@@ -142,10 +152,19 @@ async fn anthropic_sdk_placeholder_x_api_key_is_replaced() {
         ("ANTHROPIC_API_KEY", "credproxy".to_string()),
         ("ANTHROPIC_BASE_URL", format!("https://api.anthropic.test:{}", s.up.port())),
     ];
-    assert_eq!(run(c, env, false).await, "hello from upstream");
+    assert_eq!(run(c, env.clone(), false).await, "hello from upstream");
     let seen = s.up.last();
     assert_eq!(seen.uri, "/v1/messages");
     assert_eq!(credentials(&seen), [format!("x-api-key: {TOKEN}")]);
+    let (before, connections) = (s.up.requests().len(), s.up.connection_count());
+    let mut c = Command::new(python());
+    c.args(["-c", script]);
+    let mut env = env;
+    env.retain(|(k, _)| *k != "ANTHROPIC_BASE_URL");
+    env.push(("ANTHROPIC_BASE_URL", format!("https://denied.test:{}", s.up.port())));
+    let out = run(c, env, true).await;
+    assert!(out.contains("APIConnectionError"), "{out}");
+    assert_eq!((s.up.requests().len(), s.up.connection_count()), (before, connections));
     s.proxy.shutdown().await;
 }
 
@@ -186,6 +205,11 @@ async fn requests_httpx_and_curl_through_https_proxy_with_the_bundle() {
     let mut c = Command::new(python());
     c.args(["-c", code, &denied]);
     let env = vec![("HTTPS_PROXY", proxy_url.clone()), ("REQUESTS_CA_BUNDLE", s.bundle.display().to_string())];
+    assert_eq!(run(c, env, false).await.trim(), "refused True");
+    let code = "import httpx, sys\ntry:\n    httpx.get(sys.argv[1])\nexcept httpx.ProxyError as e:\n    print('refused', '403' in str(e))";
+    let mut c = Command::new(python());
+    c.args(["-c", code, &denied]);
+    let env = vec![("HTTPS_PROXY", proxy_url.clone()), ("SSL_CERT_FILE", s.bundle.display().to_string())];
     assert_eq!(run(c, env, false).await.trim(), "refused True");
     assert_eq!(s.up.requests().len(), before);
     assert_eq!(s.up.connection_count(), connections);
@@ -261,16 +285,20 @@ async fn java_http_client_with_java_tool_options_and_the_trust_store() {
 #[tokio::test]
 async fn go_net_http_with_https_proxy_and_ssl_cert_file() {
     let s = setup().await;
-    let cache = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/go-cache");
+    // Built once into target/ (not `go run`, which executes from a temporary folder).
+    let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/go-agent");
+    let binary = target.join("agent");
+    let mut build = Command::new("go");
+    build.args(["build", "-o"]).arg(&binary).arg(manifest("tests/go/agent.go"));
+    build.env("GOCACHE", target.join("cache")).env("GOFLAGS", "-mod=mod").env("GO111MODULE", "off");
+    run(build, vec![], false).await;
     let env = vec![
         ("HTTPS_PROXY", format!("http://{}", s.proxy.addr)),
         ("SSL_CERT_FILE", s.bundle.display().to_string()),
-        ("GOCACHE", cache.display().to_string()),
-        ("GOFLAGS", "-mod=mod".to_string()),
     ];
     let make = |url: &str| {
-        let mut c = Command::new("go");
-        c.args(["run", &manifest("tests/go/agent.go"), url]);
+        let mut c = Command::new(&binary);
+        c.arg(url);
         c
     };
     allowed_then_denied(&s, make, env, "HTTP/2.0 ", "go").await;
