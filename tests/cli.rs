@@ -139,6 +139,13 @@ async fn until_ready(admin: std::net::SocketAddr) -> bool {
     false
 }
 
+/// `credproxy run --config POLICY EXTRA…` with its output discarded.
+fn run_quiet(policy: &Path, extra: &[&std::ffi::OsStr]) -> tokio::process::Child {
+    let mut cmd = tokio::process::Command::from(bin());
+    cmd.args(["run", "--config"]).arg(policy).args(extra).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.spawn().unwrap()
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -156,13 +163,7 @@ async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
             up.port()
         ),
     );
-    let mut child = tokio::process::Command::from(bin())
-        .args(["run", "--config"])
-        .arg(&policy)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = run_quiet(&policy, &[]);
     let admin = format!("127.0.0.1:{a}").parse().unwrap();
     let proxy: std::net::SocketAddr = format!("127.0.0.1:{p}").parse().unwrap();
     let ready = until_ready(admin).await;
@@ -266,15 +267,7 @@ async fn ca_dir_writes_the_three_files_before_ready_even_when_nothing_is_interce
         ),
     );
     let ca_dir = dir.path().join("run/credproxy");
-    let mut child = tokio::process::Command::from(bin())
-        .args(["run", "--config"])
-        .arg(&policy)
-        .arg("--ca-dir")
-        .arg(&ca_dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = run_quiet(&policy, &["--ca-dir".as_ref(), ca_dir.as_os_str()]);
     let ready = until_ready(format!("127.0.0.1:{a}").parse().unwrap()).await;
     let read = |f: &str| std::fs::read(ca_dir.join(f)).unwrap_or_default();
     let (cert, bundle, store) = (read("ca.crt"), read("ca-bundle.crt"), read("truststore.p12"));

@@ -292,10 +292,8 @@ async fn go_net_http_with_https_proxy_and_ssl_cert_file() {
     build.args(["build", "-o"]).arg(&binary).arg(manifest("tests/go/agent.go"));
     build.env("GOCACHE", target.join("cache")).env("GOFLAGS", "-mod=mod").env("GO111MODULE", "off");
     run(build, vec![], false).await;
-    let env = vec![
-        ("HTTPS_PROXY", format!("http://{}", s.proxy.addr)),
-        ("SSL_CERT_FILE", s.bundle.display().to_string()),
-    ];
+    let env =
+        vec![("HTTPS_PROXY", format!("http://{}", s.proxy.addr)), ("SSL_CERT_FILE", s.bundle.display().to_string())];
     let make = |url: &str| {
         let mut c = Command::new(&binary);
         c.arg(url);

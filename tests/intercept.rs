@@ -488,18 +488,8 @@ async fn a_ca_in_its_last_third_gets_a_successor_and_leaves_move_to_it_at_its_la
     let dir = tempfile::tempdir().unwrap();
     write_file(&dir, "token", "real-token\n");
     write_file(&dir, "upstream-ca.pem", &upstream_ca.pem());
-    let policy_path = dir.path().join("policy.yaml");
-    std::fs::write(&policy_path, Proxy::render(&dir, &policy(port, ", ca_validity: 6d"))).unwrap();
     let clock = credproxy::clock::Clock::manual();
-    let running = credproxy::serve::start_with(policy_path.clone(), Default::default(), clock.clone()).await.unwrap();
-    let proxy = Proxy {
-        addr: running.proxy_addr,
-        admin: running.admin_addr,
-        control: running.control.clone(),
-        running: Some(running),
-        dir,
-        policy_path,
-    };
+    let proxy = Proxy::start_with_clock(dir, &policy(port, ", ca_validity: 6d"), clock.clone()).await;
     let tls = proxy.running.as_ref().unwrap().shared.tls.get().unwrap().clone();
     assert_eq!(tls.renew().unwrap(), 0, "nothing is due at start");
     // Two thirds in: a successor is added; the old CA still has more than a day, so it serves.

@@ -31,68 +31,59 @@ pub fn serve(
     pinned: Arc<Pinned>,
     agent: Upgraded,
 ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-    Box::pin(serve_tunnel(shared, peer, guard, config, pinned, agent))
-}
-
-async fn serve_tunnel(
-    shared: Arc<Shared>,
-    peer: SocketAddr,
-    guard: Arc<ConnGuard>,
-    config: Arc<ServerConfig>,
-    pinned: Arc<Pinned>,
-    agent: Upgraded,
-) {
-    let limits = shared.live.load().policy.limits;
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let handshake = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(TokioIo::new(agent))).await;
-    let result = |r: &str| shared.metrics.tls_interceptions.with_label_values(&[r]).inc();
-    let tls = match handshake {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            result("handshake_error");
-            // Most often an agent that does not trust the pod CA: say so where an operator looks.
-            // Debug, not info: the agent controls how often this happens; the metric counts it.
-            tracing::debug!(%peer, host = %pinned.host, error = %e, "agent TLS handshake in an intercepted CONNECT failed (does the agent trust the pod CA?)");
-            return;
-        }
-        Err(_) => {
-            result("handshake_error");
-            tracing::debug!(%peer, host = %pinned.host, "agent TLS handshake in an intercepted CONNECT timed out");
-            return;
-        }
-    };
-    result("ok");
-    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    let svc = super::stack::proxy_service(shared.clone(), peer, guard.clone(), Some(pinned));
-    let io = TokioIo::new(tls);
-    // Served until it ends; drained gracefully when a shutdown begins, cut at its deadline.
-    macro_rules! drive {
-        ($conn:expr) => {{
-            let conn = $conn;
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => r,
-                () = guard.draining() => {
-                    conn.as_mut().graceful_shutdown();
-                    tokio::select! { r = conn.as_mut() => r, () = guard.stopped() => Ok(()) }
-                }
-                () = guard.stopped() => Ok(()),
+    Box::pin(async move {
+        let limits = shared.live.load().policy.limits;
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let handshake = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(TokioIo::new(agent))).await;
+        let result = |r: &str| shared.metrics.tls_interceptions.with_label_values(&[r]).inc();
+        let tls = match handshake {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                result("handshake_error");
+                // Most often an agent that does not trust the pod CA: say so where an operator looks.
+                // Debug, not info: the agent controls how often this happens; the metric counts it.
+                tracing::debug!(%peer, host = %pinned.host, error = %e, "agent TLS handshake in an intercepted CONNECT failed (does the agent trust the pod CA?)");
+                return;
             }
-        }};
-    }
-    let result = if h2 {
-        let mut b = http2::Builder::new(TokioExecutor::new());
-        b.timer(TokioTimer::new())
-            .max_header_list_size(limits.max_header_bytes as u32)
-            // One agent connection's share of the upstream: bounded, as its HTTP/1.1 is to one.
-            .max_concurrent_streams(MAX_STREAMS)
-            .keep_alive_interval(Some(limits.idle_timeout))
-            .keep_alive_timeout(limits.header_read_timeout);
-        drive!(b.serve_connection(io, svc))
-    } else {
-        drive!(super::http1_builder(&limits).serve_connection(io, svc).with_upgrades())
-    };
-    if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "intercepted connection ended with an error");
-    }
+            Err(_) => {
+                result("handshake_error");
+                tracing::debug!(%peer, host = %pinned.host, "agent TLS handshake in an intercepted CONNECT timed out");
+                return;
+            }
+        };
+        result("ok");
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        let svc = super::stack::proxy_service(shared.clone(), peer, guard.clone(), Some(pinned));
+        let io = TokioIo::new(tls);
+        // Served until it ends; drained gracefully when a shutdown begins, cut at its deadline.
+        macro_rules! drive {
+            ($conn:expr) => {{
+                let conn = $conn;
+                tokio::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => r,
+                    () = guard.draining() => {
+                        conn.as_mut().graceful_shutdown();
+                        tokio::select! { r = conn.as_mut() => r, () = guard.stopped() => Ok(()) }
+                    }
+                    () = guard.stopped() => Ok(()),
+                }
+            }};
+        }
+        let result = if h2 {
+            let mut b = http2::Builder::new(TokioExecutor::new());
+            b.timer(TokioTimer::new())
+                .max_header_list_size(limits.max_header_bytes as u32)
+                // One agent connection's share of the upstream: bounded, as its HTTP/1.1 is to one.
+                .max_concurrent_streams(MAX_STREAMS)
+                .keep_alive_interval(Some(limits.idle_timeout))
+                .keep_alive_timeout(limits.header_read_timeout);
+            drive!(b.serve_connection(io, svc))
+        } else {
+            drive!(super::http1_builder(&limits).serve_connection(io, svc).with_upgrades())
+        };
+        if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "intercepted connection ended with an error");
+        }
+    })
 }

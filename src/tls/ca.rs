@@ -262,6 +262,14 @@ mod tests {
             .collect()
     }
 
+    fn name_constraints<'a>(cert: &'a X509Certificate<'a>) -> x509_parser::extensions::NameConstraints<'a> {
+        let found = cert.extensions().iter().find_map(|e| match e.parsed_extension() {
+            ParsedExtension::NameConstraints(nc) => Some(nc.clone()),
+            _ => None,
+        });
+        found.expect("nameConstraints")
+    }
+
     fn verify(ca: &PodCa, chain: &[CertificateDer<'static>], name: &str) -> Result<(), rustls::Error> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(ca.cert.clone()).unwrap();
@@ -291,14 +299,7 @@ mod tests {
         assert_eq!(cert.public_key().algorithm.algorithm.to_id_string(), "1.2.840.10045.2.1"); // id-ecPublicKey
         let curve = cert.public_key().algorithm.parameters.as_ref().unwrap().as_oid().unwrap();
         assert_eq!(curve.to_id_string(), "1.2.840.10045.3.1.7"); // P-256
-        let nc = cert
-            .extensions()
-            .iter()
-            .find_map(|e| match e.parsed_extension() {
-                ParsedExtension::NameConstraints(nc) => Some(nc.clone()),
-                _ => None,
-            })
-            .expect("nameConstraints");
+        let nc = name_constraints(&cert);
         let permitted: Vec<String> = nc
             .permitted_subtrees
             .unwrap()
@@ -331,14 +332,7 @@ mod tests {
         )
         .unwrap();
         let (_, cert) = X509Certificate::from_der(ca.cert.as_ref()).unwrap();
-        let nc = cert
-            .extensions()
-            .iter()
-            .find_map(|e| match e.parsed_extension() {
-                ParsedExtension::NameConstraints(nc) => Some(nc.clone()),
-                _ => None,
-            })
-            .unwrap();
+        let nc = name_constraints(&cert);
         let excluded: Vec<Vec<u8>> = nc
             .excluded_subtrees
             .unwrap()

@@ -256,9 +256,16 @@ impl Proxy {
 
     /// Start without waiting for `/ready` (credentials that are meant to fail).
     pub async fn start_unready(dir: tempfile::TempDir, policy: &str) -> Proxy {
+        Self::start_with_clock(dir, policy, credproxy::clock::Clock::system()).await
+    }
+
+    /// [`Proxy::start_unready`] on a given clock (tests jump its wall time).
+    pub async fn start_with_clock(dir: tempfile::TempDir, policy: &str, clock: credproxy::clock::Clock) -> Proxy {
         let policy_path = dir.path().join("policy.yaml");
         std::fs::write(&policy_path, Self::render(&dir, policy)).unwrap();
-        let running = credproxy::serve::start(policy_path.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+        let running = credproxy::serve::start_with(policy_path.clone(), Default::default(), clock)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         Proxy {
             addr: running.proxy_addr,
             admin: running.admin_addr,
