@@ -49,7 +49,7 @@ pub struct Metrics {
     pub tls_interceptions: IntCounterVec,
     /// `credproxy_tls_leaf_certs_cached`.
     pub tls_leaf_certs_cached: IntGauge,
-    /// `credproxy_ca_expiration_timestamp_seconds`: when the earliest pod CA expires.
+    /// `credproxy_ca_expiration_timestamp_seconds`: when the first pod CA without a successor expires.
     pub ca_expiration: Gauge,
 }
 
@@ -212,8 +212,11 @@ impl Metrics {
             ),
             ca_expiration: reg(
                 &r,
-                Gauge::new("credproxy_ca_expiration_timestamp_seconds", "When the earliest pod-local CA expires.")
-                    .unwrap(),
+                Gauge::new(
+                    "credproxy_ca_expiration_timestamp_seconds",
+                    "When interception stops unless renewed: the first pod-local CA without a successor to expire.",
+                )
+                .unwrap(),
             ),
             credential_revocations: counter_vec(
                 "credproxy_credential_revocations_total",

@@ -276,9 +276,10 @@ impl Policy {
             }
             first.get_or_insert(t);
             if needs_interception(tool, route) {
-                return match self.interception {
-                    Some(_) => ConnectDecision::Intercept,
-                    None => ConnectDecision::Deny(ConnectDenial::NeedsInterception),
+                // Inside the tunnel requests are https: an http route's checks can never pass there.
+                return match (&self.interception, route.scheme) {
+                    (Some(_), Scheme::Https) => ConnectDecision::Intercept,
+                    _ => ConnectDecision::Deny(ConnectDenial::NeedsInterception),
                 };
             }
             allow_private &= route.allow_private;
@@ -293,7 +294,10 @@ impl Policy {
     /// constraints must permit. Sorted, without duplicates.
     pub fn intercepted_hosts(&self) -> Vec<HostPattern> {
         let mut hosts: Vec<HostPattern> = (self.tools.iter())
-            .flat_map(|t| t.routes.iter().filter(move |r| needs_interception(t, r)).map(|r| r.host.clone()))
+            .flat_map(|t| {
+                let intercepted = move |r: &&Route| r.scheme == Scheme::Https && needs_interception(t, r);
+                t.routes.iter().filter(intercepted).map(|r| r.host.clone())
+            })
             .collect();
         hosts.sort_by_key(|h| h.to_string());
         hosts.dedup();

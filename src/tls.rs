@@ -41,7 +41,8 @@ pub struct Interceptor {
     provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
-/// A CA with less life left than this mints no more leaves while a newer one can.
+/// A CA with less life left than this (or a sixth of its validity, when shorter) mints no more
+/// leaves while a newer one can.
 const MIN_CA_LIFE_LEFT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// TLS sessions kept per leaf for resumption (rustls keeps 256 by default: ~30 KB a leaf).
@@ -123,16 +124,46 @@ impl Interceptor {
     }
 
     /// Give every CA in its last third of life a successor with the same constraints (appended to
-    /// the files, audited); expired ones leave the files. Leaves come from the old CA while it has
-    /// a day left, so agents that read the files before the successor was added keep working.
+    /// the files, audited), and take expired ones out of the files. Leaves come from the old CA
+    /// while it has a day left, so agents that read the files before the successor came keep
+    /// working. Returns how many CAs were added.
     pub fn renew(&self) -> Result<usize, TlsError> {
         let now = self.clock.now();
+        if self.cas.load().iter().any(|ca| ca.not_after <= now) {
+            let _writing = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let live: Vec<Arc<PodCa>> = self.cas.load().iter().filter(|ca| ca.not_after > now).cloned().collect();
+            self.install(live)?;
+            tracing::info!("expired pod-local CAs removed from the files");
+        }
         let due: Vec<Constraints> =
             self.without_successor().into_iter().filter(|(_, at)| *at <= now).map(|(c, _)| c).collect();
         for constraints in &due {
             self.add_ca(constraints.clone())?;
         }
         Ok(due.len())
+    }
+
+    /// The next time [`Interceptor::renew`] has work: a renewal due, or a CA expiring.
+    pub fn next_event(&self) -> Option<SystemTime> {
+        let expiry = self.cas.load().iter().map(|ca| ca.not_after).min();
+        [self.next_renewal(), expiry].into_iter().flatten().min()
+    }
+
+    /// Write the files for `all`, then publish it (called with `writer` held).
+    fn install(&self, all: Vec<Arc<PodCa>>) -> Result<(), TlsError> {
+        let roots = &crate::certs::system_roots().certs;
+        files::write_all(&self.settings, roots, &all.iter().map(|c| &**c).collect::<Vec<_>>())
+            .map_err(TlsError::Write)?;
+        // When interception stops without a renewal: the first CA to end that has no successor.
+        let last = (all.iter())
+            .filter(|ca| !all.iter().any(|o| o.constraints == ca.constraints && o.not_after > ca.not_after))
+            .map(|ca| ca.not_after)
+            .min();
+        if let Some(t) = last {
+            self.metrics.ca_expiration.set(crate::clock::unix(t).as_secs_f64());
+        }
+        self.cas.store(Arc::new(all));
+        Ok(())
     }
 
     fn add_ca(&self, constraints: Constraints) -> Result<(), TlsError> {
@@ -143,12 +174,7 @@ impl Interceptor {
         // that read the files before its successor was added trust only it.
         let mut all: Vec<Arc<PodCa>> = self.cas.load().iter().filter(|old| old.not_after > now).cloned().collect();
         all.push(ca.clone());
-        let roots = &crate::certs::system_roots().certs;
-        files::write_all(&self.settings, roots, &all.iter().map(|c| &**c).collect::<Vec<_>>())
-            .map_err(TlsError::Write)?;
-        let earliest = all.iter().map(|c| c.not_after).min().unwrap_or(ca.not_after);
-        self.metrics.ca_expiration.set(crate::clock::unix(earliest).as_secs_f64());
-        self.cas.store(Arc::new(all));
+        self.install(all)?;
         let expires_at = crate::audit::timestamp(ca.not_after);
         let constraints = ca.constraints.describe();
         tracing::info!(
@@ -191,7 +217,8 @@ impl Interceptor {
         // The oldest CA that permits the host with a day of life left (every agent, however
         // early it read the files, trusts it), else any that has not expired.
         let permits = |ca: &&Arc<PodCa>, until: SystemTime| ca.constraints.permits(host) && ca.not_after > until;
-        let ca = (cas.iter().find(|ca| permits(ca, now + MIN_CA_LIFE_LEFT)))
+        let margin = MIN_CA_LIFE_LEFT.min(self.settings.ca_validity / 6);
+        let ca = (cas.iter().find(|ca| permits(ca, now + margin)))
             .or_else(|| cas.iter().find(|ca| permits(ca, now)))
             .ok_or_else(|| CaError::OutsideConstraints(host.to_string()))?;
         let leaf = ca.mint(host, now)?;
@@ -207,16 +234,19 @@ impl Interceptor {
     }
 }
 
-/// Renew the CAs as they come due, for as long as the interceptor lives: one wakeup per renewal
-/// (at most every 30 days), none in between.
+/// Renew the CAs as they come due and drop them as they expire, for as long as the interceptor
+/// lives. The wall clock decides (a suspended laptop or a clock step is caught at the next
+/// wakeup): at most a day, or a tenth of the CA validity, between wakeups; none otherwise.
 pub async fn renewals(tls: std::sync::Weak<Interceptor>) {
-    const MAX_SLEEP: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
     loop {
-        let Some(wait) = tls.upgrade().and_then(|t| t.next_renewal().map(|at| (at, t.clock.now()))) else { return };
-        let (at, now) = wait;
-        tokio::time::sleep(at.duration_since(now).unwrap_or_default().min(MAX_SLEEP)).await;
         let Some(t) = tls.upgrade() else { return };
-        if t.next_renewal().is_some_and(|at| at > t.clock.now()) {
+        let now = t.clock.now();
+        let cap = (t.settings.ca_validity / 10).min(std::time::Duration::from_secs(24 * 3600));
+        let wait = t.next_event().map_or(cap, |at| at.duration_since(now).unwrap_or_default().min(cap));
+        drop(t);
+        tokio::time::sleep(wait).await;
+        let Some(t) = tls.upgrade() else { return };
+        if t.next_event().is_none_or(|at| at > t.clock.now()) {
             continue;
         }
         // Key generation and file writes: off the runtime's threads.
@@ -226,7 +256,10 @@ pub async fn renewals(tls: std::sync::Weak<Interceptor>) {
                 tracing::error!(error = %e, "renewing the pod-local CA failed; retrying in an hour");
                 tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
             }
-            Err(_) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "the pod-local CA renewal task failed; no further renewals");
+                return;
+            }
         }
     }
 }

@@ -32,8 +32,13 @@ struct Setup {
 /// into `{dir}/ca`.
 async fn setup() -> Setup {
     let ca = TestCa::new();
-    let up =
-        Upstream::start_tls(ca.server_names(&["api.openai.test", "api.anthropic.test", "data.example.test"])).await;
+    let up = Upstream::start_tls(ca.server_names(&[
+        "api.openai.test",
+        "api.anthropic.test",
+        "data.example.test",
+        "127.0.0.1",
+    ]))
+    .await;
     let port = up.port();
     let dir = tempfile::tempdir().unwrap();
     write_file(&dir, "token", TOKEN);
@@ -58,10 +63,15 @@ tools:
     credential: {{ source: file, path: "{{dir}}/token" }}
     ca_file: "{{dir}}/upstream-ca.pem"
     routes: {data}
+  ip:
+    credential: {{ source: file, path: "{{dir}}/token" }}
+    ca_file: "{{dir}}/upstream-ca.pem"
+    routes: {ip}
 "#,
         openai = route("api.openai.test", r#"["/v1/**"]"#),
         anthropic = route("api.anthropic.test", r#"["/v1/**"]"#),
         data = route("data.example.test", r#"["/data/**"]"#),
+        ip = route("127.0.0.1", r#"["/ip/**"]"#),
     );
     let proxy = Proxy::start_in(dir, &policy).await;
     let bundle = proxy.dir.path().join("ca/ca-bundle.crt");
@@ -193,6 +203,18 @@ async fn requests_httpx_and_curl_through_https_proxy_with_the_bundle() {
     c.args(["-H", "Authorization: Bearer agent-own", &format!("https://data.example.test:{port}/data/curl")]);
     assert_eq!(run(c, vec![], false).await, "ok /data/curl");
     assert_eq!(credentials(&s.up.last()), [format!("authorization: Bearer {TOKEN}")]);
+    // An IP-address route: the leaf names the address alone, which OpenSSL (curl, Python) checks
+    // against the CA's name constraints.
+    let mut c = Command::new("curl");
+    c.args(["-sS", "--fail", "-x", &proxy_url, "--cacert", &s.bundle.display().to_string()]);
+    c.arg(format!("https://127.0.0.1:{port}/ip/curl"));
+    assert_eq!(run(c, vec![], false).await, "ok /ip/curl");
+    assert_eq!(credentials(&s.up.last()), [format!("authorization: Bearer {TOKEN}")]);
+    let code = "import requests, sys; r = requests.get(sys.argv[1]); r.raise_for_status(); print(r.text, end='')";
+    let mut c = Command::new(python());
+    c.args(["-c", code, &format!("https://127.0.0.1:{port}/ip/py")]);
+    let env = vec![("HTTPS_PROXY", proxy_url.clone()), ("REQUESTS_CA_BUNDLE", s.bundle.display().to_string())];
+    assert_eq!(run(c, env, false).await, "ok /ip/py");
     let before = s.up.requests().len();
     let connections = s.up.connection_count();
     // The same clients aimed at a denied host: 403 at the CONNECT, nothing reaches the upstream.

@@ -504,10 +504,54 @@ async fn a_ca_in_its_last_third_gets_a_successor_and_leaves_move_to_it_at_its_la
     assert_eq!(issuer_at(&proxy, "b.wild.test", port, &cas, clock.clone()).await, 1);
     let audit = proxy.audit().await;
     assert_eq!(audit.matches("\"ca.created\"").count(), 2);
+    // The metric is when interception stops without another renewal: the successor's end.
     let expiry = metric(&proxy.metrics().await, "credproxy_ca_expiration_timestamp_seconds").unwrap();
-    let first_end = credproxy::clock::unix(clock.now() - std::time::Duration::from_secs(4 * 86400 + 60 + 36 * 3600))
-        .as_secs_f64()
-        + 6.0 * 86400.0;
-    assert!((expiry - first_end).abs() < 120.0, "the metric shows the earliest CA's end");
+    let successor_end =
+        credproxy::clock::unix(clock.now() - std::time::Duration::from_secs(36 * 3600)).as_secs_f64() + 6.0 * 86400.0;
+    assert!((expiry - successor_end).abs() < 120.0, "{expiry} vs {successor_end}");
     proxy.shutdown().await;
+}
+
+/// The renewal task on its own, in paused Tokio time (the manual clock follows it): a successor
+/// two thirds in, the old CA out of the files once it expires, and the metric following.
+#[tokio::test(start_paused = true)]
+async fn the_renewal_task_adds_successors_and_drops_expired_cas_on_its_own() {
+    use credproxy::policy::{HostPattern, Interception};
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Interception {
+        ca_cert_out: dir.path().join("ca.crt"),
+        ca_bundle_out: dir.path().join("ca-bundle.crt"),
+        java_truststore_out: None,
+        ca_validity: std::time::Duration::from_secs(3 * 86400),
+        leaf_cache_size: 10,
+    };
+    let clock = credproxy::clock::Clock::manual();
+    let metrics = credproxy::metrics::Metrics::new();
+    let audit = credproxy::audit::Audit::start(Some(dir.path().join("audit.log")), "test", metrics.clone());
+    let hosts = [HostPattern::Exact("api.example.test".into())];
+    let tls = credproxy::tls::Interceptor::start(&settings, &hosts, &metrics, &audit, &clock).unwrap();
+    let task = tokio::spawn(credproxy::tls::renewals(Arc::downgrade(&tls)));
+    let in_file = || credproxy::tls::files::read_pem(&std::fs::read_to_string(dir.path().join("ca.crt")).unwrap());
+    let first = in_file();
+    let start = clock.now();
+    let mut hours = 0;
+    while tls.cas().len() < 2 && hours < 24 * 4 {
+        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        hours += 1;
+    }
+    let added_after = clock.now().duration_since(start).unwrap();
+    assert_eq!(tls.cas().len(), 2, "a successor by day four");
+    assert!(added_after >= std::time::Duration::from_secs(2 * 86400), "not before two thirds: {added_after:?}");
+    assert_eq!(in_file().len(), 2);
+    assert_eq!(in_file()[0], first[0], "the old CA stays while it lives");
+    while tls.cas().len() > 1 && hours < 24 * 5 {
+        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        hours += 1;
+    }
+    assert!(clock.now().duration_since(start).unwrap() >= std::time::Duration::from_secs(3 * 86400));
+    assert_eq!(tls.cas().len(), 1, "the expired CA is dropped");
+    assert_eq!(in_file().len(), 1);
+    assert_ne!(in_file()[0], first[0]);
+    drop(tls);
+    tokio::time::timeout(std::time::Duration::from_secs(2 * 86400), task).await.unwrap().unwrap();
 }

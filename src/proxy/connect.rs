@@ -52,10 +52,7 @@ pub async fn handle(
     };
     let (tool, allow_private) = match policy.decide_connect(&target.host, port) {
         ConnectDecision::Tunnel { tool, allow_private } => (tool, allow_private),
-        ConnectDecision::Intercept => {
-            audit_request(shared, live, RequestEvent::Forwarded(None), req.method(), &target, None);
-            return intercept(shared, peer, guard, req, target).await;
-        }
+        ConnectDecision::Intercept => return intercept(shared, live, peer, guard, req, target).await,
         ConnectDecision::Deny(why) => {
             audit_request(shared, live, RequestEvent::Denied(why.code()), req.method(), &target, None);
             let msg = match why {
@@ -98,6 +95,7 @@ pub async fn handle(
 /// Mint (or find) the host's leaf, answer 200, and serve the tunnel's requests behind TLS.
 async fn intercept(
     shared: &Arc<Shared>,
+    live: &Live,
     peer: SocketAddr,
     guard: &Arc<ConnGuard>,
     req: Request<Incoming>,
@@ -112,9 +110,11 @@ async fn intercept(
         Err(e) => {
             shared.metrics.tls_interceptions.with_label_values(&["mint_error"]).inc();
             tracing::error!(host = %target.host, error = %e, "no leaf certificate for an intercepted host");
+            audit_request(shared, live, RequestEvent::Denied("no_certificate"), req.method(), &target, None);
             return (None, Err(ProxyError::RouteDenied("no certificate can be made for this host")));
         }
     };
+    audit_request(shared, live, RequestEvent::Forwarded(None), req.method(), &target, None);
     let pinned = Arc::new(Pinned { host: target.host, port: target.port });
     let (shared, guard) = (shared.clone(), guard.clone());
     tokio::spawn(async move {
@@ -129,12 +129,35 @@ async fn intercept(
 }
 
 /// A host a certificate may name: an IP literal, or DNS labels of letters, digits, `-` and `_`
-/// (no `*`, so no wildcard leaf is ever minted for what an agent sends).
+/// (no `*`, so no wildcard leaf is ever minted for what an agent sends) whose last label is not
+/// numeric (`127.1` and `0x7f.1` are addresses to a resolver, not names).
 fn plausible_host(host: &str) -> bool {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
-    bare.parse::<std::net::IpAddr>().is_ok()
-        || (host.len() <= 253
-            && host.split('.').all(|l| {
-                (1..=63).contains(&l.len()) && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            }))
+    if bare.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    let labels_ok = host.len() <= 253
+        && host.split('.').all(|l| {
+            (1..=63).contains(&l.len()) && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    let last = host.rsplit('.').next().unwrap_or_default();
+    let numeric = last.bytes().all(|b| b.is_ascii_digit()) || last.starts_with("0x");
+    labels_ok && !numeric
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plausible_host;
+
+    #[test]
+    fn connect_hosts_are_names_or_addresses() {
+        for ok in ["api.example.com", "a-b_c.example", "localhost", "10.1.2.3", "[::1]", "::1", "x1.y2"] {
+            assert!(plausible_host(ok), "{ok}");
+        }
+        for bad in ["*.example.com", "a..b", "", "127.1", "2130706433", "0x7f.1", "a.0x7f", "é.example", "a b", "x%2e"]
+        {
+            assert!(!plausible_host(bad), "{bad}");
+        }
+        assert!(!plausible_host(&format!("{}.example", "a".repeat(64))));
+    }
 }

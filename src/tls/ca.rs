@@ -207,8 +207,12 @@ impl PodCa {
             Some(ip) => SanType::IpAddress(ip),
             None => SanType::DnsName(host.try_into()?),
         };
+        // A DNS leaf also carries its name as CN, for people reading it; an IP leaf carries none:
+        // OpenSSL checks a CN against the DNS name constraints when a leaf has no DNS name.
+        if matches!(san, SanType::DnsName(_)) {
+            params.distinguished_name.push(DnType::CommonName, host);
+        }
         params.subject_alt_names = vec![san];
-        params.distinguished_name.push(DnType::CommonName, host);
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
