@@ -50,13 +50,18 @@ struct Setup {
 }
 
 async fn setup(extra: &str) -> Setup {
+    setup_with(extra, "").await
+}
+
+/// [`setup`] with more top-level policy (`limits:`, say).
+async fn setup_with(extra: &str, top: &str) -> Setup {
     let upstream_ca = TestCa::new();
     // One certificate for every name the tests use: the upstream is the same loopback server.
     let up = Upstream::start_tls(upstream_ca.server_names(&[HOST, "open.example.test", "*.wild.test"])).await;
     let dir = tempfile::tempdir().unwrap();
     write_file(&dir, "token", "real-token\n");
     write_file(&dir, "upstream-ca.pem", &upstream_ca.pem());
-    let proxy = Proxy::start_in(dir, &policy(up.port(), extra)).await;
+    let proxy = Proxy::start_in(dir, &(policy(up.port(), extra) + top)).await;
     Setup { up, proxy, upstream_ca }
 }
 
@@ -554,4 +559,53 @@ async fn the_renewal_task_adds_successors_and_drops_expired_cas_on_its_own() {
     assert_ne!(in_file()[0], first[0]);
     drop(tls);
     tokio::time::timeout(std::time::Duration::from_secs(2 * 86400), task).await.unwrap().unwrap();
+}
+
+/// h2 has no idle timer of its own: an intercepted connection with no byte either way for
+/// `idle_timeout` is closed, and gives back its `max_connections` place.
+#[tokio::test]
+async fn an_idle_intercepted_h2_connection_closes_after_idle_timeout() {
+    let s = setup_with("", "limits: { idle_timeout: 1s }\n").await;
+    let port = s.up.port();
+    let ca = pod_ca(&s.proxy);
+    let tls = tunnel_tls(&s.proxy, &format!("{HOST}:{port}"), &ca, HOST, &[b"h2"]).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get(format!("https://{HOST}:{port}/v1/idle")).body(Empty::<Bytes>::new()).unwrap();
+    assert_eq!(send.send_request(req).await.unwrap().status(), 200);
+    let active = async || metric(&s.proxy.metrics().await, "credproxy_connections_active");
+    assert_eq!(active().await, Some(1.0), "the tunnel holds its place while in use");
+    let started = std::time::Instant::now();
+    tokio::time::timeout(std::time::Duration::from_secs(10), conn)
+        .await
+        .expect("the idle connection was closed")
+        .unwrap()
+        .ok();
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900), "not before idle_timeout");
+    eventually(async || active().await == Some(0.0), "the place given back").await;
+}
+
+/// A shutdown drains intercepted connections: an idle kept-alive one closes at once rather than
+/// holding the shutdown until its deadline.
+#[tokio::test]
+async fn shutdown_drains_an_idle_intercepted_connection_at_once() {
+    let s = setup("").await;
+    let port = s.up.port();
+    let ca = pod_ca(&s.proxy);
+    let tls = tunnel_tls(&s.proxy, &format!("{HOST}:{port}"), &ca, HOST, &[b"h2"]).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get(format!("https://{HOST}:{port}/v1/x")).body(Empty::<Bytes>::new()).unwrap();
+    assert_eq!(send.send_request(req).await.unwrap().status(), 200);
+    let started = std::time::Instant::now();
+    // The deadline is 2 s (tests/common): draining ends well before it.
+    s.proxy.shutdown().await;
+    assert!(started.elapsed() < std::time::Duration::from_millis(1500), "shutdown took {:?}", started.elapsed());
+    tokio::time::timeout(std::time::Duration::from_secs(5), conn)
+        .await
+        .expect("the agent saw the connection end")
+        .unwrap()
+        .ok();
 }

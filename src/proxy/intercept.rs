@@ -12,7 +12,7 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ServerConfig;
 
-use super::relay::ConnGuard;
+use super::relay::{ConnGuard, Silence};
 use super::target::Pinned;
 use crate::state::Shared;
 
@@ -54,7 +54,10 @@ pub fn serve(
         result("ok");
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         let svc = super::stack::proxy_service(shared.clone(), peer, guard.clone(), Some(pinned));
-        let io = TokioIo::new(tls);
+        // Like a tunnel, an intercepted connection with no byte either way for idle_timeout closes
+        // (h2 has no idle timer of its own; HTTP/1.1's is header_read_timeout, the shorter).
+        let silence = Silence::new();
+        let io = TokioIo::new(silence.watch(tls));
         // Served until it ends; drained gracefully when a shutdown begins, cut at its deadline.
         macro_rules! drive {
             ($conn:expr) => {{
@@ -66,6 +69,10 @@ pub fn serve(
                         conn.as_mut().graceful_shutdown();
                         tokio::select! { r = conn.as_mut() => r, () = guard.stopped() => Ok(()) }
                     }
+                    () = silence.lasting(limits.idle_timeout) => {
+                        tracing::debug!(%peer, "intercepted connection closed after idle_timeout without traffic");
+                        Ok(())
+                    }
                     () = guard.stopped() => Ok(()),
                 }
             }};
@@ -75,9 +82,7 @@ pub fn serve(
             b.timer(TokioTimer::new())
                 .max_header_list_size(limits.max_header_bytes as u32)
                 // One agent connection's share of the upstream: bounded, as its HTTP/1.1 is to one.
-                .max_concurrent_streams(MAX_STREAMS)
-                .keep_alive_interval(Some(limits.idle_timeout))
-                .keep_alive_timeout(limits.header_read_timeout);
+                .max_concurrent_streams(MAX_STREAMS);
             drive!(b.serve_connection(io, svc))
         } else {
             drive!(super::http1_builder(&limits).serve_connection(io, svc).with_upgrades())

@@ -72,22 +72,11 @@ where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let start = Instant::now();
-    let last = Arc::new(AtomicU64::new(0));
-    let mut a = Active { inner: a, last: last.clone(), start };
-    let mut b = Active { inner: b, last: last.clone(), start };
+    let silence = Silence::new();
+    let mut a = silence.watch(a);
+    let mut b = silence.watch(b);
     let mut stop = guard.stop.clone();
-    let idle_watch = async {
-        loop {
-            let since_start = Duration::from_millis(last.load(Ordering::Relaxed));
-            let deadline = start + since_start + idle;
-            if Instant::now() >= deadline {
-                return;
-            }
-            // One wakeup per idle period at most, however busy the relay.
-            tokio::time::sleep_until(deadline).await;
-        }
-    };
+    let idle_watch = silence.lasting(idle);
     tokio::select! {
         r = tokio::io::copy_bidirectional(&mut a, &mut b) => {
             if let Err(e) = r {
@@ -100,8 +89,46 @@ where
     drop(guard);
 }
 
+/// When bytes last moved on the streams it watches.
+#[derive(Clone)]
+pub struct Silence {
+    last: Arc<AtomicU64>,
+    start: Instant,
+}
+
+impl Default for Silence {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Silence {
+    /// Starting now.
+    pub fn new() -> Self {
+        Silence { last: Arc::new(AtomicU64::new(0)), start: Instant::now() }
+    }
+
+    /// `s`, noting here each time bytes move on it.
+    pub fn watch<S>(&self, s: S) -> Active<S> {
+        Active { inner: s, last: self.last.clone(), start: self.start }
+    }
+
+    /// Resolves once no byte has moved for `idle`: one wakeup per idle period at most, however
+    /// busy the streams.
+    pub async fn lasting(&self, idle: Duration) {
+        loop {
+            let since_start = Duration::from_millis(self.last.load(Ordering::Relaxed));
+            let deadline = self.start + since_start + idle;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
 /// A stream that notes when bytes last moved.
-struct Active<S> {
+pub struct Active<S> {
     inner: S,
     last: Arc<AtomicU64>,
     start: Instant,
