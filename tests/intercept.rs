@@ -561,19 +561,27 @@ async fn the_renewal_task_adds_successors_and_drops_expired_cas_on_its_own() {
     tokio::time::timeout(std::time::Duration::from_secs(2 * 86400), task).await.unwrap().unwrap();
 }
 
-/// h2 has no idle timer of its own: an intercepted connection with no byte either way for
-/// `idle_timeout` is closed, and gives back its `max_connections` place.
-#[tokio::test]
-async fn an_idle_intercepted_h2_connection_closes_after_idle_timeout() {
-    let s = setup_with("", "limits: { idle_timeout: 1s }\n").await;
+/// An intercepted h2 connection that has carried one request (200), and its connection task.
+async fn h2_after_one_request(
+    s: &Setup,
+) -> (hyper::client::conn::http2::SendRequest<Empty<Bytes>>, tokio::task::JoinHandle<hyper::Result<()>>) {
     let port = s.up.port();
     let ca = pod_ca(&s.proxy);
     let tls = tunnel_tls(&s.proxy, &format!("{HOST}:{port}"), &ca, HOST, &[b"h2"]).await.unwrap();
     let (mut send, conn) =
         hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
     let conn = tokio::spawn(conn);
-    let req = http::Request::get(format!("https://{HOST}:{port}/v1/idle")).body(Empty::<Bytes>::new()).unwrap();
+    let req = http::Request::get(format!("https://{HOST}:{port}/v1/x")).body(Empty::<Bytes>::new()).unwrap();
     assert_eq!(send.send_request(req).await.unwrap().status(), 200);
+    (send, conn)
+}
+
+/// h2 has no idle timer of its own: an intercepted connection with no byte either way for
+/// `idle_timeout` is closed, and gives back its `max_connections` place.
+#[tokio::test]
+async fn an_idle_intercepted_h2_connection_closes_after_idle_timeout() {
+    let s = setup_with("", "limits: { idle_timeout: 1s }\n").await;
+    let (_send, conn) = h2_after_one_request(&s).await;
     let active = async || metric(&s.proxy.metrics().await, "credproxy_connections_active");
     assert_eq!(active().await, Some(1.0), "the tunnel holds its place while in use");
     let started = std::time::Instant::now();
@@ -591,14 +599,7 @@ async fn an_idle_intercepted_h2_connection_closes_after_idle_timeout() {
 #[tokio::test]
 async fn shutdown_drains_an_idle_intercepted_connection_at_once() {
     let s = setup("").await;
-    let port = s.up.port();
-    let ca = pod_ca(&s.proxy);
-    let tls = tunnel_tls(&s.proxy, &format!("{HOST}:{port}"), &ca, HOST, &[b"h2"]).await.unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
-    let conn = tokio::spawn(conn);
-    let req = http::Request::get(format!("https://{HOST}:{port}/v1/x")).body(Empty::<Bytes>::new()).unwrap();
-    assert_eq!(send.send_request(req).await.unwrap().status(), 200);
+    let (_send, conn) = h2_after_one_request(&s).await;
     let started = std::time::Instant::now();
     // The deadline is 2 s (tests/common): draining ends well before it.
     s.proxy.shutdown().await;
