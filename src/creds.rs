@@ -81,16 +81,7 @@ impl std::fmt::Display for TokenError {
 /// Largest token accepted.
 pub const MAX_TOKEN_BYTES: usize = 8192;
 
-/// `sha256:` + the first 12 hex digits of the SHA-256 of `secret`.
-pub fn fingerprint(secret: &str) -> String {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, secret.as_bytes());
-    format!("sha256:{}", hex(&d.as_ref()[..6]))
-}
-
-/// Lower-case hex.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use crate::digest::{fingerprint, hex};
 
 impl Token {
     /// Build a token and its pre-built injection form for `inject`.

@@ -42,7 +42,7 @@ pub struct Accept {
     /// One permit per open connection (`max_connections`).
     pub sem: Arc<Semaphore>,
     /// Counted by every connection; shutdown waits for the count to drop.
-    pub connections: Arc<()>,
+    pub connections: relay::Tracker,
     /// Fires at the shutdown deadline: relays still open stop.
     pub stop: watch::Receiver<bool>,
 }

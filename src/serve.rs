@@ -12,6 +12,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::clock::Clock;
 use crate::config::{ConfigErrors, Overrides};
 use crate::metrics::Metrics;
+use crate::proxy::relay::Open;
 use crate::proxy::Accept;
 use crate::state::Shared;
 use crate::tls::Interceptor;
@@ -58,7 +59,7 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     /// Fires when the shutdown deadline has passed: relays still open stop.
     hard_stop: watch::Sender<bool>,
-    connections: Arc<()>,
+    open: Open,
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -110,34 +111,25 @@ pub async fn start_with(config_path: PathBuf, overrides: Overrides, clock: Clock
     }
     let (shutdown, rx) = watch::channel(false);
     let (hard_stop, stop_rx) = watch::channel(false);
-    let connections = Arc::new(());
+    let (connections, open) = crate::proxy::relay::tracker();
     let sem = Arc::new(Semaphore::new(max_connections));
-    let accept = Accept { shared: shared.clone(), sem, connections: connections.clone(), stop: stop_rx };
+    let accept = Accept { shared: shared.clone(), sem, connections, stop: stop_rx };
     tokio::spawn(crate::proxy::accept(proxy, accept, rx.clone()));
     tokio::spawn(crate::admin::serve_admin(admin, shared.clone(), rx.clone()));
     tokio::spawn(crate::admin::serve_control(control, shared.clone(), rx));
     shared.spawn_reloader(text);
     tracing::info!(proxy = %own[0], admin = %own[1], control = %control_addr, "credproxy listening");
-    Ok(Running {
-        proxy_addr: own[0],
-        admin_addr: own[1],
-        control: control_addr,
-        shared,
-        shutdown,
-        hard_stop,
-        connections,
-    })
+    Ok(Running { proxy_addr: own[0], admin_addr: own[1], control: control_addr, shared, shutdown, hard_stop, open })
 }
 
 impl Running {
     /// Stop accepting, let in-flight requests finish up to `deadline`, flush audit events.
-    pub async fn shutdown(self, deadline: Duration) {
+    pub async fn shutdown(mut self, deadline: Duration) {
         let _ = self.shutdown.send(true);
         let until = tokio::time::Instant::now() + deadline;
-        while Arc::strong_count(&self.connections) > 1 && tokio::time::Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let left = Arc::strong_count(&self.connections) - 1;
+        // The accept loop drops its tracker as it stops; each connection drops its own at its end.
+        let _ = tokio::time::timeout_at(until, self.open.closed()).await;
+        let left = self.open.count();
         if left > 0 {
             tracing::warn!(connections = left, "shutdown deadline reached with connections still open");
         }

@@ -128,22 +128,68 @@ async fn exit_code(child: &mut tokio::process::Child) -> Option<i32> {
     }
 }
 
-/// Whether the binary's admin listener answers `/ready` with 200 within 10 s.
-async fn until_ready(admin: std::net::SocketAddr) -> bool {
-    for _ in 0..400 {
-        if tokio::net::TcpStream::connect(admin).await.is_ok() && status(&get(admin, "/ready").await) == 200 {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    false
+/// A running binary whose stdout and stderr are collected as they arrive, so a test waits for
+/// the line it needs rather than polling.
+struct Captured {
+    child: tokio::process::Child,
+    stdout: tokio::sync::watch::Receiver<String>,
+    stderr: tokio::sync::watch::Receiver<String>,
 }
 
-/// `credproxy run --config POLICY EXTRA…` with its output discarded.
-fn run_quiet(policy: &Path, extra: &[&std::ffi::OsStr]) -> tokio::process::Child {
-    let mut cmd = tokio::process::Command::from(bin());
-    cmd.args(["run", "--config"]).arg(policy).args(extra).stdout(Stdio::null()).stderr(Stdio::null());
-    cmd.spawn().unwrap()
+fn collect(stream: impl tokio::io::AsyncRead + Unpin + Send + 'static) -> tokio::sync::watch::Receiver<String> {
+    use tokio::io::AsyncBufReadExt;
+    let (tx, rx) = tokio::sync::watch::channel(String::new());
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(stream).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            tx.send_modify(|text| {
+                text.push_str(&line);
+                text.push('\n');
+            });
+        }
+    });
+    rx
+}
+
+impl Captured {
+    fn spawn(mut cmd: tokio::process::Command) -> Captured {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let (stdout, stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+        Captured { child, stdout: collect(stdout), stderr: collect(stderr) }
+    }
+
+    /// `credproxy run --config POLICY EXTRA…`.
+    fn run(policy: &Path, extra: &[&std::ffi::OsStr]) -> Captured {
+        let mut cmd = tokio::process::Command::from(bin());
+        cmd.args(["run", "--config"]).arg(policy).args(extra);
+        Self::spawn(cmd)
+    }
+
+    /// Whether stderr comes to hold every one of `lines` (10 s at most; false if it closes first).
+    async fn logged(&mut self, lines: &[&str]) -> bool {
+        let seen = self.stderr.wait_for(|text| lines.iter().all(|l| text.contains(l)));
+        matches!(tokio::time::timeout(Duration::from_secs(10), seen).await, Ok(Ok(_)))
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.borrow().clone()
+    }
+
+    /// Everything written to stdout and stderr, once both have closed.
+    async fn output(&mut self) -> (String, String) {
+        let _ = self.stdout.wait_for(|_| false).await;
+        let _ = self.stderr.wait_for(|_| false).await;
+        (self.stdout.borrow().clone(), self.stderr.borrow().clone())
+    }
+}
+
+/// A policy file with the three listeners on these ports and `tools` (YAML under `tools:`).
+fn policy_file(dir: &tempfile::TempDir, (p, a, c): (u16, u16, u16), tools: &str) -> PathBuf {
+    write_file(
+        dir,
+        "p.yaml",
+        &format!("version: 1\nlisten: {{ proxy: 127.0.0.1:{p}, admin: 127.0.0.1:{a}, control: 127.0.0.1:{c} }}\ntools:\n{tools}"),
+    )
 }
 
 fn free_port() -> u16 {
@@ -155,27 +201,24 @@ async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
     let up = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (p, a, c) = (free_port(), free_port(), free_port());
-    let policy = write_file(
-        &dir,
-        "p.yaml",
-        &format!(
-            "version: 1\nlisten: {{ proxy: 127.0.0.1:{p}, admin: 127.0.0.1:{a}, control: 127.0.0.1:{c} }}\ntools:\n  api:\n    upstream: http://127.0.0.1:{0}\n    routes: [{{ scheme: http, host: 127.0.0.1, port: {0}, allow_private: true }}]\n",
-            up.port()
-        ),
+    let tools = format!(
+        "  api:\n    upstream: http://127.0.0.1:{0}\n    routes: [{{ scheme: http, host: 127.0.0.1, port: {0}, allow_private: true }}]\n",
+        up.port()
     );
-    let mut child = run_quiet(&policy, &[]);
+    let mut run = Captured::run(&policy_file(&dir, (p, a, c), &tools), &[]);
+    // No credential to wait for: listening is ready.
+    assert!(run.logged(&["credproxy listening"]).await, "credproxy did not start: {}", run.stderr());
     let admin = format!("127.0.0.1:{a}").parse().unwrap();
+    assert_eq!(status(&get(admin, "/ready").await), 200);
     let proxy: std::net::SocketAddr = format!("127.0.0.1:{p}").parse().unwrap();
-    let ready = until_ready(admin).await;
-    assert!(ready, "credproxy did not become ready");
     let slow = tokio::spawn(async move { get(proxy, "/api/slow").await });
     // In flight: the upstream has it (and answers 1.5 s later).
     eventually(async || up.requests().iter().any(|r| r.uri == "/slow"), "the request in flight").await;
-    let killed = Command::new("kill").args(["-TERM", &child.id().expect("running").to_string()]).status().unwrap();
+    let killed = Command::new("kill").args(["-TERM", &run.child.id().expect("running").to_string()]).status().unwrap();
     assert!(killed.success());
     let resp = slow.await.unwrap();
     assert_eq!(status(&resp), 200, "the in-flight request was cut: {resp}");
-    let code = exit_code(&mut child).await;
+    let code = exit_code(&mut run.child).await;
     assert_eq!(code, Some(0));
 }
 
@@ -208,19 +251,14 @@ async fn run_from_env_json_logs_status_over_the_socket_and_sigint() {
             helper = helper.display(),
         ),
     );
-    let out = std::fs::File::create(dir.path().join("stdout")).unwrap();
-    let err = std::fs::File::create(dir.path().join("stderr")).unwrap();
-    let mut child = tokio::process::Command::from(bin())
-        .args(["run", "--log-format", "json"])
-        .env("CREDPROXY_CONFIG", dir.path().join("p.yaml"))
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .unwrap();
+    let mut cmd = tokio::process::Command::from(bin());
+    cmd.args(["run", "--log-format", "json"]).env("CREDPROXY_CONFIG", dir.path().join("p.yaml"));
+    let mut run = Captured::spawn(cmd);
+    // Ready once listening with the exec credential issued (published before it is logged).
+    let started = run.logged(&["credproxy listening", "credential.issued"]).await;
+    assert!(started, "credproxy did not become ready: {}", run.stderr());
     let admin: std::net::SocketAddr = format!("127.0.0.1:{a}").parse().unwrap();
-    let ready = until_ready(admin).await;
-    let stderr = || std::fs::read_to_string(dir.path().join("stderr")).unwrap();
-    assert!(ready, "credproxy did not become ready: {}", stderr());
+    assert_eq!(status(&get(admin, "/ready").await), 200);
     let proxy: std::net::SocketAddr = format!("127.0.0.1:{p}").parse().unwrap();
     assert_eq!(status(&get(proxy, "/api/x").await), 200);
     assert_eq!(up.last().headers["authorization"], "Bearer exec-token");
@@ -238,11 +276,11 @@ async fn run_from_env_json_logs_status_over_the_socket_and_sigint() {
     assert!(!without.status.success());
     assert!(String::from_utf8_lossy(&without.stderr).contains("--control-auth-file"), "{without:?}");
 
-    let killed = Command::new("kill").args(["-INT", &child.id().expect("running").to_string()]).status().unwrap();
+    let killed = Command::new("kill").args(["-INT", &run.child.id().expect("running").to_string()]).status().unwrap();
     assert!(killed.success());
-    let code = exit_code(&mut child).await;
-    assert_eq!(code, Some(0), "{}", stderr());
-    let (stdout, stderr) = (std::fs::read_to_string(dir.path().join("stdout")).unwrap(), stderr());
+    let code = exit_code(&mut run.child).await;
+    let (stdout, stderr) = run.output().await;
+    assert_eq!(code, Some(0), "{stderr}");
     assert!(!stdout.contains("HELPER-STDERR-CANARY") && !stderr.contains("HELPER-STDERR-CANARY"));
     let lines: Vec<&str> = stderr.lines().collect();
     assert!(!lines.is_empty());
@@ -259,23 +297,19 @@ async fn run_from_env_json_logs_status_over_the_socket_and_sigint() {
 async fn ca_dir_writes_the_three_files_before_ready_even_when_nothing_is_intercepted() {
     let dir = tempfile::tempdir().unwrap();
     let (p, a, c) = (free_port(), free_port(), free_port());
-    let policy = write_file(
-        &dir,
-        "p.yaml",
-        &format!(
-            "version: 1\nlisten: {{ proxy: 127.0.0.1:{p}, admin: 127.0.0.1:{a}, control: 127.0.0.1:{c} }}\ntools:\n  pypi:\n    routes: [{{ host: pypi.org }}]\n"
-        ),
-    );
+    let policy = policy_file(&dir, (p, a, c), "  pypi:\n    routes: [{ host: pypi.org }]\n");
     let ca_dir = dir.path().join("run/credproxy");
-    let mut child = run_quiet(&policy, &["--ca-dir".as_ref(), ca_dir.as_os_str()]);
-    let ready = until_ready(format!("127.0.0.1:{a}").parse().unwrap()).await;
+    let mut run = Captured::run(&policy, &["--ca-dir".as_ref(), ca_dir.as_os_str()]);
+    // No credential to wait for: listening is ready.
+    let started = run.logged(&["credproxy listening"]).await;
+    let ready = status(&get(format!("127.0.0.1:{a}").parse().unwrap(), "/ready").await) == 200;
     let read = |f: &str| std::fs::read(ca_dir.join(f)).unwrap_or_default();
     let (cert, bundle, store) = (read("ca.crt"), read("ca-bundle.crt"), read("truststore.p12"));
-    let _ = child.kill().await;
-    assert!(ready, "credproxy did not become ready");
-    let cas = credproxy::tls::files::read_pem(std::str::from_utf8(&cert).unwrap());
+    let _ = run.child.kill().await;
+    assert!(started && ready, "credproxy did not become ready: {}", run.stderr());
+    let cas = pem_certs(std::str::from_utf8(&cert).unwrap());
     assert_eq!(cas.len(), 1, "one CA");
-    let in_bundle = credproxy::tls::files::read_pem(std::str::from_utf8(&bundle).unwrap());
+    let in_bundle = pem_certs(std::str::from_utf8(&bundle).unwrap());
     assert_eq!(in_bundle.last(), Some(&cas[0]), "the bundle ends with the CA");
     assert!(in_bundle.len() > 10, "after the system's roots");
     assert_eq!(store.first(), Some(&0x30), "a DER PKCS12 file");

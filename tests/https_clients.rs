@@ -116,66 +116,62 @@ fn credentials(seen: &Seen) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn openai_sdk_with_https_proxy_ssl_cert_file_and_a_placeholder_key() {
+/// An SDK, given only `HTTPS_PROXY`, `SSL_CERT_FILE`, a placeholder key in `key_var` and (to
+/// reach the test's port rather than 443) a base URL in `base_var`, reaches `host` through
+/// credproxy: the upstream sees `uri` with exactly `credential`. Aimed at a host no route names,
+/// the CONNECT is refused, the SDK raises `APIConnectionError` and the upstream sees nothing.
+async fn sdk(
+    script: &str,
+    (key_var, base_var): (&'static str, &'static str),
+    base: &str,
+    uri: &str,
+    credential: String,
+) {
     let s = setup().await;
-    let script = "from openai import OpenAI\nc = OpenAI(max_retries=0)\n\
-                  r = c.chat.completions.create(model='gpt-test', messages=[{'role': 'user', 'content': 'hi'}])\n\
-                  print(r.choices[0].message.content, end='')";
-    let mut c = Command::new(python());
-    c.args(["-c", script]);
-    let env = vec![
-        ("HTTPS_PROXY", format!("http://{}", s.proxy.addr)),
-        ("SSL_CERT_FILE", s.bundle.display().to_string()),
-        ("OPENAI_API_KEY", "credproxy".to_string()),
-        // The real API is on 443; the test's upstream is on a free port.
-        ("OPENAI_BASE_URL", format!("https://api.openai.test:{}/v1", s.up.port())),
-    ];
-    assert_eq!(run(c, env.clone(), false).await, "hello from upstream");
+    let port = s.up.port();
+    let run_with = |base: String, must_fail: bool| {
+        let mut c = Command::new(python());
+        c.args(["-c", script]);
+        let env = vec![
+            ("HTTPS_PROXY", format!("http://{}", s.proxy.addr)),
+            ("SSL_CERT_FILE", s.bundle.display().to_string()),
+            (key_var, "credproxy".to_string()),
+            (base_var, base),
+        ];
+        run(c, env, must_fail)
+    };
+    assert_eq!(
+        run_with(format!("https://{}", base.replace("{port}", &port.to_string())), false).await,
+        "hello from upstream"
+    );
     let seen = s.up.last();
-    assert_eq!(seen.uri, "/v1/chat/completions");
-    assert_eq!(credentials(&seen), [format!("authorization: Bearer {TOKEN}")]);
-    // Aimed at a host no route names: the CONNECT is refused and the upstream sees nothing.
+    assert_eq!(seen.uri, uri);
+    assert_eq!(credentials(&seen), [credential]);
     let (before, connections) = (s.up.requests().len(), s.up.connection_count());
-    let mut c = Command::new(python());
-    c.args(["-c", script]);
-    let mut env = env;
-    env.retain(|(k, _)| *k != "OPENAI_BASE_URL");
-    env.push(("OPENAI_BASE_URL", format!("https://denied.test:{}/v1", s.up.port())));
-    let out = run(c, env, true).await;
+    let denied = base.split_once(':').map_or(String::new(), |(_, rest)| format!("https://denied.test:{rest}"));
+    let out = run_with(denied.replace("{port}", &port.to_string()), true).await;
     assert!(out.contains("APIConnectionError"), "{out}");
     assert_eq!((s.up.requests().len(), s.up.connection_count()), (before, connections));
     s.proxy.shutdown().await;
 }
 
 #[tokio::test]
+async fn openai_sdk_with_https_proxy_ssl_cert_file_and_a_placeholder_key() {
+    let script = "from openai import OpenAI\nc = OpenAI(max_retries=0)\n\
+                  r = c.chat.completions.create(model='gpt-test', messages=[{'role': 'user', 'content': 'hi'}])\n\
+                  print(r.choices[0].message.content, end='')";
+    let vars = ("OPENAI_API_KEY", "OPENAI_BASE_URL");
+    sdk(script, vars, "api.openai.test:{port}/v1", "/v1/chat/completions", format!("authorization: Bearer {TOKEN}"))
+        .await;
+}
+
+#[tokio::test]
 async fn anthropic_sdk_placeholder_x_api_key_is_replaced() {
-    let s = setup().await;
     let script = "import anthropic\nc = anthropic.Anthropic(max_retries=0)\n\
                   r = c.messages.create(model='claude-test', max_tokens=8, messages=[{'role': 'user', 'content': 'hi'}])\n\
                   print(r.content[0].text, end='')";
-    let mut c = Command::new(python());
-    c.args(["-c", script]);
-    let env = vec![
-        ("HTTPS_PROXY", format!("http://{}", s.proxy.addr)),
-        ("SSL_CERT_FILE", s.bundle.display().to_string()),
-        ("ANTHROPIC_API_KEY", "credproxy".to_string()),
-        ("ANTHROPIC_BASE_URL", format!("https://api.anthropic.test:{}", s.up.port())),
-    ];
-    assert_eq!(run(c, env.clone(), false).await, "hello from upstream");
-    let seen = s.up.last();
-    assert_eq!(seen.uri, "/v1/messages");
-    assert_eq!(credentials(&seen), [format!("x-api-key: {TOKEN}")]);
-    let (before, connections) = (s.up.requests().len(), s.up.connection_count());
-    let mut c = Command::new(python());
-    c.args(["-c", script]);
-    let mut env = env;
-    env.retain(|(k, _)| *k != "ANTHROPIC_BASE_URL");
-    env.push(("ANTHROPIC_BASE_URL", format!("https://denied.test:{}", s.up.port())));
-    let out = run(c, env, true).await;
-    assert!(out.contains("APIConnectionError"), "{out}");
-    assert_eq!((s.up.requests().len(), s.up.connection_count()), (before, connections));
-    s.proxy.shutdown().await;
+    let vars = ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL");
+    sdk(script, vars, "api.anthropic.test:{port}", "/v1/messages", format!("x-api-key: {TOKEN}")).await;
 }
 
 #[tokio::test]
@@ -333,11 +329,9 @@ async fn keytool_lists_every_root_of_the_bundle_as_a_trusted_entry() {
     c.args(["-list", "-rfc", "-storetype", "PKCS12", "-storepass", "changeit", "-keystore"]).arg(&store);
     let listed = run(c, vec![], false).await;
     let trusted = listed.matches("trustedCertEntry").count();
-    let in_store: std::collections::HashSet<Vec<u8>> =
-        credproxy::tls::files::read_pem(&listed).into_iter().map(|c| c.to_vec()).collect();
+    let in_store: std::collections::HashSet<Vec<u8>> = pem_certs(&listed).into_iter().map(|c| c.to_vec()).collect();
     let bundle = std::fs::read_to_string(&s.bundle).unwrap();
-    let in_bundle: std::collections::HashSet<Vec<u8>> =
-        credproxy::tls::files::read_pem(&bundle).into_iter().map(|c| c.to_vec()).collect();
+    let in_bundle: std::collections::HashSet<Vec<u8>> = pem_certs(&bundle).into_iter().map(|c| c.to_vec()).collect();
     assert!(in_bundle.len() > 10);
     assert_eq!(trusted, in_bundle.len(), "every certificate is a trusted entry");
     assert_eq!(in_store, in_bundle);

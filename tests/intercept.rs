@@ -67,7 +67,7 @@ async fn setup_with(extra: &str, top: &str) -> Setup {
 
 fn pod_ca(proxy: &Proxy) -> Vec<CertificateDer<'static>> {
     let pem = std::fs::read_to_string(proxy.dir.path().join("ca/ca.crt")).unwrap();
-    credproxy::tls::files::read_pem(&pem)
+    pem_certs(&pem)
 }
 
 fn client_config(roots: &[CertificateDer<'static>], alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
@@ -151,7 +151,7 @@ fn get(path: &str, host: &str) -> http::Request<Empty<Bytes>> {
 }
 
 fn pem_set(pem: &str) -> HashSet<Vec<u8>> {
-    credproxy::tls::files::read_pem(pem).into_iter().map(|c| c.to_vec()).collect()
+    pem_certs(pem).into_iter().map(|c| c.to_vec()).collect()
 }
 
 #[tokio::test]
@@ -202,7 +202,7 @@ async fn unrestricted_hosts_are_tunnelled_and_unknown_ones_refused_before_any_by
     let s = setup("").await;
     let port = s.up.port();
     // Tunnelled byte for byte: the agent talks TLS with the upstream itself (its own CA).
-    let roots = credproxy::tls::files::read_pem(&s.upstream_ca.pem());
+    let roots = pem_certs(&s.upstream_ca.pem());
     let tls = tunnel_tls(&s.proxy, &format!("open.example.test:{port}"), &roots, "open.example.test", &[b"http/1.1"])
         .await
         .unwrap();
@@ -517,6 +517,14 @@ async fn a_ca_in_its_last_third_gets_a_successor_and_leaves_move_to_it_at_its_la
     proxy.shutdown().await;
 }
 
+/// In paused time, move the clock an hour at a time until `done` holds or `hours` reaches `limit`.
+async fn advance_until(hours: &mut u32, limit: u32, done: impl Fn() -> bool) {
+    while !done() && *hours < limit {
+        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        *hours += 1;
+    }
+}
+
 /// The renewal task on its own, in paused Tokio time (the manual clock follows it): a successor
 /// two thirds in, the old CA out of the files once it expires, and the metric following.
 #[tokio::test(start_paused = true)]
@@ -536,23 +544,17 @@ async fn the_renewal_task_adds_successors_and_drops_expired_cas_on_its_own() {
     let hosts = [HostPattern::Exact("api.example.test".into())];
     let tls = credproxy::tls::Interceptor::start(&settings, &hosts, &metrics, &audit, &clock).unwrap();
     let task = tokio::spawn(credproxy::tls::renewals(Arc::downgrade(&tls)));
-    let in_file = || credproxy::tls::files::read_pem(&std::fs::read_to_string(dir.path().join("ca.crt")).unwrap());
+    let in_file = || pem_certs(&std::fs::read_to_string(dir.path().join("ca.crt")).unwrap());
     let first = in_file();
     let start = clock.now();
     let mut hours = 0;
-    while tls.cas().len() < 2 && hours < 24 * 4 {
-        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
-        hours += 1;
-    }
+    advance_until(&mut hours, 24 * 4, || tls.cas().len() == 2).await;
     let added_after = clock.now().duration_since(start).unwrap();
     assert_eq!(tls.cas().len(), 2, "a successor by day four");
     assert!(added_after >= std::time::Duration::from_secs(2 * 86400), "not before two thirds: {added_after:?}");
     assert_eq!(in_file().len(), 2);
     assert_eq!(in_file()[0], first[0], "the old CA stays while it lives");
-    while tls.cas().len() > 1 && hours < 24 * 5 {
-        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
-        hours += 1;
-    }
+    advance_until(&mut hours, 24 * 5, || tls.cas().len() == 1).await;
     assert!(clock.now().duration_since(start).unwrap() >= std::time::Duration::from_secs(3 * 86400));
     assert_eq!(tls.cas().len(), 1, "the expired CA is dropped");
     assert_eq!(in_file().len(), 1);

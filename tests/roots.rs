@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::TestCa;
+use common::{pem_certs, TestCa};
 use credproxy::tls::ca::{Constraints, PodCa};
 
 #[test]
@@ -25,7 +25,7 @@ fn a_pod_ca_among_the_system_roots_is_dropped() {
     unsafe { std::env::set_var("SSL_CERT_FILE", &bundle) };
     unsafe { std::env::remove_var("SSL_CERT_DIR") };
     let roots = credproxy::certs::system_roots();
-    let want = credproxy::tls::files::read_pem(&other.pem());
+    let want = pem_certs(&other.pem());
     assert_eq!(roots.certs, want, "only the other CA is trusted");
     assert_eq!(roots.store.roots.len(), 1);
     assert!(!roots.compiled_in);

@@ -1,10 +1,9 @@
-//! Writing a rotated refresh token back to its file, exclusively: a temporary file with a random
-//! name created `O_EXCL | O_NOFOLLOW` at mode 0600, synced, then renamed over the original. A
+//! Writing a rotated refresh token back to its file, whole and at mode 0600 ([`crate::replace`]). A
 //! file that is a symlink (a Kubernetes Secret mount) or cannot be written is left alone: the
 //! token is kept in memory, and the caller warns once.
 
-use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 /// Why a rotated refresh token was kept in memory only.
@@ -37,28 +36,7 @@ pub fn write_back(path: &Path, token: &str) -> Result<(), Kept> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(Kept::Io(e.kind())),
     }
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("token");
-    let mut random = [0u8; 8];
-    aws_lc_rs::rand::fill(&mut random).map_err(|_| Kept::Io(io::ErrorKind::Other))?;
-    let tmp = dir.join(format!(".{name}.{}.credproxy-tmp", super::hex(&random)));
-    let written = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)?;
-        f.write_all(token.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        // The rename itself survives a crash once the folder is synced.
-        std::fs::File::open(dir).and_then(|d| d.sync_all())
-    })();
-    written.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Kept::Io(e.kind())
-    })
+    crate::replace::replace(path, token.as_bytes(), 0o600).map_err(|e| Kept::Io(e.kind()))
 }
 
 #[cfg(test)]

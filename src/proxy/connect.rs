@@ -16,7 +16,7 @@ use crate::body::full;
 use crate::error::ProxyError;
 use crate::metrics::Outcome;
 use crate::outbound::{connect_guarded, ConnectError};
-use crate::policy::{normalize_host, ConnectDecision, Scheme};
+use crate::policy::{normalize_host, ConnectDecision};
 use crate::state::{Live, Shared};
 
 /// Serve a CONNECT request.
@@ -41,15 +41,7 @@ pub async fn handle(
         return (None, Err(ProxyError::BadRequest("CONNECT host is not a DNS name or an IP address")));
     }
     let policy = &live.policy;
-    let target = Target {
-        scheme: Scheme::Https,
-        host,
-        port,
-        path: String::new(),
-        query: None,
-        base_tool: None,
-        upstream_authority: None,
-    };
+    let target = Target::https(host, port, String::new(), None);
     let (tool, allow_private) = match policy.decide_connect(&target.host, port) {
         ConnectDecision::Tunnel { tool, allow_private } => (tool, allow_private),
         ConnectDecision::Intercept => return intercept(shared, live, peer, guard, req, target).await,

@@ -11,8 +11,36 @@ use std::time::Duration;
 
 use prometheus::IntGauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use tokio::time::Instant;
+
+/// Held, through its guard, by every open agent connection; [`Open::closed`] resolves when the
+/// last one is dropped.
+#[derive(Clone)]
+pub struct Tracker {
+    _held: mpsc::Sender<()>,
+}
+
+/// The far end of the [`Tracker`]s: shutdown waits on it.
+pub struct Open(mpsc::Receiver<()>);
+
+/// A tracker to hand out and its far end.
+pub fn tracker() -> (Tracker, Open) {
+    let (tx, rx) = mpsc::channel(1);
+    (Tracker { _held: tx }, Open(rx))
+}
+
+impl Open {
+    /// Resolves once every tracker has been dropped (nothing is ever sent on it).
+    pub async fn closed(&mut self) {
+        while self.0.recv().await.is_some() {}
+    }
+
+    /// How many trackers are still held.
+    pub fn count(&self) -> usize {
+        self.0.sender_strong_count()
+    }
+}
 
 /// One agent connection's hold on the limits: its `max_connections` permit, its place in
 /// `connections_active` and in graceful shutdown. Shared by the connection and any relay it
@@ -20,7 +48,7 @@ use tokio::time::Instant;
 pub struct ConnGuard {
     _permit: OwnedSemaphorePermit,
     active: IntGauge,
-    _tracker: Arc<()>,
+    _tracker: Tracker,
     /// Fires when a shutdown's deadline has passed: relays stop then.
     stop: watch::Receiver<bool>,
     /// Fires when a shutdown begins: connections served inside a tunnel drain then.
@@ -29,7 +57,7 @@ pub struct ConnGuard {
 
 impl ConnGuard {
     /// Count the connection in.
-    pub fn new(permit: OwnedSemaphorePermit, active: IntGauge, tracker: Arc<()>, stop: watch::Receiver<bool>) -> Self {
+    pub fn new(permit: OwnedSemaphorePermit, active: IntGauge, tracker: Tracker, stop: watch::Receiver<bool>) -> Self {
         active.inc();
         ConnGuard { _permit: permit, active, _tracker: tracker, stop, draining: None }
     }
@@ -179,7 +207,7 @@ mod tests {
         let sem = Arc::new(tokio::sync::Semaphore::new(1));
         let gauge = IntGauge::new("g", "g").unwrap();
         let (tx, rx) = watch::channel(false);
-        let g = ConnGuard::new(sem.clone().try_acquire_owned().unwrap(), gauge.clone(), Arc::new(()), rx);
+        let g = ConnGuard::new(sem.clone().try_acquire_owned().unwrap(), gauge.clone(), tracker().0, rx);
         (Arc::new(g), gauge, sem, tx)
     }
 

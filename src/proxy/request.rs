@@ -100,7 +100,7 @@ async fn serve(
         Err(e) => {
             if let (ProxyError::Misdirected, Some(pin)) = (&e, pinned) {
                 // Probing other hosts through a tunnel leaves a record, as a denial does.
-                let t = Target::pinned_to(pin, req.uri().path());
+                let t = Target::https(pin.host.clone(), pin.port, req.uri().path().to_string(), None);
                 audit_request(shared, live, RequestEvent::Denied("misdirected"), req.method(), &t, None);
             }
             return (None, Err(e));

@@ -67,28 +67,12 @@ impl Target {
             return Err(ProxyError::BadRequest("request without a Host"));
         }
         let path = normalize(uri.path()).map_err(|_| ProxyError::BadRequest(PATH_REFUSED))?;
-        Ok(Target {
-            scheme: Scheme::Https,
-            host: pin.host.clone(),
-            port: pin.port,
-            path,
-            query: uri.query().map(str::to_owned),
-            base_tool: None,
-            upstream_authority: None,
-        })
+        Ok(Target::https(pin.host.clone(), pin.port, path, uri.query().map(str::to_owned)))
     }
 
-    /// The tunnel's own authority with a path as sent, for the audit record of a refused request.
-    pub(super) fn pinned_to(pin: &Pinned, path: &str) -> Target {
-        Target {
-            scheme: Scheme::Https,
-            host: pin.host.clone(),
-            port: pin.port,
-            path: path.to_string(),
-            query: None,
-            base_tool: None,
-            upstream_authority: None,
-        }
+    /// `https://host:port` + `path` (a CONNECT's target, or a request inside its tunnel).
+    pub(super) fn https(host: String, port: u16, path: String, query: Option<String>) -> Target {
+        Target { scheme: Scheme::Https, host, port, path, query, base_tool: None, upstream_authority: None }
     }
 
     pub(super) fn of(live: &Live, req: &Request<Incoming>) -> Result<Target, ProxyError> {

@@ -189,8 +189,7 @@ impl PodCa {
         params.not_after = not_after.into();
         let cert = params.self_signed(&key)?;
         let der = cert.der().clone();
-        let fingerprint =
-            format!("sha256:{}", hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der).as_ref()));
+        let fingerprint = format!("sha256:{}", crate::digest::hex(&crate::digest::sha256(&der)));
         Ok(PodCa { issuer: Issuer::new(params, key), pem: cert.pem(), cert: der, constraints, fingerprint, not_after })
     }
 
@@ -239,10 +238,6 @@ pub struct Leaf {
     pub key: PrivateKeyDer<'static>,
     /// When the leaf expires.
     pub not_after: SystemTime,
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

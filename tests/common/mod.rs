@@ -365,6 +365,12 @@ tools:
     )
 }
 
+/// The certificates in a PEM text.
+pub fn pem_certs(text: &str) -> Vec<rustls_pki_types::CertificateDer<'static>> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::pem_slice_iter(text.as_bytes()).map(|c| c.unwrap()).collect()
+}
+
 /// Poll `f` every 20 ms until it holds; panic after 10 s.
 pub async fn eventually<F: AsyncFnMut() -> bool>(mut f: F, what: &str) {
     for _ in 0..500 {
