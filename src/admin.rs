@@ -231,7 +231,24 @@ pub fn credentials(shared: &Shared) -> Value {
             }))
         })
         .collect();
-    json!({"instance": live.policy.instance_id, "credentials": list})
+    let logins: Vec<Value> = shared
+        .logins
+        .all()
+        .iter()
+        .map(|l| {
+            let mut v = l.describe();
+            let users = live.policy.tools.iter().filter(|t| uses(t, &l.spec));
+            let (tools, required): (Vec<&str>, Vec<bool>) = users.map(|t| (t.name.as_str(), t.required)).unzip();
+            v["tools"] = json!(tools);
+            v["required"] = json!(required.contains(&true));
+            v
+        })
+        .collect();
+    json!({"instance": live.policy.instance_id, "credentials": list, "logins": logins})
+}
+
+fn uses(t: &crate::policy::Tool, login: &crate::policy::VaultLogin) -> bool {
+    matches!(&t.credential, Some(crate::policy::CredentialSpec::Vault(v)) if v.login == *login)
 }
 
 /// The policy in force, without secrets: tools, routes, limits.

@@ -169,6 +169,8 @@ pub enum RawCredential {
     Jwt(RawJwt),
     /// A credential helper command printing `{"token": ..., "expires_at"|"expires_in": ...}`.
     Exec(RawExec),
+    /// Vault or OpenBao: log in, read a path, pick a field; renew the lease, revoke it.
+    Vault(RawVault),
 }
 
 // `default_ttl`, `max_ttl` and `expiry_margin` repeat in the rotating sources' structs: serde
@@ -275,6 +277,63 @@ pub struct RawExec {
     pub max_ttl: Option<String>,
     /// A token is no longer injected this long before its expiry (see the OAuth sources).
     pub expiry_margin: Option<String>,
+}
+
+/// `source: vault` — a secret read from Vault (or OpenBao) with a login of the pod's own.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVault {
+    /// Vault's address, `https://vault.example:8200` (`http` only to a loopback host).
+    pub addr: String,
+    /// Sent as `X-Vault-Namespace`.
+    pub namespace: Option<String>,
+    /// A PEM file of CA certificates trusted (besides the system roots) for Vault.
+    pub ca_file: Option<String>,
+    /// How this pod logs in; tools whose logins are identical share one Vault token.
+    pub login: RawVaultLogin,
+    /// What is read: `identity/oidc/token/ROLE` (a JWT Vault signs), KV version 2
+    /// (`MOUNT/data/PATH`), or any secrets engine path that returns a lease (`database/creds/ROLE`).
+    pub path: String,
+    /// The field of the answer's `data` injected. Default `token` for identity tokens; else
+    /// this or `fields` is required.
+    pub field: Option<String>,
+    /// Two fields, username then password, for `inject.basic: {}`.
+    pub fields: Option<Vec<String>>,
+    /// KV version 2 only: how often the path is read again (a new version is used). Default `60s`.
+    pub refresh_interval: Option<String>,
+    /// Time allowed for one Vault request, connect included. Default `10s`.
+    pub timeout: Option<String>,
+    /// Lifetime assumed when Vault states none. Default `5m`.
+    pub default_ttl: Option<String>,
+    /// Longer stated lifetimes are clamped to this. Default `24h`.
+    pub max_ttl: Option<String>,
+    /// A secret is no longer injected this long before its expiry (see the OAuth sources).
+    pub expiry_margin: Option<String>,
+    /// On shutdown, revoke the lease (`sys/leases/revoke`), and the Vault token when every tool
+    /// using the login sets this too. Default `false`.
+    #[serde(default)]
+    pub revoke_on_shutdown: bool,
+}
+
+/// `login:` of a `vault` credential, selected by `method`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVaultLogin {
+    /// `jwt`, `kubernetes`, `approle` or `token`.
+    pub method: String,
+    /// The auth mount. Default: the method's name (`jwt`, `kubernetes`, `approle`).
+    pub mount: Option<String>,
+    /// `jwt` and `kubernetes`: the role logged in as. Required.
+    pub role: Option<String>,
+    /// `jwt`: the JWT's file (a projected ServiceAccount token), read at every login. Required.
+    /// `kubernetes`: default `/var/run/secrets/kubernetes.io/serviceaccount/token`.
+    pub jwt_file: Option<String>,
+    /// `approle`: the role id. Required.
+    pub role_id: Option<String>,
+    /// `approle`: the secret id's file, read at every login. Required.
+    pub secret_id_file: Option<String>,
+    /// `token`: a file holding a Vault token, read again when it changes. Required.
+    pub token_file: Option<String>,
 }
 
 /// `refresh:` — when a rotating credential is refreshed: at `at` of its lifetime, plus or

@@ -15,6 +15,7 @@ pub mod refresher;
 pub mod schedule;
 mod slot;
 pub mod source;
+pub mod vault;
 pub mod window;
 pub mod writeback;
 
@@ -109,7 +110,12 @@ impl Token {
                 (Some(v), None)
             }
             Inject::Basic { username } => {
-                let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{raw}"));
+                let pair = match username {
+                    Some(u) => format!("{u}:{raw}"),
+                    None if raw.contains(':') => raw.to_string(),
+                    None => return Err(TokenError::BadBytes),
+                };
+                let b64 = base64::engine::general_purpose::STANDARD.encode(pair);
                 let mut v = HeaderValue::try_from(format!("Basic {b64}")).map_err(|_| TokenError::BadBytes)?;
                 v.set_sensitive(true);
                 (Some(v), None)
@@ -195,7 +201,8 @@ mod tests {
     #[test]
     fn basic_and_query_forms() {
         let now = SystemTime::now();
-        let t = Token::new(SecretString::from("p w"), &Inject::Basic { username: "u".into() }, now, None).unwrap();
+        let t =
+            Token::new(SecretString::from("p w"), &Inject::Basic { username: Some("u".into()) }, now, None).unwrap();
         assert_eq!(t.header.as_ref().unwrap(), "Basic dTpwIHc=");
         let t = Token::new(SecretString::from("a/b c"), &Inject::Query { param: "key".into() }, now, None).unwrap();
         assert_eq!(t.query.as_deref(), Some("a%2Fb%20c"));

@@ -43,6 +43,18 @@ pub struct Metrics {
     pub credential_task_restarts: IntCounterVec,
     /// `credproxy_credential_revocations_total{tool,reason}`.
     pub credential_revocations: IntCounterVec,
+    /// `credproxy_credential_renewals_total{tool,result}`: lease renewals (Vault).
+    pub credential_renewals: IntCounterVec,
+    /// `credproxy_vault_login_valid{login}`: 1 while the login holds a usable Vault token.
+    pub vault_login_valid: IntGaugeVec,
+    /// `credproxy_vault_login_expiration_timestamp_seconds{login}`.
+    pub vault_login_expiration: GaugeVec,
+    /// `credproxy_vault_logins_total{login,result}`: fresh logins.
+    pub vault_logins: IntCounterVec,
+    /// `credproxy_vault_login_renewals_total{login,result}`: Vault token renewals.
+    pub vault_login_renewals: IntCounterVec,
+    /// `credproxy_vault_login_errors_total{login,reason}`.
+    pub vault_login_errors: IntCounterVec,
     /// `credproxy_credential_refresh_duration_seconds{tool,source}`.
     pub credential_refresh_duration: HistogramVec,
     /// `credproxy_tls_interceptions_total{result}`: intercepted CONNECTs by handshake result.
@@ -222,6 +234,41 @@ impl Metrics {
                 "credproxy_credential_revocations_total",
                 "Tokens revoked, by reason.",
                 &["tool", "reason"],
+            ),
+            credential_renewals: counter_vec(
+                "credproxy_credential_renewals_total",
+                "Lease renewals (Vault) by result.",
+                &["tool", "result"],
+            ),
+            vault_login_valid: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("credproxy_vault_login_valid", "1 while the Vault login holds a usable token."),
+                    &["login"],
+                )
+                .unwrap(),
+            ),
+            vault_login_expiration: reg(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        "credproxy_vault_login_expiration_timestamp_seconds",
+                        "When the Vault login's token expires.",
+                    ),
+                    &["login"],
+                )
+                .unwrap(),
+            ),
+            vault_logins: counter_vec("credproxy_vault_logins_total", "Vault logins by result.", &["login", "result"]),
+            vault_login_renewals: counter_vec(
+                "credproxy_vault_login_renewals_total",
+                "Vault token renewals by result.",
+                &["login", "result"],
+            ),
+            vault_login_errors: counter_vec(
+                "credproxy_vault_login_errors_total",
+                "Failed Vault logins and renewals by reason.",
+                &["login", "reason"],
             ),
             credential_refresh_duration: reg(
                 &r,

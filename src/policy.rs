@@ -3,6 +3,7 @@
 mod creds;
 pub mod path;
 mod types;
+mod vault;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -150,6 +150,16 @@ impl Running {
                 break;
             }
         }
+        // Then the Vault logins, whose tokens the leases above were revoked with. A token is
+        // revoked only when every tool using it asks (revoking it revokes their leases too).
+        let policy = live.policy.clone();
+        let every_tool_revokes = move |login: &crate::policy::VaultLogin| {
+            policy.tools.iter().all(|t| match &t.credential {
+                Some(crate::policy::CredentialSpec::Vault(v)) if v.login == *login => v.life.revoke_on_shutdown,
+                _ => true,
+            })
+        };
+        self.shared.logins.shutdown(every_tool_revokes, until).await;
         self.shared.audit.flush().await;
     }
 }

@@ -18,11 +18,12 @@ use crate::config::watch::FsWatch;
 use crate::config::Overrides;
 use crate::creds::lifecycle;
 use crate::creds::refresher::{self, CredCtx, TaskHandle};
+use crate::creds::vault::login::{LoginEnv, Logins};
 use crate::creds::Slot;
 use crate::fields;
 use crate::metrics::{Metrics, ToolMetrics};
 use crate::outbound::{Client, ClientOpts, ConnectSettings, Upstreams};
-use crate::policy::{CredentialSpec, Inject, Policy, Refresh, Tool};
+use crate::policy::{CredentialSpec, Inject, Policy, Refresh, Tool, VaultLogin};
 use crate::tls::Interceptor;
 
 /// Headers removed from every credentialed request, besides the tool's `strip_headers` and its
@@ -122,6 +123,8 @@ pub struct Shared {
     pub overrides: Overrides,
     /// The pod-local CA and leaf cache, set at start when interception is on.
     pub tls: OnceLock<Arc<Interceptor>>,
+    /// Vault logins, shared by the tools whose login settings are equal.
+    pub logins: Arc<Logins>,
     creds: Mutex<HashMap<String, CredEntry>>,
 }
 
@@ -139,6 +142,13 @@ impl Shared {
         let no_tool = metrics.tool("");
         let upstreams = Arc::new(Upstreams::new());
         let watch = FsWatch::new();
+        let logins = Logins::new(LoginEnv {
+            metrics: metrics.clone(),
+            audit: audit.clone(),
+            clock: clock.clone(),
+            upstreams: upstreams.clone(),
+            watch: watch.clone(),
+        });
         let creds = Mutex::new(HashMap::new());
         let policy = Arc::new(policy);
         // Tool handles are filled in by `install` below, before any listener serves.
@@ -155,6 +165,7 @@ impl Shared {
             own,
             overrides,
             tls: OnceLock::new(),
+            logins,
             creds,
         });
         shared.install(policy);
@@ -172,7 +183,17 @@ impl Shared {
             tokio::task::spawn_blocking(crate::certs::warm_system_roots);
         }
         let mut creds = self.creds.lock().unwrap_or_else(|e| e.into_inner());
-        creds.retain(|name, _| policy.tool_index(name).is_some_and(|i| policy.tools[i].credential.is_some()));
+        // A removed credential's lease is revoked (the settings it was read with are gone).
+        let removed: Vec<String> = creds
+            .keys()
+            .filter(|name| policy.tool_index(name).is_none_or(|i| policy.tools[i].credential.is_none()))
+            .cloned()
+            .collect();
+        for name in removed {
+            if let Some(e) = creds.remove(&name) {
+                self.revoke_lease(&name, &e);
+            }
+        }
         let mut tools = Vec::with_capacity(policy.tools.len());
         for tool in &policy.tools {
             let name: Arc<str> = Arc::from(tool.name.as_str());
@@ -188,7 +209,11 @@ impl Shared {
                     old => {
                         let entry = self.start_credential(tool, &name, key, old);
                         let slot = entry.slot.clone();
-                        creds.insert(tool.name.clone(), entry);
+                        if let Some(old) = creds.insert(tool.name.clone(), entry) {
+                            if old.key.spec != *spec {
+                                self.revoke_lease(&name, &old);
+                            }
+                        }
                         slot
                     }
                 }
@@ -213,7 +238,42 @@ impl Shared {
             });
         }
         drop(creds);
+        let logins: Vec<&VaultLogin> = policy
+            .tools
+            .iter()
+            .filter_map(|t| match &t.credential {
+                Some(CredentialSpec::Vault(v)) => Some(&v.login),
+                _ => None,
+            })
+            .collect();
+        self.logins.retain(&logins);
         self.live.store(Arc::new(Live { policy, tools }));
+    }
+
+    fn ctx(&self, name: &Arc<str>, inject: &Inject, not_before: Option<SystemTime>, slot: Arc<Slot>) -> CredCtx {
+        CredCtx {
+            tool: name.clone(),
+            slot,
+            inject: inject.clone(),
+            not_before,
+            audit: self.audit.clone(),
+            metrics: self.metrics.clone(),
+            watch: self.watch.clone(),
+            clock: self.clock.clone(),
+            upstreams: self.upstreams.clone(),
+            logins: self.logins.clone(),
+        }
+    }
+
+    /// Revoke the Vault lease of a credential a reload removed or changed.
+    fn revoke_lease(&self, name: &str, e: &CredEntry) {
+        let Some(t) = e.slot.current().filter(|t| t.lease_id.is_some()) else { return };
+        let CredentialSpec::Vault(_) = &e.key.spec else { return };
+        let cx = self.ctx(&Arc::from(name), &e.key.inject, e.key.not_before, e.slot.clone());
+        cx.revoked("reload");
+        if let Some(revoke) = lifecycle::revoke_once(&e.key.spec, cx, t) {
+            tokio::spawn(revoke);
+        }
     }
 
     /// Start `tool`'s credential (new, or its settings changed from `old`). A rotating credential
@@ -232,23 +292,13 @@ impl Shared {
             None => (None, None),
         };
         let slot = Arc::new(Slot::new(spec.source(), tx));
-        let cx = CredCtx {
-            tool: name.clone(),
-            slot: slot.clone(),
-            inject: tool.inject.clone(),
-            not_before: tool.not_before,
-            audit: self.audit.clone(),
-            metrics: self.metrics.clone(),
-            watch: self.watch.clone(),
-            clock: self.clock.clone(),
-            upstreams: self.upstreams.clone(),
-        };
+        let cx = self.ctx(name, &tool.inject, tool.not_before, slot.clone());
         if let (Some(e), Some(t)) = (old, old.and_then(|e| e.slot.current())) {
             let revoked = tool.not_before.is_some_and(|nb| t.issued_at < nb);
             if revoked && e.key.not_before != tool.not_before {
                 cx.revoked("not_before");
-                if e.key.spec.lifetime().is_some() {
-                    tokio::spawn(lifecycle::revoke_once(e.key.spec.clone(), cx.clone(), t));
+                if let Some(revoke) = lifecycle::revoke_once(&e.key.spec, cx.clone(), t) {
+                    tokio::spawn(revoke);
                 }
             } else if !revoked && spec.lifetime().is_some() && e.key.spec == *spec && e.key.inject == tool.inject {
                 slot.carry_over(t);
@@ -354,6 +404,19 @@ impl Shared {
             .zip(&live.tools)
             .filter(|(t, rt)| t.required && rt.slot.as_ref().is_some_and(|s| s.usable(now).is_none()))
             .map(|(_, rt)| rt.name.clone())
+            .chain(
+                // A login is required when any of its tools is.
+                self.logins
+                    .all()
+                    .into_iter()
+                    .filter(|l| l.usable(now).is_none())
+                    .filter(|l| {
+                        live.policy.tools.iter().any(|t| {
+                            t.required && matches!(&t.credential, Some(CredentialSpec::Vault(v)) if v.login == l.spec)
+                        })
+                    })
+                    .map(|l| Arc::from(format!("vault login {}", l.label))),
+            )
             .collect()
     }
 }

@@ -91,6 +91,28 @@ pub fn table(v: &Value, now: SystemTime) -> String {
             s("last_error").unwrap_or("-"),
         ));
     }
+    let logins = v["logins"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if !logins.is_empty() {
+        out.push_str(&format!(
+            "\n{:<32} {:<8} {:>8} {:>8} {:>8}  {:<24} {}\n",
+            "VAULT LOGIN", "STATE", "EXPIRES", "RENEWAL", "FAILURES", "TOOLS", "LAST ERROR"
+        ));
+    }
+    for l in logins {
+        let s = |k: &str| l[k].as_str();
+        let tools: Vec<&str> =
+            l["tools"].as_array().map(Vec::as_slice).unwrap_or_default().iter().filter_map(Value::as_str).collect();
+        out.push_str(&format!(
+            "{:<32} {:<8} {:>8} {:>8} {:>8}  {:<24} {}\n",
+            s("login").unwrap_or("?"),
+            s("state").unwrap_or("?"),
+            ago_or_in(s("expires_at"), now, true),
+            ago_or_in(s("next_renewal_at"), now, true),
+            l["consecutive_failures"].as_u64().unwrap_or(0),
+            tools.join(","),
+            s("last_error").unwrap_or("-"),
+        ));
+    }
     out
 }
 
@@ -117,5 +139,21 @@ mod tests {
                 && rows[2].contains("2m")
         );
         assert!(rows[3].contains("failing") && rows[3].contains(" 3  local_error: key.pem is empty"));
+    }
+
+    #[test]
+    fn logins_have_their_own_section() {
+        let now = humantime::parse_rfc3339("2026-11-26T10:00:00Z").unwrap();
+        let v = serde_json::json!({"instance": "pod-1", "credentials": [], "logins": [
+            {"login": "jwt:jwt/agent", "method": "jwt", "state": "failed", "expires_at": null,
+             "next_renewal_at": "2026-11-26T10:00:30Z", "consecutive_failures": 2,
+             "last_error": "vault_invalid_request: Vault answered 400 (refused): invalid audience",
+             "tools": ["github", "search"], "required": true}]});
+        let t = table(&v, now);
+        let rows: Vec<&str> = t.lines().collect();
+        assert_eq!(rows.len(), 5, "{t}");
+        assert!(rows[3].starts_with("VAULT LOGIN"), "{t}");
+        assert!(rows[4].starts_with("jwt:jwt/agent") && rows[4].contains("failed") && rows[4].contains("30s"), "{t}");
+        assert!(rows[4].contains("github,search") && rows[4].ends_with("invalid audience"), "{t}");
     }
 }

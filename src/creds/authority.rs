@@ -60,8 +60,19 @@ pub async fn post_form(
         v.set_sensitive(true);
         req.headers_mut().insert(AUTHORIZATION, v);
     }
+    send(client, req, timeout, "the authority").await
+}
+
+/// Send `req` within `timeout` and read the answer (at most [`MAX_BODY`]); `who` names the
+/// server in messages.
+pub async fn send(
+    client: &TokenClient,
+    req: Request<Full<Bytes>>,
+    timeout: Duration,
+    who: &str,
+) -> Result<Answer, FetchError> {
     let exchange = async {
-        let resp = client.request(req).await.map_err(|e| classify_client_error(&e))?;
+        let resp = client.request(req).await.map_err(|e| classify_client_error(&e, who))?;
         let (parts, body) = resp.into_parts();
         let body = Limited::new(body, MAX_BODY).collect().await.map_err(|e| {
             if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
@@ -78,11 +89,11 @@ pub async fn post_form(
 }
 
 /// A client error as a fetch failure: the request path's classification, in the fetch's words.
-fn classify_client_error(e: &hyper_util::client::legacy::Error) -> FetchError {
+fn classify_client_error(e: &hyper_util::client::legacy::Error, who: &str) -> FetchError {
     match crate::outbound::client_error(e) {
-        ProxyError::UpstreamTimeout => FetchError::new("timeout", "connecting to the authority timed out"),
-        ProxyError::UpstreamTls(m) => FetchError::new("unreachable", format!("TLS with the authority failed: {m}")),
-        other => FetchError::new("unreachable", format!("cannot reach the authority: {other}")),
+        ProxyError::UpstreamTimeout => FetchError::new("timeout", format!("connecting to {who} timed out")),
+        ProxyError::UpstreamTls(m) => FetchError::new("unreachable", format!("TLS with {who} failed: {m}")),
+        other => FetchError::new("unreachable", format!("cannot reach {who}: {other}")),
     }
 }
 

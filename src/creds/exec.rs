@@ -102,7 +102,7 @@ impl Source for Exec {
             return Err(FetchError::new("exec_failed", format!("{program} exited with {status}")));
         }
         let (secret, expiry) = parse(&out)?;
-        Ok(Fetched { secret, expiry, lease_id: None })
+        Ok(Fetched::new(secret, expiry))
     }
 }
 

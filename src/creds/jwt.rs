@@ -132,6 +132,6 @@ impl Source for JwtSource {
         let token = sign(s.alg, &pem, Some(&s.kid), &claims)?;
         // `exp` is whole seconds: schedule from it, not from `ttl`, so credproxy never outlives it.
         let expiry = Expiry::At(UNIX_EPOCH + Duration::from_secs(exp));
-        Ok(Fetched { secret: SecretString::from(token), expiry, lease_id: None })
+        Ok(Fetched::new(SecretString::from(token), expiry))
     }
 }

@@ -9,7 +9,7 @@ use tokio::time::{sleep_until, Instant};
 
 use super::refresher::CredCtx;
 use super::schedule;
-use super::source::{FetchError, Source};
+use super::source::{Expiry, FetchError, FetchKind, Source};
 use super::{Command, Token};
 use crate::clock::unit_random;
 use crate::policy::{CredentialSpec, Lifetime, Refresh};
@@ -25,6 +25,7 @@ pub async fn run_spec(spec: &CredentialSpec, refresh: Refresh, cx: &CredCtx, rx:
         CredentialSpec::OAuth(o) => run(super::oauth::OAuth::new(o, cx), o.life, refresh, cx, rx).await,
         CredentialSpec::Jwt(j) => run(super::jwt::JwtSource::new(j, cx.clock.clone()), j.life, refresh, cx, rx).await,
         CredentialSpec::Exec(e) => run(super::exec::Exec::new(e), e.life, refresh, cx, rx).await,
+        CredentialSpec::Vault(v) => run(super::vault::VaultSource::new(v, refresh, cx), v.life, refresh, cx, rx).await,
         CredentialSpec::File { .. } | CredentialSpec::Env { .. } => {}
     }
 }
@@ -65,10 +66,17 @@ pub async fn run<S: Source>(
                     if reason == "upstream_401" {
                         cx.metrics.credential_revocations.with_label_values(&[&cx.tool, reason]).inc();
                     }
-                    true
+                    // A login that came back only retries a failing fetch; the rest want a new token.
+                    if reason == "vault_login" {
+                        cx.slot.consecutive_failures() > 0
+                    } else {
+                        source.replace_next();
+                        true
+                    }
                 }
                 Some(Command::Revoke { reason }) => {
                     end = None;
+                    source.replace_next();
                     if let Some(t) = cx.revoked(reason) {
                         revoke_at_authority(&mut source, &t, cx).await;
                     }
@@ -129,20 +137,37 @@ pub async fn run<S: Source>(
             .with_label_values(&[&cx.tool, cx.slot.source])
             .observe(started.elapsed().as_secs_f64());
         let built = result.and_then(|f| {
-            let ttl = schedule::lifetime(f.expiry, started_wall, &life)?;
-            let margin = schedule::margin(ttl, &life);
-            let mut token = Token::new(f.secret, &cx.inject, started_wall, Some(started_wall + ttl))
+            let ttl = match f.expiry {
+                Expiry::Never { recheck } => Err(recheck),
+                stated => Ok(schedule::lifetime(stated, started_wall, &life)?),
+            };
+            let margin = ttl.map_or(Duration::ZERO, |ttl| schedule::margin(ttl, &life));
+            let issued_at = f.issued_at.unwrap_or(started_wall);
+            let mut token = Token::new(f.secret, &cx.inject, issued_at, ttl.ok().map(|ttl| started_wall + ttl))
                 .map_err(|e| FetchError::new("invalid_response", e.to_string()))?
                 .with_margin(margin);
             token.lease_id = f.lease_id;
-            Ok((token, ttl, margin))
+            Ok((token, ttl, margin, f.kind))
         });
         match built {
-            Ok((token, ttl, margin)) => {
+            Ok((token, ttl, margin, kind)) => {
                 // Lifetimes count from when the request was sent: never later than the authority's.
-                end = Some(At { mono: started + (ttl - margin), wall: started_wall + (ttl - margin) });
-                cx.publish(token);
-                let after = schedule::refresh_after(ttl, &refresh, unit_random());
+                let after = match ttl {
+                    Ok(ttl) => {
+                        end = Some(At { mono: started + (ttl - margin), wall: started_wall + (ttl - margin) });
+                        schedule::refresh_after(ttl, &refresh, unit_random())
+                    }
+                    // No expiry: read again after `recheck`.
+                    Err(recheck) => {
+                        end = None;
+                        recheck.max(schedule::MIN_DELAY)
+                    }
+                };
+                match kind {
+                    FetchKind::New => cx.publish(token),
+                    FetchKind::Renewed => cx.renewed(token),
+                    FetchKind::Unchanged => cx.confirmed(token),
+                }
                 next = At { mono: started + after, wall: started_wall + after };
             }
             Err(e) => {
@@ -166,18 +191,35 @@ async fn shut_down<S: Source>(source: &mut S, life: &Lifetime, cx: &CredCtx, don
     let _ = done.send(());
 }
 
-/// Revoke `token` at the authority of `spec` (a token a reload's `not_before` revoked, whose
-/// task is gone).
-pub async fn revoke_once(spec: CredentialSpec, cx: CredCtx, token: std::sync::Arc<Token>) {
-    match &spec {
-        CredentialSpec::OAuth(o) => revoke_at_authority(&mut super::oauth::OAuth::new(o, &cx), &token, &cx).await,
-        CredentialSpec::Jwt(_) | CredentialSpec::Exec(_) | CredentialSpec::File { .. } | CredentialSpec::Env { .. } => {
-        }
+/// Revoke `token` at the authority of `spec` (a token a reload's `not_before` revoked, or the
+/// lease of a credential a reload removed or changed, whose task is gone). What the revocation
+/// needs (the Vault login) is taken now, before a reload can let it go.
+pub fn revoke_once(
+    spec: &CredentialSpec,
+    cx: CredCtx,
+    token: std::sync::Arc<Token>,
+) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+    enum Either {
+        OAuth(Box<super::oauth::OAuth>),
+        Vault(Box<super::vault::VaultSource>),
     }
+    let mut source = match spec {
+        CredentialSpec::OAuth(o) => Either::OAuth(Box::new(super::oauth::OAuth::new(o, &cx))),
+        CredentialSpec::Vault(v) if token.lease_id.is_some() => {
+            Either::Vault(Box::new(super::vault::VaultSource::new(v, Refresh::default(), &cx)))
+        }
+        _ => return None,
+    };
+    Some(async move {
+        match &mut source {
+            Either::OAuth(s) => revoke_at_authority(&mut **s, &token, &cx).await,
+            Either::Vault(s) => revoke_at_authority(&mut **s, &token, &cx).await,
+        }
+    })
 }
 
 async fn revoke_at_authority<S: Source>(source: &mut S, t: &Token, cx: &CredCtx) {
-    match tokio::time::timeout(REVOKE_LIMIT, source.revoke(t.secret())).await {
+    match tokio::time::timeout(REVOKE_LIMIT, source.revoke(t)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             tracing::warn!(tool = %cx.tool, reason = e.reason, "revocation at the authority failed: {}", e.message)

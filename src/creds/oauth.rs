@@ -160,12 +160,13 @@ impl Source for OAuth {
             }
             Grant::ClientCredentials => {}
         }
-        Ok(Fetched { secret: got.access_token, expiry: got.expiry, lease_id: None })
+        Ok(Fetched::new(got.access_token, got.expiry))
     }
 
-    async fn revoke(&mut self, token: &SecretString) -> Result<(), FetchError> {
+    async fn revoke(&mut self, token: &super::Token) -> Result<(), FetchError> {
         let Some(url) = self.spec.revocation_url.clone() else { return Ok(()) };
-        let form = vec![("token", token.expose_secret().to_string()), ("token_type_hint", "access_token".into())];
+        let form =
+            vec![("token", token.secret().expose_secret().to_string()), ("token_type_hint", "access_token".into())];
         let a = self.post(&url, form).await?;
         // RFC 7009 §2.2: 200 whether or not the token was known.
         if a.status.is_success() {

@@ -8,6 +8,7 @@ use secrecy::SecretString;
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::AbortHandle;
 
+use super::vault::login::Logins;
 use super::{Command, Slot, State, Token};
 use crate::audit::{timestamp, Audit};
 use crate::clock::Clock;
@@ -38,6 +39,8 @@ pub struct CredCtx {
     pub clock: Clock,
     /// Connect settings (`resolve`, timeouts) for token endpoints.
     pub upstreams: Arc<Upstreams>,
+    /// Vault logins, shared by the tools whose login settings are equal.
+    pub logins: Arc<Logins>,
 }
 
 fn secs(t: SystemTime) -> f64 {
@@ -94,6 +97,44 @@ impl CredCtx {
             "expires_at" => exp.map(timestamp), "lease_id" => lease},
         );
         tracing::info!(tool, source, credential_id = %fp, "{event}");
+    }
+
+    /// The current token's lease was renewed: the same secret with a later expiry and its first
+    /// issue time; `credential.renewed`, counted as a renewal only.
+    pub fn renewed(&self, token: Token) {
+        let (fp, exp, lease) = (token.fingerprint.clone(), token.expires_at, token.lease_id.clone());
+        self.slot.publish(token);
+        let (m, tool): (_, &str) = (&self.metrics, &self.tool);
+        m.credential_valid.with_label_values(&[tool]).set(1);
+        m.credential_consecutive_failures.with_label_values(&[tool]).set(0);
+        m.credential_renewals.with_label_values(&[tool, "ok"]).inc();
+        if let Some(e) = exp {
+            m.credential_expiration.with_label_values(&[tool]).set(secs(e));
+        }
+        self.audit.emit(
+            "credential.renewed",
+            fields! {"tool" => tool, "source" => self.slot.source, "credential_id" => &fp,
+            "expires_at" => exp.map(timestamp), "lease_id" => lease},
+        );
+        tracing::info!(tool, credential_id = %fp, "credential.renewed");
+    }
+
+    /// A renewal the authority refused (a new token is fetched instead).
+    pub fn renewal_failed(&self, reason: &'static str, message: &str) {
+        self.metrics.credential_renewals.with_label_values(&[&self.tool, "error"]).inc();
+        tracing::warn!(tool = %self.tool, reason, "lease renewal failed; reading a new secret: {message}");
+    }
+
+    /// The token was read again and is unchanged: clear any failure, no event.
+    pub fn confirmed(&self, token: Token) {
+        if self.slot.current().is_none_or(|c| c.fingerprint != token.fingerprint) {
+            return self.publish(token);
+        }
+        self.slot.publish(token);
+        let (m, tool): (_, &str) = (&self.metrics, &self.tool);
+        m.credential_valid.with_label_values(&[tool]).set(1);
+        m.credential_consecutive_failures.with_label_values(&[tool]).set(0);
+        m.credential_last_success.with_label_values(&[tool]).set(secs(self.clock.now()));
     }
 
     /// Record a failed fetch with a reason from the fixed set and a message without secrets.

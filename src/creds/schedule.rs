@@ -20,6 +20,7 @@ pub fn lifetime(expiry: Expiry, now: SystemTime, life: &Lifetime) -> Result<Dura
         Expiry::In(d) => d,
         Expiry::At(t) => t.duration_since(now).unwrap_or(Duration::ZERO),
         Expiry::Unknown => life.default_ttl,
+        Expiry::Never { .. } => return Err(FetchError::local("a token without expiry has no lifetime")),
     };
     if ttl < MIN_DELAY {
         return Err(FetchError::new("invalid_response", "the token expires in less than a second"));

@@ -5,6 +5,8 @@ use std::time::{Duration, SystemTime};
 
 use secrecy::SecretString;
 
+use super::Token;
+
 /// A freshly obtained token.
 pub struct Fetched {
     /// The token.
@@ -13,6 +15,29 @@ pub struct Fetched {
     pub expiry: Expiry,
     /// A Vault lease id, when there is one.
     pub lease_id: Option<String>,
+    /// When the authority issued it, when it says (a KV version's creation time; a renewed
+    /// lease keeps its first issue time). Else the moment the fetch began.
+    pub issued_at: Option<SystemTime>,
+    /// A new token, the same one with a longer lease, or the same one unchanged.
+    pub kind: FetchKind,
+}
+
+impl Fetched {
+    /// A new token with its stated expiry.
+    pub fn new(secret: SecretString, expiry: Expiry) -> Self {
+        Fetched { secret, expiry, lease_id: None, issued_at: None, kind: FetchKind::New }
+    }
+}
+
+/// What a fetch brought.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchKind {
+    /// A new token: `credential.issued` or `credential.refreshed`.
+    New,
+    /// The current token's lease renewed: `credential.renewed`, the issue time kept.
+    Renewed,
+    /// The current token read again and unchanged (a KV version already in use): no event.
+    Unchanged,
 }
 
 /// How an authority stated a token's lifetime.
@@ -24,6 +49,11 @@ pub enum Expiry {
     At(SystemTime),
     /// Not stated: the source's `default_ttl` applies.
     Unknown,
+    /// It does not expire; read it again after this long (a KV secret).
+    Never {
+        /// When to read again.
+        recheck: Duration,
+    },
 }
 
 /// Why a fetch failed: a reason from a fixed set (a metric label) and a message without secrets.
@@ -79,8 +109,11 @@ pub trait Source: Send + 'static {
     /// Obtain a new token.
     fn fetch(&mut self) -> impl Future<Output = Result<Fetched, FetchError>> + Send;
 
-    /// Tell the authority a token is revoked (RFC 7009), where the source can.
-    fn revoke(&mut self, _token: &SecretString) -> impl Future<Output = Result<(), FetchError>> + Send {
+    /// Tell the authority a token is revoked (RFC 7009, a Vault lease), where the source can.
+    fn revoke(&mut self, _token: &Token) -> impl Future<Output = Result<(), FetchError>> + Send {
         async { Ok(()) }
     }
+
+    /// The next fetch must bring a new token (a rotate, an upstream `401`): no lease renewal.
+    fn replace_next(&mut self) {}
 }

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use rustls_pki_types::CertificateDer;
 
+pub use super::vault::{LoginMethod, VaultKind, VaultLogin, VaultSpec};
+
 /// Where a credential comes from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CredentialSpec {
@@ -24,6 +26,8 @@ pub enum CredentialSpec {
     Jwt(Box<JwtSpec>),
     /// A credential helper command.
     Exec(Box<ExecSpec>),
+    /// A secret read from Vault or OpenBao after a login.
+    Vault(Box<VaultSpec>),
 }
 
 impl CredentialSpec {
@@ -39,6 +43,7 @@ impl CredentialSpec {
             },
             CredentialSpec::Jwt(_) => "jwt",
             CredentialSpec::Exec(_) => "exec",
+            CredentialSpec::Vault(_) => "vault",
         }
     }
 
@@ -49,6 +54,7 @@ impl CredentialSpec {
             CredentialSpec::OAuth(o) => Some(&o.life),
             CredentialSpec::Jwt(j) => Some(&j.life),
             CredentialSpec::Exec(e) => Some(&e.life),
+            CredentialSpec::Vault(v) => Some(&v.life),
         }
     }
 }

@@ -221,8 +221,9 @@ pub enum Inject {
     },
     /// HTTP Basic with the token as password.
     Basic {
-        /// Username.
-        username: String,
+        /// Username; `None` when the credential is itself `username:password` (a two-field
+        /// `vault` secret).
+        username: Option<String>,
     },
 }
 

@@ -2,7 +2,9 @@
 #![allow(dead_code)]
 
 pub mod authority;
+pub mod bao;
 pub mod oidc;
+pub mod pg;
 pub mod testca;
 #[allow(unused_imports)]
 pub use testca::TestCa;

@@ -14,6 +14,7 @@ use tools::{check_ties, host_pattern, tool};
 
 mod credential;
 mod tools;
+mod vault;
 
 struct Ctx<'a> {
     errors: Vec<ConfigError>,
@@ -143,6 +144,7 @@ pub(super) fn check(
         tools.push(tool(&mut cx, name, t, now, &resolve));
     }
     check_ties(&mut cx, &tools);
+    vault::distinct_labels(&mut cx, &tools);
     let interception = raw.interception.as_ref().and_then(|i| interception(&mut cx, i));
     if !cx.errors.is_empty() {
         return Err(ConfigErrors(cx.errors));

@@ -14,6 +14,7 @@ use crate::clock::Clock;
 use crate::config::watch::FsWatch;
 use crate::creds::refresher::{supervise, CredCtx};
 use crate::creds::source::{Expiry, FetchError, Fetched, Source};
+use crate::creds::vault::login::{LoginEnv, Logins};
 use crate::creds::{Command, Slot, State};
 use crate::metrics::Metrics;
 use crate::outbound::Upstreams;
@@ -39,7 +40,7 @@ impl Source for Fake {
         let delay = *self.delay.lock().unwrap();
         tokio::time::sleep(delay).await;
         let ttl = (self.script)(n)?;
-        Ok(Fetched { secret: SecretString::from(format!("token-{n}")), expiry: Expiry::In(ttl), lease_id: None })
+        Ok(Fetched::new(SecretString::from(format!("token-{n}")), Expiry::In(ttl)))
     }
 }
 
@@ -69,16 +70,26 @@ fn start(script: Script, life: Lifetime) -> Rig {
     let audit_file = tempfile::NamedTempFile::new().unwrap();
     let metrics = Metrics::new();
     let (tx, rx) = mpsc::channel(8);
+    let audit = Audit::start(Some(audit_file.path().to_path_buf()), "test", metrics.clone());
+    let (watch, clock, upstreams) = (FsWatch::new(), Clock::manual(), Arc::new(Upstreams::new()));
+    let env = LoginEnv {
+        metrics: metrics.clone(),
+        audit: audit.clone(),
+        clock: clock.clone(),
+        upstreams: upstreams.clone(),
+        watch: watch.clone(),
+    };
     let cx = CredCtx {
         tool: Arc::from("api"),
         slot: Arc::new(Slot::new("exec", Some(tx.clone()))),
         inject: Inject::Header { name: http::header::AUTHORIZATION, prefix: "Bearer ".into(), suffix: String::new() },
         not_before: None,
-        audit: Audit::start(Some(audit_file.path().to_path_buf()), "test", metrics.clone()),
+        audit,
         metrics,
-        watch: FsWatch::new(),
-        clock: Clock::manual(),
-        upstreams: Arc::new(Upstreams::new()),
+        watch,
+        clock,
+        upstreams,
+        logins: Logins::new(env),
     };
     let calls = Arc::new(Mutex::new(Vec::new()));
     let delay = Arc::new(Mutex::new(Duration::ZERO));

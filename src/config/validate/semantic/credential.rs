@@ -4,6 +4,8 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use rustls_pki_types::CertificateDer;
+
 use super::Ctx;
 use crate::config::{RawCredential, RawExec, RawJwt, RawOAuth, RawRefresh};
 use crate::policy::*;
@@ -30,6 +32,7 @@ pub(super) fn credential(cx: &mut Ctx<'_>, path: &str, c: &RawCredential) -> Opt
         RawCredential::OAuth2RefreshToken(o) => oauth(cx, path, o, Kind::RefreshToken),
         RawCredential::Jwt(j) => jwt(cx, path, j),
         RawCredential::Exec(e) => exec(cx, path, e),
+        RawCredential::Vault(v) => super::vault::vault(cx, path, v),
     }
 }
 
@@ -56,7 +59,7 @@ enum Kind {
     RefreshToken,
 }
 
-fn nonempty(cx: &mut Ctx<'_>, path: &str, raw: &str) -> Option<String> {
+pub(super) fn nonempty(cx: &mut Ctx<'_>, path: &str, raw: &str) -> Option<String> {
     let s = cx.expand(path, raw)?;
     if s.is_empty() {
         cx.err(path, "must not be empty");
@@ -65,12 +68,12 @@ fn nonempty(cx: &mut Ctx<'_>, path: &str, raw: &str) -> Option<String> {
     Some(s)
 }
 
-fn file(cx: &mut Ctx<'_>, path: String, raw: &Option<String>) -> Option<PathBuf> {
+pub(super) fn file(cx: &mut Ctx<'_>, path: String, raw: &Option<String>) -> Option<PathBuf> {
     raw.as_ref().and_then(|r| nonempty(cx, &path, r)).map(PathBuf::from)
 }
 
 /// A token or revocation endpoint: `https`, or `http` to a loopback host.
-fn endpoint(cx: &mut Ctx<'_>, path: &str, raw: &str) -> Option<http::Uri> {
+pub(super) fn endpoint(cx: &mut Ctx<'_>, path: &str, raw: &str) -> Option<http::Uri> {
     let uri = cx.uri(path, raw)?;
     let host = uri.host().unwrap_or("").trim_start_matches('[').trim_end_matches(']');
     let loopback = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
@@ -88,7 +91,7 @@ fn endpoint(cx: &mut Ctx<'_>, path: &str, raw: &str) -> Option<http::Uri> {
     }
 }
 
-fn lifetime(
+pub(super) fn lifetime(
     cx: &mut Ctx<'_>,
     path: &str,
     default_ttl: &Option<String>,
@@ -196,14 +199,7 @@ fn oauth(cx: &mut Ctx<'_>, path: &str, o: &RawOAuth, kind: Kind) -> Option<Crede
     {
         cx.err(format!("{path}.client_key_alg"), "only with client_auth: private_key_jwt");
     }
-    let ca_certs = match &o.ca_file {
-        None => Vec::new(),
-        Some(p) => {
-            let at = format!("{path}.ca_file");
-            let p = cx.expand(&at, p)?;
-            crate::certs::read_ca_file(std::path::Path::new(&p)).map_err(|m| cx.err(at, m)).ok()?
-        }
-    };
+    let ca_certs = ca_file(cx, path, &o.ca_file)?;
     let mut scopes = Vec::new();
     for (i, s) in o.scopes.iter().enumerate() {
         let at = format!("{path}.scopes[{i}]");
@@ -234,6 +230,18 @@ fn oauth(cx: &mut Ctx<'_>, path: &str, o: &RawOAuth, kind: Kind) -> Option<Crede
         timeout,
         life,
     })))
+}
+
+/// The certificates of an authority's `ca_file`, if it has one.
+pub(super) fn ca_file(cx: &mut Ctx<'_>, path: &str, raw: &Option<String>) -> Option<Vec<CertificateDer<'static>>> {
+    match raw {
+        None => Some(Vec::new()),
+        Some(p) => {
+            let at = format!("{path}.ca_file");
+            let p = cx.expand(&at, p)?;
+            crate::certs::read_ca_file(std::path::Path::new(&p)).map_err(|m| cx.err(at, m)).ok()
+        }
+    }
 }
 
 fn jwt(cx: &mut Ctx<'_>, path: &str, j: &RawJwt) -> Option<CredentialSpec> {

@@ -70,6 +70,19 @@ pub(super) fn tool(cx: &mut Ctx<'_>, name: &str, t: &RawTool, now: SystemTime, r
     }
     let credential = t.credential.as_ref().and_then(|c| credential(cx, &format!("{base}.credential"), c));
     let inject = inject(cx, &format!("{base}.inject"), t.inject.as_ref());
+    // Two values (username and password) go only into `inject.basic: {}`, and it takes only them.
+    let two_fields = matches!(&credential, Some(CredentialSpec::Vault(v)) if v.fields.len() == 2);
+    match (&inject, two_fields) {
+        (Inject::Basic { username: None }, false) if credential.is_some() => cx.err(
+            format!("{base}.inject.basic.username"),
+            "required unless the credential is a vault secret with two fields (username, password)",
+        ),
+        (Inject::Basic { username: None }, _) | (_, false) => {}
+        (_, true) => cx.err(
+            format!("{base}.credential.fields"),
+            "a vault credential with two fields is injected as inject.basic: {} (username and password)",
+        ),
+    }
     let mut strip_headers = Vec::new();
     for (i, h) in t.strip_headers.iter().enumerate() {
         match HeaderName::from_bytes(h.as_bytes()) {
@@ -169,14 +182,15 @@ fn inject(cx: &mut Ctx<'_>, path: &str, raw: Option<&RawInject>) -> Inject {
         return Inject::Query { param: q.param.clone() };
     }
     if let Some(b) = &raw.basic {
-        let Some(u) = b.username.as_ref().and_then(|u| cx.expand(&format!("{path}.basic.username"), u)) else {
-            cx.err(format!("{path}.basic.username"), "required for file and env credentials");
-            return default;
+        let Some(raw_user) = &b.username else {
+            // The credential must then be `username:password`: checked with the credential.
+            return Inject::Basic { username: None };
         };
+        let Some(u) = cx.expand(&format!("{path}.basic.username"), raw_user) else { return default };
         if u.contains(':') || u.chars().any(char::is_control) {
             cx.err(format!("{path}.basic.username"), "may not contain ':' or control characters");
         }
-        return Inject::Basic { username: u };
+        return Inject::Basic { username: Some(u) };
     }
     let name = match raw.header.as_deref().map(|h| HeaderName::from_bytes(h.as_bytes())) {
         None => http::header::AUTHORIZATION,

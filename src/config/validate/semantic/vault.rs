@@ -1,0 +1,166 @@
+//! Semantic checks of a `vault` credential: the address, the login, the path and its fields.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::credential::{ca_file, endpoint, file, lifetime, nonempty};
+use super::Ctx;
+use crate::config::{RawVault, RawVaultLogin};
+use crate::policy::*;
+
+/// Where the kubelet mounts a pod's ServiceAccount token.
+const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+
+pub(super) fn vault(cx: &mut Ctx<'_>, path: &str, v: &RawVault) -> Option<CredentialSpec> {
+    let addr = endpoint(cx, &format!("{path}.addr"), &v.addr);
+    if let Some(a) = &addr {
+        if a.path() != "/" || a.query().is_some() {
+            cx.err(format!("{path}.addr"), "Vault's address is scheme, host and port only (no path)");
+        }
+    }
+    let namespace = v.namespace.as_ref().and_then(|n| nonempty(cx, &format!("{path}.namespace"), n));
+    let ca_certs = ca_file(cx, path, &v.ca_file);
+    let timeout = cx.duration(&format!("{path}.timeout"), &v.timeout, Duration::from_secs(10));
+    let method = login(cx, &format!("{path}.login"), &v.login);
+    let at = format!("{path}.path");
+    let read = nonempty(cx, &at, &v.path)?;
+    let read = read.trim_matches('/').to_string();
+    if read.starts_with("v1/") || read.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+        cx.err(&at, "a Vault path without /v1/, empty, . or .. segments (example: database/creds/readonly)");
+    }
+    if read.bytes().any(|b| !(b.is_ascii_alphanumeric() || b"-_./@+=".contains(&b))) {
+        cx.err(&at, "letters, digits and -_./@+= only");
+    }
+    let kind = if read.starts_with("identity/oidc/token/") {
+        VaultKind::Identity
+    } else if read.split('/').nth(1) == Some("data") {
+        let every = cx.duration(&format!("{path}.refresh_interval"), &v.refresh_interval, Duration::from_secs(60));
+        VaultKind::Kv { refresh_interval: every }
+    } else {
+        VaultKind::Lease
+    };
+    if v.refresh_interval.is_some() && !matches!(kind, VaultKind::Kv { .. }) {
+        cx.err(format!("{path}.refresh_interval"), "only for KV version 2 paths (MOUNT/data/...)");
+    }
+    let fields = match (&v.field, &v.fields, kind) {
+        (Some(_), Some(_), _) => {
+            cx.err(format!("{path}.fields"), "use field (one value) or fields (username and password), not both");
+            return None;
+        }
+        (Some(f), None, _) => vec![nonempty(cx, &format!("{path}.field"), f)?],
+        (None, None, VaultKind::Identity) => vec!["token".to_string()],
+        (None, None, _) => {
+            cx.err(format!("{path}.field"), "name the field injected (or fields: [username, password])");
+            return None;
+        }
+        (None, Some(_), VaultKind::Identity) => {
+            cx.err(format!("{path}.fields"), "an identity token is one value: use field");
+            return None;
+        }
+        (None, Some(fs), _) => {
+            if fs.len() != 2 {
+                cx.err(format!("{path}.fields"), "two fields, username then password (for inject.basic: {})");
+                return None;
+            }
+            let mut out = Vec::new();
+            for (i, f) in fs.iter().enumerate() {
+                out.push(nonempty(cx, &format!("{path}.fields[{i}]"), f)?);
+            }
+            out
+        }
+    };
+    let life = lifetime(cx, path, &v.default_ttl, &v.max_ttl, &v.expiry_margin, v.revoke_on_shutdown);
+    let login = VaultLogin { addr: addr?, namespace, ca_certs: ca_certs?, timeout, method: method? };
+    Some(CredentialSpec::Vault(Box::new(VaultSpec { login, path: read, kind, fields, life })))
+}
+
+fn login(cx: &mut Ctx<'_>, path: &str, l: &RawVaultLogin) -> Option<LoginMethod> {
+    let method = cx.expand(&format!("{path}.method"), &l.method)?;
+    // Fields of other methods are refused rather than silently ignored.
+    let allowed: &[&str] = match method.as_str() {
+        "jwt" | "kubernetes" => &["mount", "role", "jwt_file"],
+        "approle" => &["mount", "role_id", "secret_id_file"],
+        "token" => &["token_file"],
+        _ => {
+            cx.err(format!("{path}.method"), "must be jwt, kubernetes, approle or token");
+            return None;
+        }
+    };
+    let given = [
+        ("mount", l.mount.is_some()),
+        ("role", l.role.is_some()),
+        ("jwt_file", l.jwt_file.is_some()),
+        ("role_id", l.role_id.is_some()),
+        ("secret_id_file", l.secret_id_file.is_some()),
+        ("token_file", l.token_file.is_some()),
+    ];
+    for (name, set) in given {
+        if set && !allowed.contains(&name) {
+            cx.err(format!("{path}.{name}"), format!("not a setting of the {method} login"));
+        }
+    }
+    let required = |cx: &mut Ctx<'_>, name: &str, v: &Option<String>| -> Option<String> {
+        match v {
+            Some(v) => nonempty(cx, &format!("{path}.{name}"), v),
+            None => {
+                cx.err(format!("{path}.{name}"), format!("the {method} login needs {name}"));
+                None
+            }
+        }
+    };
+    let mount = match &l.mount {
+        Some(m) => {
+            let m = nonempty(cx, &format!("{path}.mount"), m)?;
+            let m = m.trim_matches('/').to_string();
+            if m.is_empty() || m.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+                cx.err(format!("{path}.mount"), "an auth mount path (example: jwt)");
+            }
+            m
+        }
+        None => method.clone(),
+    };
+    let segment = |cx: &mut Ctx<'_>, name: &str, v: String| {
+        if v.contains(['/', '?', '#', '%']) || v.chars().any(char::is_control) {
+            cx.err(format!("{path}.{name}"), "one name, without / ? # %");
+        }
+        v
+    };
+    Some(match method.as_str() {
+        "jwt" => {
+            let role = required(cx, "role", &l.role).map(|r| segment(cx, "role", r));
+            let jwt_file = required(cx, "jwt_file", &l.jwt_file).map(PathBuf::from);
+            LoginMethod::Jwt { mount, role: role?, jwt_file: jwt_file? }
+        }
+        "kubernetes" => {
+            let role = required(cx, "role", &l.role).map(|r| segment(cx, "role", r));
+            let jwt_file = match &l.jwt_file {
+                None => Some(PathBuf::from(SERVICE_ACCOUNT_TOKEN)),
+                Some(_) => file(cx, format!("{path}.jwt_file"), &l.jwt_file),
+            };
+            LoginMethod::Kubernetes { mount, role: role?, jwt_file: jwt_file? }
+        }
+        "approle" => {
+            let role_id = required(cx, "role_id", &l.role_id);
+            let secret_id_file = required(cx, "secret_id_file", &l.secret_id_file).map(PathBuf::from);
+            LoginMethod::AppRole { mount, role_id: role_id?, secret_id_file: secret_id_file? }
+        }
+        _ => LoginMethod::Token { token_file: required(cx, "token_file", &l.token_file).map(PathBuf::from)? },
+    })
+}
+
+/// Logins are named in metrics by their label: two different logins may not share one.
+pub(super) fn distinct_labels(cx: &mut Ctx<'_>, tools: &[Tool]) {
+    let mut seen: Vec<(String, &VaultLogin)> = Vec::new();
+    for t in tools {
+        let Some(CredentialSpec::Vault(v)) = &t.credential else { continue };
+        let label = v.login.label();
+        match seen.iter().find(|(l, _)| *l == label) {
+            Some((_, other)) if **other != v.login => cx.err(
+                format!("tools.{}.credential.login", t.name),
+                format!("another tool's login is also named {label} but has other settings; logins are named METHOD:MOUNT/ROLE (token logins: token), so give them the same settings"),
+            ),
+            Some(_) => {}
+            None => seen.push((label, &v.login)),
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! The `vault` source against a real OpenBao on loopback: JWT, AppRole and token logins, one
+//! Vault token per pod, identity tokens, KV version 2, and failures shown where an operator looks.
+
+mod common;
+
+use std::time::Duration;
+
+use common::bao::*;
+use common::*;
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn each_pod_logs_in_with_its_own_jwt_and_gets_its_own_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let bao = Bao::start(dir.path()).await;
+    let key = JwtKey::new();
+    configure_jwt(&bao, &key, "5m").await;
+    let up = Upstream::start().await;
+    let mut proxies = Vec::new();
+    for pod in ["pod-a", "pod-b"] {
+        let d = tempfile::tempdir().unwrap();
+        let jwt =
+            write_file(&d, "sa-token", &key.sign(ISSUER, &format!("system:serviceaccount:agents:{pod}"), AUDIENCE));
+        let policy = vault_policy(
+            up.port(),
+            &bao.addr(),
+            &jwt_login(jwt.to_str().unwrap()),
+            "identity/oidc/token/github-tool",
+            "",
+        );
+        proxies.push(Proxy::start_in(d, &policy).await);
+    }
+    let mut subjects = Vec::new();
+    for p in &proxies {
+        let resp = get(p.addr, "/api/repos").await;
+        assert_eq!(status(&resp), 200, "{resp}");
+        let token = bearer(&up.last());
+        let c = claims(&token);
+        assert_eq!(c["aud"], "github-api", "the role's audience: {c}");
+        assert_eq!(c["iss"], format!("{}/v1/identity/oidc", bao.addr()));
+        subjects.push(c["sub"].as_str().unwrap().to_string());
+        // The login is listed apart from the tool, and names it.
+        let v = control(p).await;
+        let login = &v["logins"][0];
+        assert_eq!((login["login"].as_str(), login["state"].as_str()), (Some("jwt:jwt/agent"), Some("valid")), "{v}");
+        assert_eq!(login["tools"], json!(["api"]));
+        assert_eq!(v["credentials"][0]["source"], "vault");
+    }
+    // Two pods, two Vault identities (entities), two Vault tokens.
+    assert_ne!(subjects[0], subjects[1], "each pod's identity token names its own entity");
+    let tokens = agent_tokens(&bao).await;
+    assert_eq!(tokens.len(), 2, "one Vault token per pod: {tokens:?}");
+    assert_ne!(tokens[0]["entity_id"], tokens[1]["entity_id"]);
+    let metrics = get(proxies[0].admin, "/metrics").await;
+    assert_eq!(metric(&metrics, r#"credproxy_vault_logins_total{login="jwt:jwt/agent",result="ok"}"#), Some(1.0));
+    assert_eq!(metric(&metrics, r#"credproxy_vault_login_valid{login="jwt:jwt/agent"}"#), Some(1.0));
+}
+
+#[tokio::test]
+async fn a_jwt_for_another_audience_fails_login_with_a_clear_reason_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let bao = Bao::start(dir.path()).await;
+    let key = JwtKey::new();
+    configure_jwt(&bao, &key, "5m").await;
+    let up = Upstream::start().await;
+    let d = tempfile::tempdir().unwrap();
+    let jwt = write_file(&d, "sa-token", &key.sign(ISSUER, "system:serviceaccount:agents:pod-a", "not-vault"));
+    let policy =
+        vault_policy(up.port(), &bao.addr(), &jwt_login(jwt.to_str().unwrap()), "identity/oidc/token/github-tool", "");
+    let p = Proxy::start_unready(d, &policy).await;
+    let mut v = Value::Null;
+    eventually(
+        async || {
+            v = control(&p).await;
+            v["credentials"][0]["state"] != "pending" && v["logins"][0]["state"] == "failed"
+        },
+        "the login to fail",
+    )
+    .await;
+    let login_error = v["logins"][0]["last_error"].as_str().unwrap().to_string();
+    assert!(login_error.starts_with("vault_invalid_request: Vault answered 400"), "{login_error}");
+    assert!(login_error.contains("aud"), "Vault's reason is shown: {login_error}");
+    // The tool that depends on it shows why.
+    let tool_error = v["credentials"][0]["last_error"].as_str().unwrap();
+    assert!(tool_error.contains("the Vault login jwt:jwt/agent failed") && tool_error.contains("aud"), "{tool_error}");
+    assert_eq!(v["credentials"][0]["state"], "failing");
+    let resp = get(p.addr, "/api/repos").await;
+    assert_error(&resp, 503, "credential_unavailable");
+    assert!(up.requests().is_empty(), "nothing reached the upstream");
+    let ready = get(p.admin, "/ready").await;
+    assert_eq!(status(&ready), 503, "{ready}");
+    assert!(ready.contains("vault login jwt:jwt/agent"), "{ready}");
+    let metrics = get(p.admin, "/metrics").await;
+    assert!(
+        metric(&metrics, r#"credproxy_vault_login_errors_total{login="jwt:jwt/agent",reason="vault_invalid_request"}"#)
+            >= Some(1.0),
+        "{metrics}"
+    );
+    assert!(
+        metric(
+            &metrics,
+            r#"credproxy_credential_refresh_errors_total{reason="vault_invalid_request",source="vault",tool="api"}"#
+        ) >= Some(1.0),
+        "{metrics}"
+    );
+    let failed = audit_events(&p).into_iter().find(|e| e["event"] == "vault.login_failed").expect("audited");
+    assert_eq!(
+        (failed["login"].as_str(), failed["reason"].as_str()),
+        (Some("jwt:jwt/agent"), Some("vault_invalid_request"))
+    );
+    assert!(agent_tokens(&bao).await.is_empty(), "no Vault token was issued");
+}
+
+#[tokio::test]
+async fn approle_login_reads_kv_and_a_new_version_is_injected_within_the_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let bao = Bao::start(dir.path()).await;
+    bao.policy("agent", AGENT_POLICY).await;
+    bao.enable_auth("approle", "approle").await;
+    bao.api("POST", "auth/approle/role/agent", json!({"token_policies": ["agent"], "token_ttl": "1h"})).await;
+    let role_id = bao.api("GET", "auth/approle/role/agent/role-id", Value::Null).await["data"]["role_id"].clone();
+    let secret_id =
+        bao.api("POST", "auth/approle/role/agent/secret-id", Value::Null).await["data"]["secret_id"].clone();
+    let v1 = bao.api("POST", "secret/data/agents/openai", json!({"data": {"api_key": "sk-version-1"}})).await;
+    let up = Upstream::start().await;
+    let d = tempfile::tempdir().unwrap();
+    let sid = write_file(&d, "secret-id", secret_id.as_str().unwrap());
+    let login = format!("{{ method: approle, role_id: {role_id}, secret_id_file: \"{}\" }}", sid.display());
+    let policy = vault_policy(
+        up.port(),
+        &bao.addr(),
+        &login,
+        "secret/data/agents/openai",
+        "      field: api_key\n      refresh_interval: 1s",
+    );
+    let p = Proxy::start_in(d, &policy).await;
+    let resp = get(p.addr, "/api/v1/models").await;
+    assert_eq!(status(&resp), 200, "{resp}");
+    assert_eq!(bearer(&up.last()), "sk-version-1");
+    let c = &control(&p).await["credentials"][0];
+    let created = v1["data"]["created_time"].as_str().unwrap();
+    assert_eq!(c["issued_at"].as_str().unwrap()[..19], created[..19], "the age is the version's: {c}");
+    assert_eq!(c["expires_at"], Value::Null, "a KV value has no expiry");
+
+    // A new version while traffic flows: in use within the re-read interval (1 s), plus a read.
+    bao.api("POST", "secret/data/agents/openai", json!({"data": {"api_key": "sk-version-2"}})).await;
+    let written = std::time::Instant::now();
+    let mut old_after_switch = 0;
+    let mut switched = None;
+    for _ in 0..200 {
+        assert_eq!(status(&get(p.addr, "/api/v1/models").await), 200);
+        match (bearer(&up.last()).as_str(), switched) {
+            ("sk-version-2", None) => switched = Some(written.elapsed()),
+            ("sk-version-1", Some(_)) => old_after_switch += 1,
+            _ => {}
+        }
+        if switched.is_some_and(|s| written.elapsed() > s + Duration::from_millis(300)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let switched = switched.expect("the new version was injected");
+    assert!(switched < Duration::from_secs(3), "new version in use after {switched:?}");
+    assert_eq!(old_after_switch, 0, "the old version is not used once the new one is");
+    let events = audit_events(&p);
+    let refreshed: Vec<&Value> = events.iter().filter(|e| e["event"] == "credential.refreshed").collect();
+    assert_eq!(refreshed.len(), 1, "one new version, one refresh (re-reads of the same version are quiet)");
+    let metrics = get(p.admin, "/metrics").await;
+    let label =
+        format!(r#"credproxy_vault_logins_total{{login="approle:approle/{}",result="ok"}}"#, role_id.as_str().unwrap());
+    assert_eq!(metric(&metrics, &label), Some(1.0), "{metrics}");
+}
+
+#[tokio::test]
+async fn token_login_reads_the_token_file_and_follows_its_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let bao = Bao::start(dir.path()).await;
+    bao.policy("agent", AGENT_POLICY).await;
+    bao.api("POST", "secret/data/agents/search", json!({"data": {"key": "search-key-1"}})).await;
+    let mint = async |ttl: &str| {
+        let v = bao
+            .api("POST", "auth/token/create", json!({"policies": ["agent"], "ttl": ttl, "meta": {"role": "file"}}))
+            .await;
+        v["auth"]["client_token"].as_str().unwrap().to_string()
+    };
+    let first = mint("1h").await;
+    let second = mint("2h").await;
+    let up = Upstream::start().await;
+    let d = tempfile::tempdir().unwrap();
+    let token_file = write_file(&d, "vault-token", &first);
+    let login = format!("{{ method: token, token_file: \"{}\" }}", token_file.display());
+    let policy = vault_policy(
+        up.port(),
+        &bao.addr(),
+        &login,
+        "secret/data/agents/search",
+        "      field: key\n      refresh_interval: 1s",
+    );
+    let p = Proxy::start_in(d, &policy).await;
+    assert_eq!(status(&get(p.addr, "/api/q").await), 200);
+    assert_eq!(bearer(&up.last()), "search-key-1");
+    let v = control(&p).await;
+    assert_eq!(v["logins"][0]["login"], "token");
+    let first_expiry = v["logins"][0]["expires_at"].as_str().unwrap().to_string();
+
+    // The file gets another token and the first is revoked: the login follows the file.
+    std::fs::write(&token_file, &second).unwrap();
+    bao.api("POST", "auth/token/revoke", json!({"token": first})).await;
+    eventually(
+        async || control(&p).await["logins"][0]["expires_at"].as_str().is_some_and(|e| e != first_expiry),
+        "the login to take the new token",
+    )
+    .await;
+    bao.api("POST", "secret/data/agents/search", json!({"data": {"key": "search-key-2"}})).await;
+    eventually(
+        async || {
+            assert_eq!(status(&get(p.addr, "/api/q").await), 200);
+            bearer(&up.last()) == "search-key-2"
+        },
+        "reads with the new token",
+    )
+    .await;
+    assert!(bao.token_alive(&second).await, "a token from a file is never revoked by credproxy");
+}

@@ -1,0 +1,144 @@
+//! Dynamic secrets with real leases: OpenBao's `database` engine in front of a real PostgreSQL,
+//! one database user per pod, renewed, replaced near the max TTL, and revoked at shutdown
+//! together with the pod's Vault token.
+
+mod common;
+
+use std::time::Duration;
+
+use common::bao::*;
+use common::pg::{Pg, SUPERUSER_PASSWORD};
+use common::*;
+use serde_json::{json, Value};
+
+/// The `database` engine on `pg`, with a role whose users live `ttl`, at most `max_ttl`.
+async fn configure_database(bao: &Bao, pg: &Pg, ttl: &str, max_ttl: &str) {
+    bao.mount("database", "database").await;
+    bao.api(
+        "POST",
+        "database/config/pg",
+        json!({"plugin_name": "postgresql-database-plugin", "connection_url": pg.vault_url(),
+               "username": "postgres", "password": SUPERUSER_PASSWORD, "allowed_roles": ["readonly"]}),
+    )
+    .await;
+    bao.api(
+        "POST",
+        "database/roles/readonly",
+        json!({"db_name": "pg", "default_ttl": ttl, "max_ttl": max_ttl, "creation_statements": [
+            "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';"]}),
+    )
+    .await;
+}
+
+/// The Basic credentials the upstream last received.
+fn basic(seen: &Seen) -> (String, String) {
+    use base64::Engine;
+    let h = seen.headers.get("authorization").expect("injected").to_str().unwrap();
+    let raw = base64::engine::general_purpose::STANDARD.decode(h.strip_prefix("Basic ").expect("Basic")).unwrap();
+    let (u, p) = std::str::from_utf8(&raw).unwrap().split_once(':').unwrap();
+    (u.to_string(), p.to_string())
+}
+
+/// One request through the proxy; the tool API then logs in to PostgreSQL with what it got.
+async fn call_and_log_in(p: &Proxy, up: &Upstream, pg: &Pg) -> String {
+    let resp = get(p.addr, "/db/query").await;
+    assert_eq!(status(&resp), 200, "{resp}");
+    let (user, password) = basic(&up.last());
+    let who = pg.query_as(&user, &password, "select current_user").await;
+    assert_eq!(who.as_deref(), Ok(user.as_str()), "the injected user logs in to PostgreSQL");
+    user
+}
+
+fn expire_time(lookup: &Value) -> std::time::SystemTime {
+    let t = lookup["data"]["expire_time"].as_str().expect("an expiry");
+    humantime::parse_rfc3339_weak(t.split('.').next().unwrap()).unwrap()
+}
+
+fn lease_of(v: &Value) -> String {
+    v["credentials"][0]["lease_id"].as_str().expect("a lease id in the control API").to_string()
+}
+
+async fn role_exists(pg: &Pg, user: &str) -> bool {
+    pg.query(&format!("select count(*) from pg_roles where rolname = '{user}'")).await == "1"
+}
+
+#[tokio::test]
+async fn a_database_lease_is_renewed_replaced_near_its_max_ttl_and_revoked_at_shutdown() {
+    let pg = Pg::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bao = Bao::start(dir.path()).await;
+    let key = JwtKey::new();
+    configure_jwt(&bao, &key, "5m").await;
+    configure_database(&bao, &pg, "6s", "14s").await;
+    let up = Upstream::start().await;
+    let d = tempfile::tempdir().unwrap();
+    let jwt = write_file(&d, "sa-token", &key.sign(ISSUER, "system:serviceaccount:agents:pod-a", AUDIENCE));
+    let policy = vault_policy(
+        up.port(),
+        &bao.addr(),
+        &jwt_login(jwt.to_str().unwrap()),
+        "database/creds/readonly",
+        "      fields: [username, password]\n      revoke_on_shutdown: true",
+    )
+    .replace("  api:", "  db:")
+    .replace("    routes:", "    inject: { basic: {} }\n    routes:");
+    let mut p = Proxy::start_in(d, &policy).await;
+
+    // A user of this pod's own, which logs in.
+    let first_user = call_and_log_in(&p, &up, &pg).await;
+    let v = control(&p).await;
+    let lease = lease_of(&v);
+    assert!(lease.starts_with("database/creds/readonly/"), "{lease}");
+    let issued_at = v["credentials"][0]["issued_at"].clone();
+    let (code, before) = bao.lease(&lease).await;
+    assert_eq!(code, 200, "{before}");
+    assert_eq!(before["data"]["renewable"], true);
+
+    // Renewed at half-life: the same user and lease, a later expiry at OpenBao, the issue time kept.
+    eventually(async || audit_events(&p).iter().any(|e| e["event"] == "credential.renewed"), "a renewal").await;
+    let (_, after) = bao.lease(&lease).await;
+    assert!(expire_time(&after) > expire_time(&before), "sys/leases/lookup shows the later expiry: {before} {after}");
+    let v = control(&p).await;
+    assert_eq!((lease_of(&v), v["credentials"][0]["issued_at"].clone()), (lease.clone(), issued_at));
+    assert_eq!(call_and_log_in(&p, &up, &pg).await, first_user);
+    let renewed = audit_events(&p).into_iter().find(|e| e["event"] == "credential.renewed").unwrap();
+    assert_eq!(renewed["lease_id"], lease.as_str());
+    let metrics = get(p.admin, "/metrics").await;
+    assert!(
+        metric(&metrics, r#"credproxy_credential_renewals_total{result="ok",tool="db"}"#) >= Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, r#"credproxy_credential_refreshes_total{result="ok",source="vault",tool="db"}"#),
+        Some(1.0),
+        "a renewal is not a refresh"
+    );
+
+    // Near the max TTL (14 s) a new user is read; the old lease stays valid until its own end.
+    let mut new_lease = String::new();
+    for _ in 0..400 {
+        new_lease = lease_of(&control(&p).await);
+        if new_lease != lease {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_ne!(new_lease, lease, "a new secret was read before the max TTL");
+    assert_eq!(bao.lease(&lease).await.0, 200, "the superseded lease is still valid");
+    let second_user = call_and_log_in(&p, &up, &pg).await;
+    assert_ne!(second_user, first_user);
+
+    // Shutdown with revoke_on_shutdown: the lease is revoked (the user dropped), so is the token.
+    assert_eq!(agent_tokens(&bao).await.len(), 1, "the pod's one Vault token");
+    p.running.take().unwrap().shutdown(Duration::from_secs(5)).await;
+    assert_eq!(bao.lease(&new_lease).await.0, 400, "the lease is gone");
+    assert!(!role_exists(&pg, &second_user).await, "the database user is gone");
+    assert!(agent_tokens(&bao).await.is_empty(), "the Vault token is revoked");
+    let events = audit_events(&p);
+    let revoked = events.iter().find(|e| e["event"] == "credential.revoked").expect("audited");
+    assert_eq!(
+        (revoked["reason"].as_str(), revoked["lease_id"].as_str()),
+        (Some("shutdown"), Some(new_lease.as_str()))
+    );
+    assert!(events.iter().any(|e| e["event"] == "vault.login_revoked" && e["result"] == "ok"));
+}
