@@ -323,7 +323,8 @@ pub struct RawVaultLogin {
     pub method: String,
     /// The auth mount. Default: the method's name (`jwt`, `kubernetes`, `approle`).
     pub mount: Option<String>,
-    /// `jwt` and `kubernetes`: the role logged in as. Required.
+    /// `jwt` and `kubernetes`: the role logged in as. Required. `approle`: the role's name, used
+    /// only to name the login in metrics and status (the role id never is).
     pub role: Option<String>,
     /// `jwt`: the JWT's file (a projected ServiceAccount token), read at every login. Required.
     /// `kubernetes`: default `/var/run/secrets/kubernetes.io/serviceaccount/token`.

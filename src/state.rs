@@ -209,10 +209,10 @@ impl Shared {
                     old => {
                         let entry = self.start_credential(tool, &name, key, old);
                         let slot = entry.slot.clone();
+                        // The new task reads its own secret: the old lease is revoked (a lease
+                        // is never carried over, its renewal belongs to the old task).
                         if let Some(old) = creds.insert(tool.name.clone(), entry) {
-                            if old.key.spec != *spec {
-                                self.revoke_lease(&name, &old);
-                            }
+                            self.revoke_lease(&name, &old);
                         }
                         slot
                     }
@@ -300,7 +300,12 @@ impl Shared {
                 if let Some(revoke) = lifecycle::revoke_once(&e.key.spec, cx.clone(), t) {
                     tokio::spawn(revoke);
                 }
-            } else if !revoked && spec.lifetime().is_some() && e.key.spec == *spec && e.key.inject == tool.inject {
+            } else if !revoked
+                && t.lease_id.is_none()
+                && spec.lifetime().is_some()
+                && e.key.spec == *spec
+                && e.key.inject == tool.inject
+            {
                 slot.carry_over(t);
             }
         }

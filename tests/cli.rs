@@ -4,9 +4,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
+use common::captured::*;
 use common::*;
 
 fn bin() -> Command {
@@ -117,72 +117,6 @@ fn explain_says_which_tool_and_why() {
     assert!(text.contains("DENY") && text.contains("method_or_path_not_allowed"), "{text}");
 }
 
-/// The child's exit code once it exits (10 s at most; then it is killed and `None`).
-async fn exit_code(child: &mut tokio::process::Child) -> Option<i32> {
-    match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
-        Ok(status) => status.unwrap().code(),
-        Err(_) => {
-            let _ = child.kill().await;
-            None
-        }
-    }
-}
-
-/// A running binary whose stdout and stderr are collected as they arrive, so a test waits for
-/// the line it needs rather than polling.
-struct Captured {
-    child: tokio::process::Child,
-    stdout: tokio::sync::watch::Receiver<String>,
-    stderr: tokio::sync::watch::Receiver<String>,
-}
-
-fn collect(stream: impl tokio::io::AsyncRead + Unpin + Send + 'static) -> tokio::sync::watch::Receiver<String> {
-    use tokio::io::AsyncBufReadExt;
-    let (tx, rx) = tokio::sync::watch::channel(String::new());
-    tokio::spawn(async move {
-        let mut lines = tokio::io::BufReader::new(stream).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            tx.send_modify(|text| {
-                text.push_str(&line);
-                text.push('\n');
-            });
-        }
-    });
-    rx
-}
-
-impl Captured {
-    fn spawn(mut cmd: tokio::process::Command) -> Captured {
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-        let (stdout, stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-        Captured { child, stdout: collect(stdout), stderr: collect(stderr) }
-    }
-
-    /// `credproxy run --config POLICY EXTRA…`.
-    fn run(policy: &Path, extra: &[&std::ffi::OsStr]) -> Captured {
-        let mut cmd = tokio::process::Command::from(bin());
-        cmd.args(["run", "--config"]).arg(policy).args(extra);
-        Self::spawn(cmd)
-    }
-
-    /// Whether stderr comes to hold every one of `lines` (10 s at most; false if it closes first).
-    async fn logged(&mut self, lines: &[&str]) -> bool {
-        let seen = self.stderr.wait_for(|text| lines.iter().all(|l| text.contains(l)));
-        matches!(tokio::time::timeout(Duration::from_secs(10), seen).await, Ok(Ok(_)))
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.borrow().clone()
-    }
-
-    /// Everything written to stdout and stderr, once both have closed.
-    async fn output(&mut self) -> (String, String) {
-        let _ = self.stdout.wait_for(|_| false).await;
-        let _ = self.stderr.wait_for(|_| false).await;
-        (self.stdout.borrow().clone(), self.stderr.borrow().clone())
-    }
-}
-
 /// A policy file with the three listeners on these ports and `tools` (YAML under `tools:`).
 fn policy_file(dir: &tempfile::TempDir, (p, a, c): (u16, u16, u16), tools: &str) -> PathBuf {
     write_file(
@@ -190,10 +124,6 @@ fn policy_file(dir: &tempfile::TempDir, (p, a, c): (u16, u16, u16), tools: &str)
         "p.yaml",
         &format!("version: 1\nlisten: {{ proxy: 127.0.0.1:{p}, admin: 127.0.0.1:{a}, control: 127.0.0.1:{c} }}\ntools:\n{tools}"),
     )
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 #[tokio::test]

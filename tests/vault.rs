@@ -103,7 +103,7 @@ async fn a_jwt_for_another_audience_fails_login_with_a_clear_reason_everywhere()
         ) >= Some(1.0),
         "{metrics}"
     );
-    let failed = audit_events(&p).into_iter().find(|e| e["event"] == "vault.login_failed").expect("audited");
+    let failed = audit_events(&p).await.into_iter().find(|e| e["event"] == "vault.login_failed").expect("audited");
     assert_eq!(
         (failed["login"].as_str(), failed["reason"].as_str()),
         (Some("jwt:jwt/agent"), Some("vault_invalid_request"))
@@ -125,7 +125,8 @@ async fn approle_login_reads_kv_and_a_new_version_is_injected_within_the_interva
     let up = Upstream::start().await;
     let d = tempfile::tempdir().unwrap();
     let sid = write_file(&d, "secret-id", secret_id.as_str().unwrap());
-    let login = format!("{{ method: approle, role_id: {role_id}, secret_id_file: \"{}\" }}", sid.display());
+    let login =
+        format!("{{ method: approle, role: agent, role_id: {role_id}, secret_id_file: \"{}\" }}", sid.display());
     let policy = vault_policy(
         up.port(),
         &bao.addr(),
@@ -162,13 +163,15 @@ async fn approle_login_reads_kv_and_a_new_version_is_injected_within_the_interva
     let switched = switched.expect("the new version was injected");
     assert!(switched < Duration::from_secs(3), "new version in use after {switched:?}");
     assert_eq!(old_after_switch, 0, "the old version is not used once the new one is");
-    let events = audit_events(&p);
+    let events = audit_events(&p).await;
     let refreshed: Vec<&Value> = events.iter().filter(|e| e["event"] == "credential.refreshed").collect();
     assert_eq!(refreshed.len(), 1, "one new version, one refresh (re-reads of the same version are quiet)");
     let metrics = get(p.admin, "/metrics").await;
-    let label =
-        format!(r#"credproxy_vault_logins_total{{login="approle:approle/{}",result="ok"}}"#, role_id.as_str().unwrap());
-    assert_eq!(metric(&metrics, &label), Some(1.0), "{metrics}");
+    let label = r#"credproxy_vault_logins_total{login="approle:approle/agent",result="ok"}"#;
+    assert_eq!(metric(&metrics, label), Some(1.0), "{metrics}");
+    let role_id = role_id.as_str().unwrap();
+    assert!(!metrics.contains(role_id), "the role id is never shown");
+    assert!(!p.control_get("/v1/credentials").await.contains(role_id), "the role id is never shown");
 }
 
 #[tokio::test]
@@ -220,5 +223,7 @@ async fn token_login_reads_the_token_file_and_follows_its_changes() {
         "reads with the new token",
     )
     .await;
+    // Not even at a shutdown that revokes: the token belongs to whoever wrote the file.
+    p.shutdown().await;
     assert!(bao.token_alive(&second).await, "a token from a file is never revoked by credproxy");
 }

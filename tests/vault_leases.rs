@@ -69,7 +69,7 @@ async fn a_database_lease_is_renewed_replaced_near_its_max_ttl_and_revoked_at_sh
     let bao = Bao::start(dir.path()).await;
     let key = JwtKey::new();
     configure_jwt(&bao, &key, "5m").await;
-    configure_database(&bao, &pg, "6s", "14s").await;
+    configure_database(&bao, &pg, "10s", "24s").await;
     let up = Upstream::start().await;
     let d = tempfile::tempdir().unwrap();
     let jwt = write_file(&d, "sa-token", &key.sign(ISSUER, "system:serviceaccount:agents:pod-a", AUDIENCE));
@@ -95,13 +95,13 @@ async fn a_database_lease_is_renewed_replaced_near_its_max_ttl_and_revoked_at_sh
     assert_eq!(before["data"]["renewable"], true);
 
     // Renewed at half-life: the same user and lease, a later expiry at OpenBao, the issue time kept.
-    eventually(async || audit_events(&p).iter().any(|e| e["event"] == "credential.renewed"), "a renewal").await;
+    eventually(async || audit_events(&p).await.iter().any(|e| e["event"] == "credential.renewed"), "a renewal").await;
     let (_, after) = bao.lease(&lease).await;
     assert!(expire_time(&after) > expire_time(&before), "sys/leases/lookup shows the later expiry: {before} {after}");
     let v = control(&p).await;
     assert_eq!((lease_of(&v), v["credentials"][0]["issued_at"].clone()), (lease.clone(), issued_at));
     assert_eq!(call_and_log_in(&p, &up, &pg).await, first_user);
-    let renewed = audit_events(&p).into_iter().find(|e| e["event"] == "credential.renewed").unwrap();
+    let renewed = audit_events(&p).await.into_iter().find(|e| e["event"] == "credential.renewed").unwrap();
     assert_eq!(renewed["lease_id"], lease.as_str());
     let metrics = get(p.admin, "/metrics").await;
     assert!(
@@ -114,9 +114,11 @@ async fn a_database_lease_is_renewed_replaced_near_its_max_ttl_and_revoked_at_sh
         "a renewal is not a refresh"
     );
 
-    // Near the max TTL (14 s) a new user is read; the old lease stays valid until its own end.
+    // Near the max TTL (24 s) a new user is read; the old lease stays valid until its own end
+    // (renewals at about 5, 10 and 15 s; the last is capped at 9 s, so the new read comes at
+    // about 19.5 s, with 4.5 s of the old lease left).
     let mut new_lease = String::new();
-    for _ in 0..400 {
+    for _ in 0..600 {
         new_lease = lease_of(&control(&p).await);
         if new_lease != lease {
             break;
@@ -134,11 +136,83 @@ async fn a_database_lease_is_renewed_replaced_near_its_max_ttl_and_revoked_at_sh
     assert_eq!(bao.lease(&new_lease).await.0, 400, "the lease is gone");
     assert!(!role_exists(&pg, &second_user).await, "the database user is gone");
     assert!(agent_tokens(&bao).await.is_empty(), "the Vault token is revoked");
-    let events = audit_events(&p);
+    let events = audit_events(&p).await;
     let revoked = events.iter().find(|e| e["event"] == "credential.revoked").expect("audited");
     assert_eq!(
         (revoked["reason"].as_str(), revoked["lease_id"].as_str()),
         (Some("shutdown"), Some(new_lease.as_str()))
     );
     assert!(events.iter().any(|e| e["event"] == "vault.login_revoked" && e["result"] == "ok"));
+}
+
+/// The binary as a pod runs it: `credproxy status` shows the login apart from the tool, and
+/// SIGTERM revokes the lease (the database user is dropped) and the pod's Vault token.
+#[tokio::test]
+async fn sigterm_revokes_the_lease_and_the_vault_token_and_status_shows_the_login() {
+    use common::captured::*;
+    let pg = Pg::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bao = Bao::start(dir.path()).await;
+    let key = JwtKey::new();
+    configure_jwt(&bao, &key, "5m").await;
+    configure_database(&bao, &pg, "1m", "10m").await;
+    let up = Upstream::start().await;
+    let d = tempfile::tempdir().unwrap();
+    let jwt = write_file(&d, "sa-token", &key.sign(ISSUER, "system:serviceaccount:agents:pod-b", AUDIENCE));
+    let (proxy_port, admin_port) = (free_port(), free_port());
+    let sock = d.path().join("ctl/control.sock");
+    let listen = format!(
+        "version: 1\nlisten: {{ proxy: 127.0.0.1:{proxy_port}, admin: 127.0.0.1:{admin_port}, control: \"unix:{}\" }}\n",
+        sock.display()
+    );
+    let policy = vault_policy(
+        up.port(),
+        &bao.addr(),
+        &jwt_login(jwt.to_str().unwrap()),
+        "database/creds/readonly",
+        "      fields: [username, password]\n      revoke_on_shutdown: true",
+    )
+    .replace("version: 1\n", &listen)
+    .replace("{dir}", d.path().to_str().unwrap())
+    .replace("  api:", "  db:")
+    .replace("    routes:", "    inject: { basic: {} }\n    routes:");
+    let path = write_file(&d, "policy.yaml", &policy);
+    let mut run = Captured::run(&path, &[]);
+    assert!(run.logged(&["credential.issued"]).await, "credproxy did not fetch: {}", run.stderr());
+
+    let resp = get(([127, 0, 0, 1], proxy_port).into(), "/db/query").await;
+    assert_eq!(status(&resp), 200, "{resp}");
+    let (user, password) = basic(&up.last());
+    assert_eq!(pg.query_as(&user, &password, "select current_user").await.as_deref(), Ok(user.as_str()));
+    assert!(role_exists(&pg, &user).await);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_credproxy"))
+        .args(["status", "--control"])
+        .arg(format!("unix:{}", sock.display()))
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    let row =
+        table.lines().find(|l| l.starts_with("jwt:jwt/agent")).unwrap_or_else(|| panic!("no login row:\n{table}"));
+    assert!(row.contains("valid") && row.contains("db"), "{row}");
+    assert!(table.lines().any(|l| l.starts_with("db ") && l.contains("vault") && l.contains("valid")), "{table}");
+    let audit = d.path().join("audit.log");
+    let issued = || {
+        std::fs::read_to_string(&audit)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .find(|e| e["event"] == "credential.issued")
+    };
+    eventually(async || issued().is_some(), "credential.issued in the audit file").await;
+    let lease = issued().and_then(|e| e["lease_id"].as_str().map(str::to_string)).expect("the event names the lease");
+    assert_eq!(bao.lease(&lease).await.0, 200);
+    assert_eq!(agent_tokens(&bao).await.len(), 1);
+
+    let pid = run.child.id().expect("running").to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert_eq!(exit_code(&mut run.child).await, Some(0), "{}", run.stderr());
+    assert_eq!(bao.lease(&lease).await.0, 400, "the lease is revoked");
+    assert!(!role_exists(&pg, &user).await, "the database user is dropped");
+    assert!(agent_tokens(&bao).await.is_empty(), "the pod's Vault token is revoked");
 }

@@ -21,6 +21,7 @@ struct Verifier {
     accepted: AtomicUsize,
     rejected: Mutex<Vec<String>>,
     tokens: Mutex<HashSet<String>>,
+    keys: Mutex<Option<jsonwebtoken::jwk::JwkSet>>,
 }
 
 async fn jwks(bao_port: u16) -> jsonwebtoken::jwk::JwkSet {
@@ -28,10 +29,24 @@ async fn jwks(bao_port: u16) -> jsonwebtoken::jwk::JwkSet {
     serde_json::from_str(resp.split("\r\n\r\n").nth(1).unwrap_or("")).unwrap_or_else(|_| panic!("{resp}"))
 }
 
-async fn verify(token: &str, bao_port: u16, issuer: &str) -> Result<(), String> {
+async fn verify(
+    token: &str,
+    bao_port: u16,
+    issuer: &str,
+    keys: &Mutex<Option<jsonwebtoken::jwk::JwkSet>>,
+) -> Result<(), String> {
     let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
     let kid = jsonwebtoken::decode_header(token).map_err(|e| e.to_string())?.kid.ok_or("no kid")?;
-    let set = jwks(bao_port).await;
+    // The key set is fetched again only for a key it does not hold.
+    let cached = keys.lock().unwrap().clone().filter(|s| s.find(&kid).is_some());
+    let set = match cached {
+        Some(s) => s,
+        None => {
+            let s = jwks(bao_port).await;
+            *keys.lock().unwrap() = Some(s.clone());
+            s
+        }
+    };
     let jwk = set.find(&kid).ok_or("unknown kid")?;
     let key = jsonwebtoken::DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?;
     let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
@@ -49,6 +64,7 @@ async fn start_verifier(bao_port: u16) -> Arc<Verifier> {
         accepted: AtomicUsize::new(0),
         rejected: Mutex::default(),
         tokens: Mutex::default(),
+        keys: Mutex::default(),
     });
     let issuer = format!("http://127.0.0.1:{bao_port}/v1/identity/oidc");
     let shared = v.clone();
@@ -62,7 +78,7 @@ async fn start_verifier(bao_port: u16) -> Arc<Verifier> {
                     async move {
                         let auth = req.headers().get("authorization").and_then(|h| h.to_str().ok()).unwrap_or("");
                         let token = auth.strip_prefix("Bearer ").unwrap_or("").to_string();
-                        let status = match verify(&token, bao_port, &issuer).await {
+                        let status = match verify(&token, bao_port, &issuer, &v.keys).await {
                             Ok(()) => {
                                 v.accepted.fetch_add(1, Ordering::SeqCst);
                                 v.tokens.lock().unwrap().insert(token);
@@ -129,9 +145,10 @@ async fn identity_tokens_rotate_under_steady_traffic_with_no_failed_request() {
     assert_eq!(api.accepted.load(Ordering::SeqCst), total);
     let distinct = api.tokens.lock().unwrap().len();
     assert!(distinct >= 4, "{distinct} tokens over 25 s of 10 s tokens");
-    let events = audit_events(&p);
+    let events = audit_events(&p).await;
     let refreshed = events.iter().filter(|e| e["event"] == "credential.refreshed").count();
-    assert_eq!(refreshed + 1, distinct, "every token used was announced");
+    // One more may have come after the clients stopped.
+    assert!(refreshed + 1 >= distinct, "every token used was announced: {refreshed} refreshes, {distinct} tokens");
 }
 
 #[tokio::test]
@@ -170,7 +187,7 @@ async fn openbao_down_serves_the_current_token_to_the_margin_then_503_then_recov
     assert!(early <= Duration::from_millis(1500), "the token served until its margin (503 came {early:?} early)");
     let during: Vec<String> = up.requests()[seen_before..].iter().map(bearer).collect();
     assert!(!during.is_empty() && during.iter().all(|t| *t == last), "the current token served while OpenBao was down");
-    assert_eq!(control(&p).await["credentials"][0]["state"], "expired");
+    eventually(async || control(&p).await["credentials"][0]["state"] == "expired", "the state to say expired").await;
 
     // OpenBao back (empty: configured anew), and the proxy recovers by itself.
     bao.restart().await;

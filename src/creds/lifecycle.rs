@@ -126,6 +126,11 @@ pub async fn run<S: Source>(
                 }
             }
         };
+        // A renewal or re-read of the token just revoked must not bring it back.
+        let revoked_during = !revoked.is_empty();
+        if revoked_during {
+            source.replace_next();
+        }
         for t in revoked {
             revoke_at_authority(&mut source, &t, cx).await;
         }
@@ -150,6 +155,9 @@ pub async fn run<S: Source>(
             Ok((token, ttl, margin, f.kind))
         });
         match built {
+            Ok((_, _, _, kind)) if revoked_during && kind != FetchKind::New => {
+                next = At { mono: clock.mono(), wall: clock.now() };
+            }
             Ok((token, ttl, margin, kind)) => {
                 // Lifetimes count from when the request was sent: never later than the authority's.
                 let after = match ttl {
@@ -206,7 +214,7 @@ pub fn revoke_once(
     let mut source = match spec {
         CredentialSpec::OAuth(o) => Either::OAuth(Box::new(super::oauth::OAuth::new(o, &cx))),
         CredentialSpec::Vault(v) if token.lease_id.is_some() => {
-            Either::Vault(Box::new(super::vault::VaultSource::new(v, Refresh::default(), &cx)))
+            Either::Vault(Box::new(super::vault::VaultSource::for_revocation(v, &cx)))
         }
         _ => return None,
     };

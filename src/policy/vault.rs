@@ -77,7 +77,9 @@ pub enum LoginMethod {
     AppRole {
         /// The auth mount.
         mount: String,
-        /// The role id (an identifier, not a secret).
+        /// The role's name, for labels only (the role id is kept out of them).
+        role: Option<String>,
+        /// The role id (sent, never shown).
         role_id: String,
         /// The secret id's file, read at every login.
         secret_id_file: PathBuf,
@@ -102,14 +104,15 @@ impl LoginMethod {
 }
 
 impl VaultLogin {
-    /// The login's name in metrics, status and audit: `METHOD:MOUNT/ROLE`, `approle:MOUNT/ROLE_ID`,
-    /// or `token`.
+    /// The login's name in metrics, status and audit: `METHOD:MOUNT/ROLE` (`approle:MOUNT` without
+    /// a `role` name: the role id is never shown), or `token`.
     pub fn label(&self) -> String {
         match &self.method {
             LoginMethod::Jwt { mount, role, .. } | LoginMethod::Kubernetes { mount, role, .. } => {
                 format!("{}:{mount}/{role}", self.method.name())
             }
-            LoginMethod::AppRole { mount, role_id, .. } => format!("approle:{mount}/{role_id}"),
+            LoginMethod::AppRole { mount, role: Some(role), .. } => format!("approle:{mount}/{role}"),
+            LoginMethod::AppRole { mount, role: None, .. } => format!("approle:{mount}"),
             LoginMethod::Token { .. } => "token".into(),
         }
     }

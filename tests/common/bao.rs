@@ -254,14 +254,18 @@ pub async fn control(p: &Proxy) -> Value {
     serde_json::from_str(resp.split("\r\n\r\n").nth(1).unwrap_or("")).unwrap_or_else(|_| panic!("{resp}"))
 }
 
-pub fn audit_events(p: &Proxy) -> Vec<Value> {
+pub async fn audit_events(p: &Proxy) -> Vec<Value> {
+    if let Some(r) = p.running.as_ref() {
+        r.shared.audit.flush().await;
+    }
     let text = std::fs::read_to_string(p.dir.path().join("audit.log")).unwrap_or_default();
     text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 /// The Vault tokens that a JWT login with role `agent` created, by accessor (as root).
 pub async fn agent_tokens(bao: &Bao) -> Vec<Value> {
-    let (_, list) = bao.api_raw("LIST", "auth/token/accessors", None, Some(ROOT)).await;
+    let (status, list) = bao.api_raw("LIST", "auth/token/accessors", None, Some(ROOT)).await;
+    assert!(status == 200 || status == 404, "listing token accessors: {status} {list}");
     let mut out = Vec::new();
     for a in list["data"]["keys"].as_array().cloned().unwrap_or_default() {
         let (status, v) =

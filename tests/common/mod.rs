@@ -3,6 +3,7 @@
 
 pub mod authority;
 pub mod bao;
+pub mod captured;
 pub mod oidc;
 pub mod pg;
 pub mod testca;

@@ -53,6 +53,10 @@ impl VaultClient {
         secrets: &[&str],
     ) -> Result<Value, FetchError> {
         let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+        let mut secrets = secrets.to_vec();
+        if let Some(t) = token {
+            secrets.push(t.expose_secret());
+        }
         let mut uri = self.uri(&format!("/v1/{path}"))?;
         for _ in 0..=MAX_REDIRECTS {
             let answer = self.send(&method, uri.clone(), token, body.clone()).await?;
@@ -60,7 +64,7 @@ impl VaultClient {
                 uri = self.redirect(&answer)?;
                 continue;
             }
-            return answer_json(&answer, SystemTime::now(), secrets);
+            return answer_json(&answer, SystemTime::now(), &secrets);
         }
         Err(FetchError::new("invalid_response", format!("Vault redirected more than {MAX_REDIRECTS} times")))
     }
@@ -163,13 +167,22 @@ pub fn error_text(body: &[u8], secrets: &[&str]) -> Option<String> {
     for s in secrets.iter().filter(|s| s.len() >= 4) {
         text = text.replace(*s, "[redacted]");
     }
-    let mut out = String::with_capacity(text.len().min(MAX_ERROR_TEXT));
-    for (i, word) in text.split(' ').enumerate() {
-        if i > 0 {
-            out.push(' ');
+    // Every run of token characters is judged on its own, whatever separates it (`token=…`).
+    let mut out = String::with_capacity(text.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        out.push_str(if secret_like(run) { "[redacted]" } else { run });
+        run.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_alphanumeric() || "._~+/-".contains(c) {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
         }
-        out.push_str(if secret_like(word) { "[redacted]" } else { word });
     }
+    flush(&mut run, &mut out);
     let mut out: String = out.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
     if out.len() > MAX_ERROR_TEXT {
         let mut cut = MAX_ERROR_TEXT;
@@ -182,14 +195,11 @@ pub fn error_text(body: &[u8], secrets: &[&str]) -> Option<String> {
     Some(out)
 }
 
-/// A word that may be a token: a Vault token (`hvs.`, `hvb.`, `hvr.`, `s.`, `b.`, `r.` prefixes),
-/// a JWT, or any long run without spaces that is not plain prose.
-fn secret_like(word: &str) -> bool {
-    let w = word.trim_matches(|c: char| "\"'()[],;:".contains(c));
-    let vault = ["hvs.", "hvb.", "hvr.", "s.", "b.", "r."].iter().any(|p| w.starts_with(p) && w.len() >= 20);
-    let jwt = w.starts_with("eyJ");
-    let long = w.len() >= 32 && w.chars().any(|c| c.is_ascii_digit());
-    vault || jwt || long
+/// A run that may be a token: a Vault token (`hvs.`, `hvb.`, `hvr.`, `s.`, `b.`, `r.`), a JWT,
+/// or any run of 24 or more token characters (paths and lease ids are redacted too: safer).
+fn secret_like(run: &str) -> bool {
+    let vault = ["hvs.", "hvb.", "hvr.", "s.", "b.", "r."].iter().any(|p| run.starts_with(p) && run.len() >= 16);
+    vault || run.starts_with("eyJ") || run.len() >= 24
 }
 
 #[cfg(test)]
@@ -225,12 +235,14 @@ mod tests {
 
     #[test]
     fn error_text_never_carries_a_secret() {
-        let body = r#"{"errors":["invalid secret id 9f1c-secret-id-0042 for role; token hvs.CAESIJ0123456789abcdefghij rejected", "jwt eyJhbGciOi.eyJzdWIi.sig bad"]}"#;
+        let body = r#"{"errors":["invalid secret id 9f1c-secret-id-0042 for role; token hvs.CAESIJ0123456789abcdefghij rejected", "jwt eyJhbGciOi.eyJzdWIi.sig bad", "token=s.H0HBGUIUohhbR3pnv\n\t* password:AbcdefghijklmnopqrstuvwxyZ"]}"#;
         let t = error_text(body.as_bytes(), &["9f1c-secret-id-0042"]).unwrap();
         assert!(!t.contains("9f1c-secret-id-0042"), "{t}");
         assert!(!t.contains("hvs.CAESIJ"), "{t}");
         assert!(!t.contains("eyJhbGciOi"), "{t}");
+        assert!(!t.contains("s.H0HBGUIU") && !t.contains("Abcdefghijklmnop"), "{t}");
         assert!(t.contains("invalid secret id [redacted] for role"), "{t}");
+        assert!(t.contains("token=[redacted]") && t.contains("password:[redacted]"), "{t}");
         let e = answer_json(&answer(400, body), SystemTime::now(), &["9f1c-secret-id-0042"]).unwrap_err();
         assert!(!e.message.contains("9f1c") && e.message.starts_with("Vault answered 400"), "{}", e.message);
         let long = format!(r#"{{"errors":["{}"]}}"#, "word ".repeat(200));

@@ -58,21 +58,24 @@ impl Logins {
         Arc::new(Logins { map: Mutex::default(), env })
     }
 
-    /// The login for `spec`, started on first use with the first tool's `refresh`.
-    pub fn get(&self, spec: &VaultLogin, refresh: Refresh) -> Arc<Login> {
+    /// The login for `spec`, started on first use. A login renews at half its token's TTL,
+    /// ± 10 % (the default `refresh`): it is shared, so no one tool's setting decides.
+    pub fn get(&self, spec: &VaultLogin) -> Arc<Login> {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(spec.clone()).or_insert_with(|| Login::start(spec, refresh, &self.env)).clone()
+        map.entry(spec.clone()).or_insert_with(|| Login::start(spec, Refresh::default(), &self.env)).clone()
     }
 
-    /// Keep only the logins in `keep`: the others' tools are gone, so they stop and revoke their
-    /// tokens (which also revokes any lease those tokens created).
+    /// Keep only the logins in `keep`. The others' tools are gone; each stops when the last of
+    /// its holders (a tool's task, a lease revocation under way) lets go. Its token is not
+    /// revoked: that is for shutdown, and the tools' leases were revoked on their own.
     pub fn retain(&self, keep: &[&VaultLogin]) {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         map.retain(|spec, login| {
             let kept = keep.contains(&spec);
             if !kept {
-                let (done, _) = oneshot::channel();
-                let _ = login.commands.try_send(LoginCommand::Shutdown { revoke: true, done });
+                let m = &self.env.metrics;
+                let _ = m.vault_login_valid.remove_label_values(&[&login.label]);
+                let _ = m.vault_login_expiration.remove_label_values(&[&login.label]);
             }
             kept
         });
@@ -275,10 +278,17 @@ async fn run(login: Weak<Login>, env: LoginEnv, refresh: Refresh, mut rx: mpsc::
                 }
                 Some(LoginCommand::Refused(fp)) => {
                     let Some(l) = login.upgrade() else { return };
-                    if l.token.load().as_ref().is_some_and(|t| t.fingerprint == fp) {
-                        tracing::info!(login = %l.label, "Vault refused a tool's read; logging in again");
-                        fresh = true;
-                        next = clock.mono();
+                    let Some(current) = l.token.load_full().filter(|t| t.fingerprint == fp) else { continue };
+                    // Log in again only when the token itself is dead (revoked, or Vault lost
+                    // it); a policy that lacks a path refuses every token alike.
+                    let alive = l.client.call(Method::GET, "auth/token/lookup-self", Some(&current.secret), None, &[]).await;
+                    match alive {
+                        Err(e) if e.reason == "vault_denied" => {
+                            tracing::info!(login = %l.label, "Vault no longer knows the token; logging in again");
+                            fresh = true;
+                            next = clock.mono();
+                        }
+                        _ => tracing::warn!(login = %l.label, "Vault refused a tool's read with a live token: the policy of this login lacks that path"),
                     }
                 }
             },
@@ -351,7 +361,7 @@ async fn log_in(l: &Login, now: SystemTime) -> Result<(VaultToken, bool), FetchE
             let jwt = crate::creds::file::read_secret(jwt_file).await?;
             (format!("auth/{mount}/login"), json!({"role": role, "jwt": jwt.expose_secret()}), jwt)
         }
-        LoginMethod::AppRole { mount, role_id, secret_id_file } => {
+        LoginMethod::AppRole { mount, role_id, secret_id_file, .. } => {
             let id = crate::creds::file::read_secret(secret_id_file).await?;
             (format!("auth/{mount}/login"), json!({"role_id": role_id, "secret_id": id.expose_secret()}), id)
         }
@@ -486,12 +496,12 @@ fn expire(l: &Login, env: &LoginEnv) {
 
 /// `auth/token/revoke-self` (a token read from a file is someone else's: left alone).
 async fn revoke_self(l: &Login, env: &LoginEnv) {
-    let Some(t) = l.token.swap(None) else { return };
-    l.lock().state = "revoked";
-    env.metrics.vault_login_valid.with_label_values(&[&l.label]).set(0);
     if matches!(l.spec.method, LoginMethod::Token { .. }) {
         return;
     }
+    let Some(t) = l.token.swap(None) else { return };
+    l.lock().state = "revoked";
+    env.metrics.vault_login_valid.with_label_values(&[&l.label]).set(0);
     let r = tokio::time::timeout(
         Duration::from_secs(5),
         l.client.call(Method::POST, "auth/token/revoke-self", Some(&t.secret), None, &[]),

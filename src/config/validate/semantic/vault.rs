@@ -19,6 +19,15 @@ pub(super) fn vault(cx: &mut Ctx<'_>, path: &str, v: &RawVault) -> Option<Creden
         }
     }
     let namespace = v.namespace.as_ref().and_then(|n| nonempty(cx, &format!("{path}.namespace"), n));
+    if namespace.as_ref().is_some_and(|n| n.bytes().any(|b| !(0x21..0x7f).contains(&b))) {
+        cx.err(
+            format!("{path}.namespace"),
+            "a namespace is visible ASCII without spaces (it is sent as X-Vault-Namespace)",
+        );
+    }
+    if v.ca_file.is_some() && addr.as_ref().is_some_and(|a| a.scheme_str() == Some("http")) {
+        cx.err(format!("{path}.ca_file"), "Vault is reached over plain http here: a ca_file would not be used");
+    }
     let ca_certs = ca_file(cx, path, &v.ca_file);
     let timeout = cx.duration(&format!("{path}.timeout"), &v.timeout, Duration::from_secs(10));
     let method = login(cx, &format!("{path}.login"), &v.login);
@@ -41,6 +50,20 @@ pub(super) fn vault(cx: &mut Ctx<'_>, path: &str, v: &RawVault) -> Option<Creden
     };
     if v.refresh_interval.is_some() && !matches!(kind, VaultKind::Kv { .. }) {
         cx.err(format!("{path}.refresh_interval"), "only for KV version 2 paths (MOUNT/data/...)");
+    }
+    if matches!(kind, VaultKind::Kv { .. }) {
+        for (field, set) in [
+            ("default_ttl", v.default_ttl.is_some()),
+            ("max_ttl", v.max_ttl.is_some()),
+            ("expiry_margin", v.expiry_margin.is_some()),
+        ] {
+            if set {
+                cx.err(
+                    format!("{path}.{field}"),
+                    "a KV value has no lifetime: it is read again every refresh_interval",
+                );
+            }
+        }
     }
     let fields = match (&v.field, &v.fields, kind) {
         (Some(_), Some(_), _) => {
@@ -79,7 +102,7 @@ fn login(cx: &mut Ctx<'_>, path: &str, l: &RawVaultLogin) -> Option<LoginMethod>
     // Fields of other methods are refused rather than silently ignored.
     let allowed: &[&str] = match method.as_str() {
         "jwt" | "kubernetes" => &["mount", "role", "jwt_file"],
-        "approle" => &["mount", "role_id", "secret_id_file"],
+        "approle" => &["mount", "role", "role_id", "secret_id_file"],
         "token" => &["token_file"],
         _ => {
             cx.err(format!("{path}.method"), "must be jwt, kubernetes, approle or token");
@@ -112,8 +135,14 @@ fn login(cx: &mut Ctx<'_>, path: &str, l: &RawVaultLogin) -> Option<LoginMethod>
         Some(m) => {
             let m = nonempty(cx, &format!("{path}.mount"), m)?;
             let m = m.trim_matches('/').to_string();
-            if m.is_empty() || m.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
-                cx.err(format!("{path}.mount"), "an auth mount path (example: jwt)");
+            let name = |s: &str| {
+                !s.is_empty()
+                    && s != "."
+                    && s != ".."
+                    && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            };
+            if !m.split('/').all(name) {
+                cx.err(format!("{path}.mount"), "an auth mount path: letters, digits, - _ . and / (example: jwt)");
             }
             m
         }
@@ -140,9 +169,11 @@ fn login(cx: &mut Ctx<'_>, path: &str, l: &RawVaultLogin) -> Option<LoginMethod>
             LoginMethod::Kubernetes { mount, role: role?, jwt_file: jwt_file? }
         }
         "approle" => {
+            let role =
+                l.role.as_ref().and_then(|r| nonempty(cx, &format!("{path}.role"), r)).map(|r| segment(cx, "role", r));
             let role_id = required(cx, "role_id", &l.role_id);
             let secret_id_file = required(cx, "secret_id_file", &l.secret_id_file).map(PathBuf::from);
-            LoginMethod::AppRole { mount, role_id: role_id?, secret_id_file: secret_id_file? }
+            LoginMethod::AppRole { mount, role, role_id: role_id?, secret_id_file: secret_id_file? }
         }
         _ => LoginMethod::Token { token_file: required(cx, "token_file", &l.token_file).map(PathBuf::from)? },
     })
