@@ -244,7 +244,27 @@ pub fn credentials(shared: &Shared) -> Value {
             v
         })
         .collect();
-    json!({"instance": live.policy.instance_id, "credentials": list, "logins": logins})
+    let certs: Vec<Value> = live
+        .tools
+        .iter()
+        .filter_map(|rt| {
+            let slot = rt.client_cert.as_ref()?;
+            let c = slot.current();
+            let state = match (&c, slot.usable(now)) {
+                (None, _) => "pending",
+                (Some(_), Some(_)) => "valid",
+                (Some(_), None) => "expired",
+            };
+            Some(json!({
+                "tool": &*rt.name,
+                "state": state,
+                "serial": c.as_ref().map(|c| c.serial.clone()),
+                "issued_at": c.as_ref().map(|c| timestamp(c.issued_at)),
+                "expires_at": c.as_ref().map(|c| timestamp(c.expires_at)),
+            }))
+        })
+        .collect();
+    json!({"instance": live.policy.instance_id, "credentials": list, "logins": logins, "client_certificates": certs})
 }
 
 fn uses(t: &crate::policy::Tool, login: &crate::policy::VaultLogin) -> bool {

@@ -137,6 +137,9 @@ pub struct RawTool {
     pub upstream: Option<String>,
     /// A PEM file of CA certificates trusted (besides the system roots) for this tool's upstreams.
     pub ca_file: Option<String>,
+    /// A client certificate the tool's upstream TLS client presents (mTLS), from Vault's PKI
+    /// engine; beside any credential, or alone.
+    pub client_certificate: Option<RawClientCert>,
     /// Where the tool may go; at least one.
     #[serde(default)]
     pub routes: Vec<RawRoute>,
@@ -335,6 +338,31 @@ pub struct RawVaultLogin {
     pub secret_id_file: Option<String>,
     /// `token`: a file holding a Vault token, read again when it changes. Required.
     pub token_file: Option<String>,
+}
+
+/// `client_certificate:` — a short-lived certificate and key from Vault's PKI engine, rotated like
+/// a token: new connections present the new one.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientCert {
+    /// `vault`, the one source of client certificates.
+    pub source: String,
+    /// Vault's address (as for a `vault` credential; the same login settings share one login).
+    pub addr: String,
+    /// Sent as `X-Vault-Namespace`.
+    pub namespace: Option<String>,
+    /// A PEM file of CA certificates trusted for Vault.
+    pub ca_file: Option<String>,
+    /// How this pod logs in (as for a `vault` credential).
+    pub login: RawVaultLogin,
+    /// The PKI role's issue path, `MOUNT/issue/ROLE`.
+    pub path: String,
+    /// The certificate's common name (the role must allow it).
+    pub common_name: String,
+    /// The lifetime asked for. Default `1h`.
+    pub ttl: Option<String>,
+    /// Time allowed for one Vault request. Default `10s`.
+    pub timeout: Option<String>,
 }
 
 /// `refresh:` — when a rotating credential is refreshed: at `at` of its lifetime, plus or

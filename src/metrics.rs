@@ -57,6 +57,10 @@ pub struct Metrics {
     pub vault_login_errors: IntCounterVec,
     /// `credproxy_credential_refresh_duration_seconds{tool,source}`.
     pub credential_refresh_duration: HistogramVec,
+    /// `credproxy_client_certificate_issues_total{tool,result}`: client certificates from Vault's PKI.
+    pub client_cert_issues: IntCounterVec,
+    /// `credproxy_client_certificate_expiration_timestamp_seconds{tool}` (0 once dropped).
+    pub client_cert_expiration: GaugeVec,
     /// `credproxy_tls_interceptions_total{result}`: intercepted CONNECTs by handshake result.
     pub tls_interceptions: IntCounterVec,
     /// `credproxy_tls_leaf_certs_cached`.
@@ -269,6 +273,15 @@ impl Metrics {
                 "credproxy_vault_login_errors_total",
                 "Failed Vault logins and renewals by reason.",
                 &["login", "reason"],
+            ),
+            client_cert_issues: counter_vec(
+                "credproxy_client_certificate_issues_total",
+                "Client certificates issued by Vault's PKI engine, by result.",
+                &["tool", "result"],
+            ),
+            client_cert_expiration: gauge_vec(
+                "credproxy_client_certificate_expiration_timestamp_seconds",
+                "When the tool's client certificate expires (0 once dropped).",
             ),
             credential_refresh_duration: reg(
                 &r,

@@ -5,7 +5,7 @@
 mod clients;
 mod guard;
 
-pub use clients::{Client, ClientOpts, TokenClient, Upstreams};
+pub use clients::{Client, ClientCert, ClientOpts, TokenClient, Upstreams};
 pub use guard::{connect_guarded, is_private, ConnectSettings, Deadline, Guarded};
 
 use crate::error::ProxyError;

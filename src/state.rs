@@ -19,11 +19,12 @@ use crate::config::Overrides;
 use crate::creds::lifecycle;
 use crate::creds::refresher::{self, CredCtx, TaskHandle};
 use crate::creds::vault::login::{LoginEnv, Logins};
+use crate::creds::vault::pki::{self, CertCtx, CertSlot};
 use crate::creds::Slot;
 use crate::fields;
 use crate::metrics::{Metrics, ToolMetrics};
-use crate::outbound::{Client, ClientOpts, ConnectSettings, Upstreams};
-use crate::policy::{CredentialSpec, Inject, Policy, Refresh, Tool, VaultLogin};
+use crate::outbound::{Client, ClientCert, ClientOpts, ConnectSettings, Upstreams};
+use crate::policy::{ClientCertSpec, CredentialSpec, Inject, Policy, Refresh, Tool, VaultLogin};
 use crate::tls::Interceptor;
 
 /// Headers removed from every credentialed request, besides the tool's `strip_headers` and its
@@ -59,6 +60,8 @@ pub struct ToolRt {
     pub clients: Vec<RouteClients>,
     /// Everything removed from requests (and their trailers) before injection.
     pub strip: Arc<[HeaderName]>,
+    /// The client certificate the tool's upstream connections present (mTLS), when it has one.
+    pub client_cert: Option<Arc<CertSlot>>,
 }
 
 /// A route's clients, each built once on first use (then an atomic load).
@@ -80,7 +83,10 @@ impl ToolRt {
             http1_only: upgrade,
             idle,
         };
-        cell.get_or_init(|| upstreams.client(&self.name, &tool.ca_certs, opts))
+        cell.get_or_init(|| {
+            let cert = self.client_cert.clone().map(|c| c as ClientCert);
+            upstreams.client(&self.name, &tool.ca_certs, cert.as_ref(), opts)
+        })
     }
 }
 
@@ -96,6 +102,13 @@ struct CredKey {
 struct CredEntry {
     key: CredKey,
     slot: Arc<Slot>,
+    _task: TaskHandle,
+}
+
+/// A running client certificate; a reload restarts it when its settings change.
+struct CertEntry {
+    key: (ClientCertSpec, Refresh),
+    slot: Arc<CertSlot>,
     _task: TaskHandle,
 }
 
@@ -126,6 +139,7 @@ pub struct Shared {
     /// Vault logins, shared by the tools whose login settings are equal.
     pub logins: Arc<Logins>,
     creds: Mutex<HashMap<String, CredEntry>>,
+    certs: Mutex<HashMap<String, CertEntry>>,
 }
 
 impl Shared {
@@ -167,6 +181,7 @@ impl Shared {
             tls: OnceLock::new(),
             logins,
             creds,
+            certs: Mutex::default(),
         });
         shared.install(policy);
         shared
@@ -229,25 +244,53 @@ impl Shared {
                 strip.push(HeaderName::from_static("credproxy-tool"));
             }
             strip.extend(tool.strip_headers.iter().cloned());
+            let client_cert = tool.client_cert.as_ref().map(|spec| self.client_cert(tool, &name, spec));
             tools.push(ToolRt {
                 name: name.clone(),
                 slot,
                 metrics: self.metrics.tool(&name),
                 clients,
                 strip: strip.into(),
+                client_cert,
             });
         }
         drop(creds);
+        self.certs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|name, _| policy.tool_index(name).is_some_and(|i| policy.tools[i].client_cert.is_some()));
         let logins: Vec<&VaultLogin> = policy
             .tools
             .iter()
-            .filter_map(|t| match &t.credential {
-                Some(CredentialSpec::Vault(v)) => Some(&v.login),
-                _ => None,
+            .flat_map(|t| {
+                let cred = match &t.credential {
+                    Some(CredentialSpec::Vault(v)) => Some(&v.login),
+                    _ => None,
+                };
+                cred.into_iter().chain(t.client_cert.as_ref().map(|c| &c.login))
             })
             .collect();
         self.logins.retain(&logins);
         self.live.store(Arc::new(Live { policy, tools }));
+    }
+
+    /// The tool's client certificate: the running one when its settings are unchanged.
+    fn client_cert(&self, tool: &Tool, name: &Arc<str>, spec: &ClientCertSpec) -> Arc<CertSlot> {
+        let key = (spec.clone(), tool.refresh);
+        let mut certs = self.certs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = certs.get(&tool.name).filter(|e| e.key == key) {
+            return e.slot.clone();
+        }
+        let cx = CertCtx {
+            tool: name.clone(),
+            metrics: self.metrics.clone(),
+            audit: self.audit.clone(),
+            clock: self.clock.clone(),
+            logins: self.logins.clone(),
+        };
+        let (slot, task) = pki::spawn(spec.clone(), tool.refresh, cx);
+        certs.insert(tool.name.clone(), CertEntry { key, slot: slot.clone(), _task: task });
+        slot
     }
 
     fn ctx(&self, name: &Arc<str>, inject: &Inject, not_before: Option<SystemTime>, slot: Arc<Slot>) -> CredCtx {
@@ -407,7 +450,10 @@ impl Shared {
             .tools
             .iter()
             .zip(&live.tools)
-            .filter(|(t, rt)| t.required && rt.slot.as_ref().is_some_and(|s| s.usable(now).is_none()))
+            .filter(|(t, rt)| {
+                let cert_missing = rt.client_cert.as_ref().is_some_and(|c| c.usable(now).is_none());
+                t.required && (rt.slot.as_ref().is_some_and(|s| s.usable(now).is_none()) || cert_missing)
+            })
             .map(|(_, rt)| rt.name.clone())
             .chain(
                 // A login is required when any of its tools is.

@@ -253,6 +253,13 @@ where
 #[derive(Debug)]
 pub struct TaskHandle(Option<AbortHandle>);
 
+impl TaskHandle {
+    /// Abort `task` when this is dropped.
+    pub fn new(task: AbortHandle) -> Self {
+        TaskHandle(Some(task))
+    }
+}
+
 impl Drop for TaskHandle {
     fn drop(&mut self) {
         if let Some(h) = &self.0 {

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod login;
+pub mod pki;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

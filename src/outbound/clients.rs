@@ -40,8 +40,13 @@ struct ClientKey {
     tool: Arc<str>,
     /// SHA-256 over the extra CA certificates (TLS clients only).
     ca: Option<[u8; 32]>,
+    /// The client certificate's resolver (its address), when the tool presents one.
+    cert: usize,
     opts: ClientOpts,
 }
+
+/// A tool's client certificate, asked for at every handshake (rotated in place).
+pub type ClientCert = Arc<dyn rustls::client::ResolvesClientCert>;
 
 /// The upstream clients, shared across reloads when their settings match.
 pub struct Upstreams {
@@ -71,20 +76,33 @@ impl Upstreams {
         self.settings.load_full()
     }
 
-    /// `tool`'s client for these settings, built on first use: pools are never shared across tools.
-    pub fn client(&self, tool: &Arc<str>, ca: &[CertificateDer<'static>], opts: ClientOpts) -> Client {
+    /// `tool`'s client for these settings, built on first use: pools are never shared across
+    /// tools. `cert` is the tool's client certificate (mTLS), if it has one.
+    pub fn client(
+        &self,
+        tool: &Arc<str>,
+        ca: &[CertificateDer<'static>],
+        cert: Option<&ClientCert>,
+        opts: ClientOpts,
+    ) -> Client {
         let ca = if opts.tls { ca } else { &[] };
-        let key = ClientKey { tool: tool.clone(), ca: (!ca.is_empty()).then(|| ca_digest(ca)), opts };
+        let cert = cert.filter(|_| opts.tls);
+        let key = ClientKey {
+            tool: tool.clone(),
+            ca: (!ca.is_empty()).then(|| ca_digest(ca)),
+            cert: cert.map_or(0, |c| Arc::as_ptr(c) as *const () as usize),
+            opts,
+        };
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        clients.entry(key).or_insert_with(|| self.build(ca, opts)).clone()
+        clients.entry(key).or_insert_with(|| self.build(ca, cert, opts)).clone()
     }
 
-    fn build(&self, ca: &[CertificateDer<'static>], opts: ClientOpts) -> Client {
+    fn build(&self, ca: &[CertificateDer<'static>], cert: Option<&ClientCert>, opts: ClientOpts) -> Client {
         HyperClient::builder(TokioExecutor::new())
             .pool_idle_timeout(opts.idle)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
-            .build(self.connector(ca, opts))
+            .build(self.connector(ca, cert, opts))
     }
 
     /// A client for token endpoints (trusted configuration: private addresses allowed), with
@@ -97,10 +115,15 @@ impl Upstreams {
             .pool_max_idle_per_host(2)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
-            .build(self.connector(ca, opts))
+            .build(self.connector(ca, None, opts))
     }
 
-    fn connector(&self, ca: &[CertificateDer<'static>], opts: ClientOpts) -> Deadline<HttpsConnector<Guarded>> {
+    fn connector(
+        &self,
+        ca: &[CertificateDer<'static>],
+        cert: Option<&ClientCert>,
+        opts: ClientOpts,
+    ) -> Deadline<HttpsConnector<Guarded>> {
         // A cleartext route never handshakes: it gets no roots (and loads none).
         let mut roots = if opts.tls { (*crate::certs::system_roots().store).clone() } else { RootCertStore::empty() };
         roots.add_parsable_certificates(ca.iter().cloned());
@@ -108,8 +131,17 @@ impl Upstreams {
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("aws-lc-rs supports the default protocol versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+        let tls = match cert {
+            Some(c) => {
+                let mut tls = tls.with_client_cert_resolver(c.clone());
+                // A resumed session carries the identity of the certificate it began with: after
+                // a rotation, new connections must show the new one.
+                tls.resumption = rustls::client::Resumption::disabled();
+                tls
+            }
+            None => tls.with_no_client_auth(),
+        };
         let guarded = Guarded { settings: self.settings.clone(), allow_private: opts.allow_private };
         let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1();
         let https = if opts.http1_only {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rustls_pki_types::CertificateDer;
 
-pub use super::vault::{LoginMethod, VaultKind, VaultLogin, VaultSpec};
+pub use super::vault::{ClientCertSpec, LoginMethod, VaultKind, VaultLogin, VaultSpec};
 
 /// Where a credential comes from.
 #[derive(Debug, Clone, PartialEq)]

@@ -198,6 +198,8 @@ pub struct Tool {
     pub ca_file: Option<PathBuf>,
     /// The certificates read from `ca_file` at load time.
     pub ca_certs: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// A client certificate from Vault's PKI engine for this tool's upstream connections.
+    pub client_cert: Option<ClientCertSpec>,
     /// Routes in file order.
     pub routes: Vec<Route>,
 }

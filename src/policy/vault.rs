@@ -117,3 +117,16 @@ impl VaultLogin {
         }
     }
 }
+
+/// A client certificate from Vault's PKI engine, presented by the tool's upstream TLS client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertSpec {
+    /// The login (shared with credentials whose login settings are equal).
+    pub login: VaultLogin,
+    /// `MOUNT/issue/ROLE`.
+    pub path: String,
+    /// The certificate's common name.
+    pub common_name: String,
+    /// The lifetime asked for.
+    pub ttl: Duration,
+}

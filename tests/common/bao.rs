@@ -191,6 +191,7 @@ path "secret/data/*" { capabilities = ["read"] }
 path "database/creds/*" { capabilities = ["read"] }
 path "sys/leases/renew" { capabilities = ["update"] }
 path "sys/leases/revoke" { capabilities = ["update"] }
+path "pki/issue/agent" { capabilities = ["create", "update"] }
 "#;
 
 /// JWT auth with the test's key, a role bound to the audience and two subjects, an OIDC key

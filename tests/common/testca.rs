@@ -37,7 +37,32 @@ impl TestCa {
         self.build(names, false, &[b"http/1.1"])
     }
 
+    /// An HTTP/1.1 server configuration for `name` that asks for a client certificate signed by
+    /// one of `client_roots` (and takes connections without one too).
+    pub fn server_mtls(&self, name: &str, client_roots: &[CertificateDer<'static>]) -> rustls::ServerConfig {
+        let mut roots = rustls::RootCertStore::empty();
+        for r in client_roots {
+            roots.add(r.clone()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .allow_unauthenticated()
+            .build()
+            .unwrap();
+        self.build_with(&[name], false, &[b"http/1.1"], Some(verifier))
+    }
+
     fn build(&self, names: &[&str], expired: bool, alpn: &[&[u8]]) -> rustls::ServerConfig {
+        self.build_with(names, expired, alpn, None)
+    }
+
+    fn build_with(
+        &self,
+        names: &[&str],
+        expired: bool,
+        alpn: &[&[u8]],
+        clients: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+    ) -> rustls::ServerConfig {
         let key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
         if expired {
@@ -47,13 +72,15 @@ impl TestCa {
         let cert = p.signed_by(&key, &self.issuer).unwrap();
         let chain = vec![CertificateDer::from(cert.der().to_vec())];
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        let mut cfg =
+        let builder =
             rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
                 .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(chain, key)
                 .unwrap();
+        let builder = match clients {
+            Some(v) => builder.with_client_cert_verifier(v),
+            None => builder.with_no_client_auth(),
+        };
+        let mut cfg = builder.with_single_cert(chain, key).unwrap();
         cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
         cfg
     }

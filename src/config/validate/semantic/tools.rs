@@ -133,6 +133,13 @@ pub(super) fn tool(cx: &mut Ctx<'_>, name: &str, t: &RawTool, now: SystemTime, r
         cx.err(format!("{base}.routes"), "a tool needs at least one route");
     }
     let upstream = t.upstream.as_ref().and_then(|u| upstream(cx, &format!("{base}.upstream"), u, &routes));
+    let client_cert = t
+        .client_certificate
+        .as_ref()
+        .and_then(|c| super::vault::client_cert(cx, &format!("{base}.client_certificate"), c));
+    if client_cert.is_some() && !routes.iter().any(|r| r.scheme == Scheme::Https) {
+        cx.err(format!("{base}.client_certificate"), "a client certificate needs an https route to present it on");
+    }
     let (ca_file, ca_certs) = ca.map_or((None, Vec::new()), |(p, c)| (Some(p), c));
     Tool {
         name: name.to_string(),
@@ -146,6 +153,7 @@ pub(super) fn tool(cx: &mut Ctx<'_>, name: &str, t: &RawTool, now: SystemTime, r
         upstream,
         ca_file,
         ca_certs,
+        client_cert,
         routes,
     }
 }

@@ -5,41 +5,80 @@ use std::time::Duration;
 
 use super::credential::{ca_file, endpoint, file, lifetime, nonempty};
 use super::Ctx;
-use crate::config::{RawVault, RawVaultLogin};
+use crate::config::{RawClientCert, RawVault, RawVaultLogin};
 use crate::policy::*;
 
 /// Where the kubelet mounts a pod's ServiceAccount token.
 const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 
-pub(super) fn vault(cx: &mut Ctx<'_>, path: &str, v: &RawVault) -> Option<CredentialSpec> {
-    let addr = endpoint(cx, &format!("{path}.addr"), &v.addr);
+/// Vault's address, namespace, CA, timeout and login: shared by credentials and client certificates.
+#[allow(clippy::too_many_arguments)]
+fn vault_login(
+    cx: &mut Ctx<'_>,
+    path: &str,
+    addr: &str,
+    namespace: &Option<String>,
+    ca: &Option<String>,
+    timeout: &Option<String>,
+    login: &RawVaultLogin,
+) -> Option<VaultLogin> {
+    let addr = endpoint(cx, &format!("{path}.addr"), addr);
     if let Some(a) = &addr {
         if a.path() != "/" || a.query().is_some() {
             cx.err(format!("{path}.addr"), "Vault's address is scheme, host and port only (no path)");
         }
     }
-    let namespace = v.namespace.as_ref().and_then(|n| nonempty(cx, &format!("{path}.namespace"), n));
+    let namespace = namespace.as_ref().and_then(|n| nonempty(cx, &format!("{path}.namespace"), n));
     if namespace.as_ref().is_some_and(|n| n.bytes().any(|b| !(0x21..0x7f).contains(&b))) {
         cx.err(
             format!("{path}.namespace"),
             "a namespace is visible ASCII without spaces (it is sent as X-Vault-Namespace)",
         );
     }
-    if v.ca_file.is_some() && addr.as_ref().is_some_and(|a| a.scheme_str() == Some("http")) {
+    if ca.is_some() && addr.as_ref().is_some_and(|a| a.scheme_str() == Some("http")) {
         cx.err(format!("{path}.ca_file"), "Vault is reached over plain http here: a ca_file would not be used");
     }
-    let ca_certs = ca_file(cx, path, &v.ca_file);
-    let timeout = cx.duration(&format!("{path}.timeout"), &v.timeout, Duration::from_secs(10));
-    let method = login(cx, &format!("{path}.login"), &v.login);
-    let at = format!("{path}.path");
-    let read = nonempty(cx, &at, &v.path)?;
+    let ca_certs = ca_file(cx, path, ca);
+    let timeout = cx.duration(&format!("{path}.timeout"), timeout, Duration::from_secs(10));
+    let method = self::login(cx, &format!("{path}.login"), login);
+    Some(VaultLogin { addr: addr?, namespace, ca_certs: ca_certs?, timeout, method: method? })
+}
+
+/// A Vault path: no `/v1/`, no empty, `.` or `..` segments, a plain alphabet.
+fn vault_path(cx: &mut Ctx<'_>, at: &str, raw: &str) -> Option<String> {
+    let read = nonempty(cx, at, raw)?;
     let read = read.trim_matches('/').to_string();
     if read.starts_with("v1/") || read.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
-        cx.err(&at, "a Vault path without /v1/, empty, . or .. segments (example: database/creds/readonly)");
+        cx.err(at, "a Vault path without /v1/, empty, . or .. segments (example: database/creds/readonly)");
     }
     if read.bytes().any(|b| !(b.is_ascii_alphanumeric() || b"-_./@+=".contains(&b))) {
-        cx.err(&at, "letters, digits and -_./@+= only");
+        cx.err(at, "letters, digits and -_./@+= only");
     }
+    Some(read)
+}
+
+pub(super) fn client_cert(cx: &mut Ctx<'_>, path: &str, c: &RawClientCert) -> Option<ClientCertSpec> {
+    if cx.expand(&format!("{path}.source"), &c.source).as_deref() != Some("vault") {
+        cx.err(format!("{path}.source"), "client certificates come from vault (its PKI engine)");
+    }
+    let login = vault_login(cx, path, &c.addr, &c.namespace, &c.ca_file, &c.timeout, &c.login);
+    let at = format!("{path}.path");
+    let issue = vault_path(cx, &at, &c.path)?;
+    let segments: Vec<&str> = issue.split('/').collect();
+    if segments.len() < 3 || segments[segments.len() - 2] != "issue" {
+        cx.err(&at, "a PKI role's issue path, MOUNT/issue/ROLE");
+    }
+    let common_name = nonempty(cx, &format!("{path}.common_name"), &c.common_name)?;
+    let ttl = cx.duration(&format!("{path}.ttl"), &c.ttl, Duration::from_secs(3600));
+    if ttl < Duration::from_secs(10) {
+        cx.err(format!("{path}.ttl"), "at least 10s");
+    }
+    Some(ClientCertSpec { login: login?, path: issue, common_name, ttl })
+}
+
+pub(super) fn vault(cx: &mut Ctx<'_>, path: &str, v: &RawVault) -> Option<CredentialSpec> {
+    let login = vault_login(cx, path, &v.addr, &v.namespace, &v.ca_file, &v.timeout, &v.login);
+    let read = vault_path(cx, &format!("{path}.path"), &v.path)?;
     let kind = if read.starts_with("identity/oidc/token/") {
         VaultKind::Identity
     } else if read.split('/').nth(1) == Some("data") {
@@ -93,8 +132,7 @@ pub(super) fn vault(cx: &mut Ctx<'_>, path: &str, v: &RawVault) -> Option<Creden
         }
     };
     let life = lifetime(cx, path, &v.default_ttl, &v.max_ttl, &v.expiry_margin, v.revoke_on_shutdown);
-    let login = VaultLogin { addr: addr?, namespace, ca_certs: ca_certs?, timeout, method: method? };
-    Some(CredentialSpec::Vault(Box::new(VaultSpec { login, path: read, kind, fields, life })))
+    Some(CredentialSpec::Vault(Box::new(VaultSpec { login: login?, path: read, kind, fields, life })))
 }
 
 fn login(cx: &mut Ctx<'_>, path: &str, l: &RawVaultLogin) -> Option<LoginMethod> {
@@ -182,16 +220,22 @@ fn login(cx: &mut Ctx<'_>, path: &str, l: &RawVaultLogin) -> Option<LoginMethod>
 /// Logins are named in metrics by their label: two different logins may not share one.
 pub(super) fn distinct_labels(cx: &mut Ctx<'_>, tools: &[Tool]) {
     let mut seen: Vec<(String, &VaultLogin)> = Vec::new();
-    for t in tools {
-        let Some(CredentialSpec::Vault(v)) = &t.credential else { continue };
-        let label = v.login.label();
+    let logins = tools.iter().flat_map(|t| {
+        let cred = match &t.credential {
+            Some(CredentialSpec::Vault(v)) => Some((&v.login, "credential")),
+            _ => None,
+        };
+        cred.into_iter().chain(t.client_cert.as_ref().map(|c| (&c.login, "client_certificate"))).map(move |l| (t, l))
+    });
+    for (t, (login, field)) in logins {
+        let label = login.label();
         match seen.iter().find(|(l, _)| *l == label) {
-            Some((_, other)) if **other != v.login => cx.err(
-                format!("tools.{}.credential.login", t.name),
+            Some((_, other)) if **other != *login => cx.err(
+                format!("tools.{}.{field}.login", t.name),
                 format!("another tool's login is also named {label} but has other settings; logins are named METHOD:MOUNT/ROLE (token logins: token), so give them the same settings"),
             ),
             Some(_) => {}
-            None => seen.push((label, &v.login)),
+            None => seen.push((label, login)),
         }
     }
 }
