@@ -227,3 +227,169 @@ async fn token_login_reads_the_token_file_and_follows_its_changes() {
     p.shutdown().await;
     assert!(bao.token_alive(&second).await, "a token from a file is never revoked by credproxy");
 }
+
+#[tokio::test]
+async fn the_vault_token_is_renewed_then_replaced_near_its_max_ttl_while_reads_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let bao = Bao::start(dir.path()).await;
+    bao.policy("agent", AGENT_POLICY).await;
+    bao.enable_auth("approle", "approle").await;
+    bao.api(
+        "POST",
+        "auth/approle/role/agent",
+        json!({"token_policies": ["agent"], "token_ttl": "4s", "token_max_ttl": "9s"}),
+    )
+    .await;
+    let role_id = bao.api("GET", "auth/approle/role/agent/role-id", Value::Null).await["data"]["role_id"].clone();
+    let secret_id =
+        bao.api("POST", "auth/approle/role/agent/secret-id", Value::Null).await["data"]["secret_id"].clone();
+    bao.api("POST", "secret/data/agents/openai", json!({"data": {"api_key": "sk-renewals"}})).await;
+    let up = Upstream::start().await;
+    let d = tempfile::tempdir().unwrap();
+    let sid = write_file(&d, "secret-id", secret_id.as_str().unwrap());
+    let login =
+        format!("{{ method: approle, role: agent, role_id: {role_id}, secret_id_file: \"{}\" }}", sid.display());
+    let policy = vault_policy(
+        up.port(),
+        &bao.addr(),
+        &login,
+        "secret/data/agents/openai",
+        "      field: api_key\n      refresh_interval: 1s",
+    );
+    let p = Proxy::start_in(d, &policy).await;
+    // Reads go on (every second) across renewals and a second login; no request fails.
+    let mut served = 0;
+    let mut logins = 0;
+    for _ in 0..600 {
+        let resp = get(p.addr, "/api/v1/models").await;
+        assert_eq!(status(&resp), 200, "{resp}");
+        served += 1;
+        logins = audit_events(&p).await.iter().filter(|e| e["event"] == "vault.login").count();
+        if logins >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(logins, 2, "a fresh login before the max TTL");
+    let events = audit_events(&p).await;
+    let first_login = events.iter().position(|e| e["event"] == "vault.login").unwrap();
+    let renewed = events.iter().position(|e| e["event"] == "vault.login_renewed").expect("a renewal (renew-self)");
+    assert!(renewed > first_login);
+    assert!(!events.iter().any(|e| e["event"] == "vault.login_failed" || e["event"] == "credential.refresh_failed"));
+    let metrics = get(p.admin, "/metrics").await;
+    let renewals = r#"credproxy_vault_login_renewals_total{login="approle:approle/agent",result="ok"}"#;
+    assert!(metric(&metrics, renewals) >= Some(1.0), "{metrics}");
+    assert!(served > 10);
+}
+
+/// A stand-in for the Kubernetes API's TokenReview (there is no Kubernetes here): it answers
+/// `authenticated` for `token` as the ServiceAccount `agents/agent` and records every review.
+async fn token_review_api(
+    token: String,
+    tls: rustls::ServerConfig,
+) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    use http_body_util::{BodyExt, Full};
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let reviews: std::sync::Arc<std::sync::Mutex<Vec<Value>>> = Default::default();
+    let seen = reviews.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            let (seen, token, acceptor) = (seen.clone(), token.clone(), acceptor.clone());
+            tokio::spawn(async move {
+                let Ok(tcp) = acceptor.accept(tcp).await else { return };
+                let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let (seen, token) = (seen.clone(), token.clone());
+                    async move {
+                        let path = req.uri().path().to_string();
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let review: Value = serde_json::from_slice(&body).unwrap_or_default();
+                        seen.lock().unwrap().push(json!({"path": path, "review": review}));
+                        let ok = review["spec"]["token"] == token.as_str();
+                        let status = if ok {
+                            json!({"authenticated": true, "audiences": review["spec"]["audiences"],
+                                   "user": {"username": "system:serviceaccount:agents:agent",
+                                   "uid": "0d7a6a2f-1111-2222-3333-444455556666", "groups": ["system:serviceaccounts"]}})
+                        } else {
+                            json!({"authenticated": false, "error": "invalid token"})
+                        };
+                        let out =
+                            json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "status": status});
+                        let resp = http::Response::builder()
+                            .status(201)
+                            .header("content-type", "application/json")
+                            .body(Full::new(bytes::Bytes::from(out.to_string())))
+                            .unwrap();
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    (port, reviews)
+}
+
+#[tokio::test]
+async fn kubernetes_login_sends_the_service_account_token_to_auth_kubernetes_login() {
+    let dir = tempfile::tempdir().unwrap();
+    let bao = Bao::start(dir.path()).await;
+    bao.policy("agent", AGENT_POLICY).await;
+    let key = JwtKey::new();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let sa_token = key.sign_claims(&json!({
+        "iss": "https://kubernetes.default.svc.cluster.local", "sub": "system:serviceaccount:agents:agent",
+        "aud": ["vault"], "iat": now, "nbf": now, "exp": now + 3600,
+        "kubernetes.io": {"namespace": "agents", "serviceaccount": {"name": "agent", "uid": "0d7a6a2f-1111-2222-3333-444455556666"}}
+    }));
+    let ca = TestCa::new();
+    let (k8s_port, reviews) = token_review_api(sa_token.clone(), ca.server_names(&["127.0.0.1"])).await;
+    bao.enable_auth("kubernetes", "kubernetes").await;
+    bao.api(
+        "POST",
+        "auth/kubernetes/config",
+        json!({"kubernetes_host": format!("https://127.0.0.1:{k8s_port}"), "kubernetes_ca_cert": ca.pem(),
+               "disable_local_ca_jwt": true, "token_reviewer_jwt": "reviewer-token"}),
+    )
+    .await;
+    bao.api(
+        "POST",
+        "auth/kubernetes/role/agent",
+        json!({"bound_service_account_names": ["agent"], "bound_service_account_namespaces": ["agents"],
+               "token_policies": ["agent"], "token_ttl": "1h"}),
+    )
+    .await;
+    bao.api("POST", "secret/data/agents/search", json!({"data": {"key": "k8s-search-key"}})).await;
+    let up = Upstream::start().await;
+    let d = tempfile::tempdir().unwrap();
+    let jwt = write_file(&d, "sa-token", &sa_token);
+    let login = format!("{{ method: kubernetes, role: agent, jwt_file: \"{}\" }}", jwt.display());
+    let policy = vault_policy(up.port(), &bao.addr(), &login, "secret/data/agents/search", "      field: key");
+    let p = Proxy::start_unready(d, &policy).await;
+    let mut v = Value::Null;
+    for _ in 0..200 {
+        v = control(&p).await;
+        if v["credentials"][0]["state"] != "pending" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(v["credentials"][0]["state"], "valid", "{v}");
+    assert_eq!(status(&get(p.addr, "/api/q").await), 200);
+    assert_eq!(bearer(&up.last()), "k8s-search-key");
+    let reviewed = reviews.lock().unwrap().clone();
+    assert!(
+        reviewed.iter().any(|r| r["path"] == "/apis/authentication.k8s.io/v1/tokenreviews"
+            && r["review"]["spec"]["token"] == sa_token.as_str()),
+        "OpenBao reviewed the pod's token: {reviewed:?}"
+    );
+    let v = control(&p).await;
+    assert_eq!(
+        (v["logins"][0]["login"].as_str(), v["logins"][0]["state"].as_str()),
+        (Some("kubernetes:kubernetes/agent"), Some("valid"))
+    );
+}

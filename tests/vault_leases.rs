@@ -216,3 +216,58 @@ async fn sigterm_revokes_the_lease_and_the_vault_token_and_status_shows_the_logi
     assert!(!role_exists(&pg, &user).await, "the database user is dropped");
     assert!(agent_tokens(&bao).await.is_empty(), "the pod's Vault token is revoked");
 }
+
+#[tokio::test]
+async fn revoke_from_the_control_api_and_a_reload_that_removes_the_tool_revoke_its_lease() {
+    let pg = Pg::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bao = Bao::start(dir.path()).await;
+    let key = JwtKey::new();
+    configure_jwt(&bao, &key, "5m").await;
+    configure_database(&bao, &pg, "1m", "10m").await;
+    let up = Upstream::start().await;
+    let d = tempfile::tempdir().unwrap();
+    let jwt = write_file(&d, "sa-token", &key.sign(ISSUER, "system:serviceaccount:agents:pod-a", AUDIENCE));
+    let policy = vault_policy(
+        up.port(),
+        &bao.addr(),
+        &jwt_login(jwt.to_str().unwrap()),
+        "database/creds/readonly",
+        "      fields: [username, password]",
+    )
+    .replace("  api:", "  db:")
+    .replace("    routes:", "    inject: { basic: {} }\n    routes:");
+    let p = Proxy::start_in(d, &policy).await;
+    let first_user = call_and_log_in(&p, &up, &pg).await;
+    let first = lease_of(&control(&p).await);
+
+    // Revoke: the lease and its user are gone at once, and a new one is read.
+    let resp = p.control_post("/v1/credentials/db/revoke").await;
+    assert_eq!(status(&resp), 202, "{resp}");
+    eventually(async || bao.lease(&first).await.0 == 400, "the lease revoked at OpenBao").await;
+    assert!(!role_exists(&pg, &first_user).await, "its database user is dropped");
+    let mut second = String::new();
+    eventually(
+        async || {
+            second = control(&p).await["credentials"][0]["lease_id"].as_str().unwrap_or("").to_string();
+            !second.is_empty() && second != first
+        },
+        "a new lease",
+    )
+    .await;
+    let second_user = call_and_log_in(&p, &up, &pg).await;
+    assert_ne!(second_user, first_user);
+
+    // A reload without the tool revokes its lease.
+    let other = format!(
+        "version: 1\naudit: {{ output: \"{{dir}}/audit.log\" }}\ntools:\n  other:\n    routes: [{{ scheme: http, host: 127.0.0.1, port: {}, allow_private: true }}]\n",
+        up.port()
+    );
+    p.rewrite(&other);
+    eventually(async || bao.lease(&second).await.0 == 400, "the lease revoked at the reload").await;
+    assert!(!role_exists(&pg, &second_user).await, "its database user is dropped");
+    let events = audit_events(&p).await;
+    let reasons: Vec<&str> =
+        events.iter().filter(|e| e["event"] == "credential.revoked").filter_map(|e| e["reason"].as_str()).collect();
+    assert_eq!(reasons, ["api", "reload"]);
+}

@@ -173,8 +173,14 @@ impl JwtKey {
     /// A JWT as a projected ServiceAccount token would be: `iss`, `sub`, `aud`, an hour's life.
     pub fn sign(&self, issuer: &str, subject: &str, audience: &str) -> String {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-        let claims = json!({"iss": issuer, "sub": subject, "aud": audience, "iat": now, "nbf": now, "exp": now + 3600});
-        jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256), &claims, &self.encoding)
+        self.sign_claims(
+            &json!({"iss": issuer, "sub": subject, "aud": audience, "iat": now, "nbf": now, "exp": now + 3600}),
+        )
+    }
+
+    /// A JWT with these claims.
+    pub fn sign_claims(&self, claims: &Value) -> String {
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256), claims, &self.encoding)
             .unwrap()
     }
 }
