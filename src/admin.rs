@@ -268,7 +268,7 @@ pub fn credentials(shared: &Shared) -> Value {
 }
 
 fn uses(t: &crate::policy::Tool, login: &crate::policy::VaultLogin) -> bool {
-    matches!(&t.credential, Some(crate::policy::CredentialSpec::Vault(v)) if v.login == *login)
+    t.uses_login(login)
 }
 
 /// The policy in force, without secrets: tools, routes, limits.

@@ -154,9 +154,10 @@ impl Running {
         // revoked only when every tool using it asks (revoking it revokes their leases too).
         let policy = live.policy.clone();
         let every_tool_revokes = move |login: &crate::policy::VaultLogin| {
-            policy.tools.iter().all(|t| match &t.credential {
+            policy.tools.iter().filter(|t| t.uses_login(login)).all(|t| match &t.credential {
                 Some(crate::policy::CredentialSpec::Vault(v)) if v.login == *login => v.life.revoke_on_shutdown,
-                _ => true,
+                // A client certificate alone on this login does not ask for its revocation.
+                _ => false,
             })
         };
         self.shared.logins.shutdown(every_tool_revokes, until).await;

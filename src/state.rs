@@ -461,11 +461,7 @@ impl Shared {
                     .all()
                     .into_iter()
                     .filter(|l| l.usable(now).is_none())
-                    .filter(|l| {
-                        live.policy.tools.iter().any(|t| {
-                            t.required && matches!(&t.credential, Some(CredentialSpec::Vault(v)) if v.login == l.spec)
-                        })
-                    })
+                    .filter(|l| live.policy.tools.iter().any(|t| t.required && t.uses_login(&l.spec)))
                     .map(|l| Arc::from(format!("vault login {}", l.label))),
             )
             .collect()

@@ -100,23 +100,3 @@ tools:
         }
     }
 }
-
-/// The secret as it may appear: raw, base64 (alone and as Basic credentials), percent-encoded
-/// with upper- and lower-case hex.
-fn leak_forms(secret: &str) -> Vec<String> {
-    use base64::Engine;
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    let pct: String = secret
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect();
-    let forms = vec![secret.to_string(), b64(secret), pct.clone(), pct.to_lowercase(), b64(&format!("bot:{secret}"))];
-    assert!(forms.iter().all(|f| f.len() >= 16));
-    forms
-}

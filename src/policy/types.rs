@@ -204,6 +204,14 @@ pub struct Tool {
     pub routes: Vec<Route>,
 }
 
+impl Tool {
+    /// Whether the tool's credential or client certificate logs in to Vault with `login`.
+    pub fn uses_login(&self, login: &VaultLogin) -> bool {
+        let cred = matches!(&self.credential, Some(CredentialSpec::Vault(v)) if v.login == *login);
+        cred || self.client_cert.as_ref().is_some_and(|c| c.login == *login)
+    }
+}
+
 /// How a token is attached to a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inject {

@@ -215,6 +215,41 @@ mod tests {
         }
     }
 
+    fn redirect_to(location: Option<&str>) -> Result<Uri, FetchError> {
+        let login = VaultLogin {
+            addr: "https://vault.internal:8200".parse().unwrap(),
+            namespace: None,
+            ca_certs: Vec::new(),
+            timeout: std::time::Duration::from_secs(1),
+            method: crate::policy::LoginMethod::Token { token_file: "/t".into() },
+        };
+        let client = VaultClient::new(&login, &Upstreams::new());
+        let mut headers = HeaderMap::new();
+        if let Some(l) = location {
+            headers.insert(LOCATION, HeaderValue::from_str(l).unwrap());
+        }
+        client.redirect(&Answer { status: StatusCode::TEMPORARY_REDIRECT, headers, body: Bytes::new() })
+    }
+
+    #[test]
+    fn redirects_go_only_to_the_configured_address() {
+        let ok = redirect_to(Some("https://vault.internal:8200/v1/secret/data/x")).unwrap();
+        assert_eq!(ok.to_string(), "https://vault.internal:8200/v1/secret/data/x");
+        let relative = redirect_to(Some("/v1/sys/leases/renew")).unwrap();
+        assert_eq!(relative.to_string(), "https://vault.internal:8200/v1/sys/leases/renew");
+        for refused in [
+            Some("https://evil.example:8200/v1/secret/data/x"),
+            Some("http://vault.internal:8200/v1/secret/data/x"),
+            Some("https://vault.internal:8201/v1/secret/data/x"),
+            Some("https://vault.internal:8200/ui/"),
+            Some("//evil.example/v1/x"),
+            None,
+        ] {
+            let e = redirect_to(refused).unwrap_err();
+            assert_eq!(e.reason, "invalid_response", "{refused:?}");
+        }
+    }
+
     #[test]
     fn statuses_map_to_reasons() {
         let now = SystemTime::now();
