@@ -261,6 +261,8 @@ pub fn credentials(shared: &Shared) -> Value {
                 "serial": c.as_ref().map(|c| c.serial.clone()),
                 "issued_at": c.as_ref().map(|c| timestamp(c.issued_at)),
                 "expires_at": c.as_ref().map(|c| timestamp(c.expires_at)),
+                "consecutive_failures": slot.failures().0,
+                "last_error": slot.failures().1,
             }))
         })
         .collect();

@@ -107,7 +107,7 @@ struct CredEntry {
 
 /// A running client certificate; a reload restarts it when its settings change.
 struct CertEntry {
-    key: (ClientCertSpec, Refresh),
+    key: ClientCertSpec,
     slot: Arc<CertSlot>,
     _task: TaskHandle,
 }
@@ -276,7 +276,8 @@ impl Shared {
 
     /// The tool's client certificate: the running one when its settings are unchanged.
     fn client_cert(&self, tool: &Tool, name: &Arc<str>, spec: &ClientCertSpec) -> Arc<CertSlot> {
-        let key = (spec.clone(), tool.refresh);
+        // Keyed on the settings alone: a change of `refresh` timing keeps the certificate in use.
+        let key = spec.clone();
         let mut certs = self.certs.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(e) = certs.get(&tool.name).filter(|e| e.key == key) {
             return e.slot.clone();
@@ -340,6 +341,8 @@ impl Shared {
             let revoked = tool.not_before.is_some_and(|nb| t.issued_at < nb);
             if revoked && e.key.not_before != tool.not_before {
                 cx.revoked("not_before");
+                // Revoked here, at the authority below: not again as the old entry goes.
+                e.slot.clear(crate::creds::State::Revoked);
                 if let Some(revoke) = lifecycle::revoke_once(&e.key.spec, cx.clone(), t) {
                     tokio::spawn(revoke);
                 }

@@ -113,6 +113,25 @@ pub fn table(v: &Value, now: SystemTime) -> String {
             s("last_error").unwrap_or("-"),
         ));
     }
+    let certs = v["client_certificates"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if !certs.is_empty() {
+        out.push_str(&format!(
+            "\n{:<20} {:<8} {:>8} {:>8}  {:<60} {}\n",
+            "CLIENT CERTIFICATE", "STATE", "EXPIRES", "FAILURES", "SERIAL", "LAST ERROR"
+        ));
+    }
+    for c in certs {
+        let s = |k: &str| c[k].as_str();
+        out.push_str(&format!(
+            "{:<20} {:<8} {:>8} {:>8}  {:<60} {}\n",
+            s("tool").unwrap_or("?"),
+            s("state").unwrap_or("?"),
+            ago_or_in(s("expires_at"), now, true),
+            c["consecutive_failures"].as_u64().unwrap_or(0),
+            s("serial").unwrap_or("-"),
+            s("last_error").unwrap_or("-"),
+        ));
+    }
     out
 }
 
@@ -155,5 +174,19 @@ mod tests {
         assert!(rows[3].starts_with("VAULT LOGIN"), "{t}");
         assert!(rows[4].starts_with("jwt:jwt/agent") && rows[4].contains("failed") && rows[4].contains("30s"), "{t}");
         assert!(rows[4].contains("github,search") && rows[4].ends_with("invalid audience"), "{t}");
+    }
+
+    #[test]
+    fn client_certificates_have_their_own_section() {
+        let now = humantime::parse_rfc3339("2026-11-26T10:00:00Z").unwrap();
+        let v = serde_json::json!({"instance": "pod-1", "credentials": [], "client_certificates": [
+            {"tool": "ledger", "state": "valid", "serial": "4e:c3", "expires_at": "2026-11-26T11:00:00Z",
+             "consecutive_failures": 1, "last_error": "vault_unavailable: Vault answered 503"}]});
+        let t = table(&v, now);
+        let rows: Vec<&str> = t.lines().collect();
+        assert_eq!(rows.len(), 5, "{t}");
+        assert!(rows[3].starts_with("CLIENT CERTIFICATE"), "{t}");
+        assert!(rows[4].starts_with("ledger") && rows[4].contains("60m") && rows[4].contains("4e:c3"), "{t}");
+        assert!(rows[4].ends_with("vault_unavailable: Vault answered 503"), "{t}");
     }
 }

@@ -111,20 +111,28 @@ async fn a_jwt_for_another_audience_fails_login_with_a_clear_reason_everywhere()
     assert!(agent_tokens(&bao).await.is_empty(), "no Vault token was issued");
 }
 
+/// AppRole at `approle` with a role `agent` whose tokens live `ttl` (at most `max_ttl`);
+/// returns its role id and a secret id.
+async fn configure_approle(bao: &Bao, ttl: &str, max_ttl: &str) -> (String, String) {
+    bao.policy("agent", AGENT_POLICY).await;
+    bao.enable_auth("approle", "approle").await;
+    let role = json!({"token_policies": ["agent"], "token_ttl": ttl, "token_max_ttl": max_ttl});
+    bao.api("POST", "auth/approle/role/agent", role).await;
+    let role_id = bao.api("GET", "auth/approle/role/agent/role-id", Value::Null).await["data"]["role_id"].clone();
+    let secret_id =
+        bao.api("POST", "auth/approle/role/agent/secret-id", Value::Null).await["data"]["secret_id"].clone();
+    (role_id.as_str().unwrap().to_string(), secret_id.as_str().unwrap().to_string())
+}
+
 #[tokio::test]
 async fn approle_login_reads_kv_and_a_new_version_is_injected_within_the_interval() {
     let dir = tempfile::tempdir().unwrap();
     let bao = Bao::start(dir.path()).await;
-    bao.policy("agent", AGENT_POLICY).await;
-    bao.enable_auth("approle", "approle").await;
-    bao.api("POST", "auth/approle/role/agent", json!({"token_policies": ["agent"], "token_ttl": "1h"})).await;
-    let role_id = bao.api("GET", "auth/approle/role/agent/role-id", Value::Null).await["data"]["role_id"].clone();
-    let secret_id =
-        bao.api("POST", "auth/approle/role/agent/secret-id", Value::Null).await["data"]["secret_id"].clone();
+    let (role_id, secret_id) = configure_approle(&bao, "1h", "2h").await;
     let v1 = bao.api("POST", "secret/data/agents/openai", json!({"data": {"api_key": "sk-version-1"}})).await;
     let up = Upstream::start().await;
     let d = tempfile::tempdir().unwrap();
-    let sid = write_file(&d, "secret-id", secret_id.as_str().unwrap());
+    let sid = write_file(&d, "secret-id", &secret_id);
     let login =
         format!("{{ method: approle, role: agent, role_id: {role_id}, secret_id_file: \"{}\" }}", sid.display());
     let policy = vault_policy(
@@ -169,9 +177,15 @@ async fn approle_login_reads_kv_and_a_new_version_is_injected_within_the_interva
     let metrics = get(p.admin, "/metrics").await;
     let label = r#"credproxy_vault_logins_total{login="approle:approle/agent",result="ok"}"#;
     assert_eq!(metric(&metrics, label), Some(1.0), "{metrics}");
-    let role_id = role_id.as_str().unwrap();
-    assert!(!metrics.contains(role_id), "the role id is never shown");
-    assert!(!p.control_get("/v1/credentials").await.contains(role_id), "the role id is never shown");
+    assert!(!metrics.contains(&role_id), "the role id is never shown");
+    assert!(!p.control_get("/v1/credentials").await.contains(&role_id), "the role id is never shown");
+
+    // The value deleted in Vault: it is no longer injected.
+    bao.api("DELETE", "secret/data/agents/openai", Value::Null).await;
+    eventually(async || p.credential("api").await["state"] == "revoked", "the deleted value dropped").await;
+    assert_error(&get(p.addr, "/api/v1/models").await, 503, "credential_unavailable");
+    let revoked = audit_events(&p).await.into_iter().find(|e| e["event"] == "credential.revoked").expect("audited");
+    assert_eq!(revoked["reason"], "vault_not_found");
 }
 
 #[tokio::test]
@@ -197,7 +211,7 @@ async fn token_login_reads_the_token_file_and_follows_its_changes() {
         &bao.addr(),
         &login,
         "secret/data/agents/search",
-        "      field: key\n      refresh_interval: 1s",
+        "      field: key\n      refresh_interval: 1s\n      revoke_on_shutdown: true",
     );
     let p = Proxy::start_in(d, &policy).await;
     assert_eq!(status(&get(p.addr, "/api/q").await), 200);
@@ -232,21 +246,11 @@ async fn token_login_reads_the_token_file_and_follows_its_changes() {
 async fn the_vault_token_is_renewed_then_replaced_near_its_max_ttl_while_reads_go_on() {
     let dir = tempfile::tempdir().unwrap();
     let bao = Bao::start(dir.path()).await;
-    bao.policy("agent", AGENT_POLICY).await;
-    bao.enable_auth("approle", "approle").await;
-    bao.api(
-        "POST",
-        "auth/approle/role/agent",
-        json!({"token_policies": ["agent"], "token_ttl": "4s", "token_max_ttl": "9s"}),
-    )
-    .await;
-    let role_id = bao.api("GET", "auth/approle/role/agent/role-id", Value::Null).await["data"]["role_id"].clone();
-    let secret_id =
-        bao.api("POST", "auth/approle/role/agent/secret-id", Value::Null).await["data"]["secret_id"].clone();
+    let (role_id, secret_id) = configure_approle(&bao, "4s", "9s").await;
     bao.api("POST", "secret/data/agents/openai", json!({"data": {"api_key": "sk-renewals"}})).await;
     let up = Upstream::start().await;
     let d = tempfile::tempdir().unwrap();
-    let sid = write_file(&d, "secret-id", secret_id.as_str().unwrap());
+    let sid = write_file(&d, "secret-id", &secret_id);
     let login =
         format!("{{ method: approle, role: agent, role_id: {role_id}, secret_id_file: \"{}\" }}", sid.display());
     let policy = vault_policy(
@@ -392,4 +396,35 @@ async fn kubernetes_login_sends_the_service_account_token_to_auth_kubernetes_log
         (v["logins"][0]["login"].as_str(), v["logins"][0]["state"].as_str()),
         (Some("kubernetes:kubernetes/agent"), Some("valid"))
     );
+}
+
+#[tokio::test]
+async fn tools_with_the_same_login_settings_share_one_login_and_one_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let bao = Bao::start(dir.path()).await;
+    let key = JwtKey::new();
+    configure_jwt(&bao, &key, "5m").await;
+    bao.api("POST", "secret/data/agents/search", json!({"data": {"key": "shared-login-key"}})).await;
+    let up = Upstream::start().await;
+    let d = tempfile::tempdir().unwrap();
+    let jwt = write_file(&d, "sa-token", &key.sign(ISSUER, "system:serviceaccount:agents:pod-a", AUDIENCE));
+    let policy =
+        vault_policy(up.port(), &bao.addr(), &jwt_login(jwt.to_str().unwrap()), "identity/oidc/token/github-tool", "");
+    let second = format!(
+        "  search:\n    upstream: http://127.0.0.1:{port}/search\n    credential: {{ source: vault, addr: \"{addr}\", login: {login}, path: secret/data/agents/search, field: key }}\n    routes: [{{ scheme: http, host: 127.0.0.1, port: {port}, allow_private: true, paths: [\"/search/**\"] }}]\n",
+        port = up.port(),
+        addr = bao.addr(),
+        login = jwt_login(jwt.to_str().unwrap())
+    );
+    let p = Proxy::start_in(d, &format!("{policy}{second}")).await;
+    assert_eq!(status(&get(p.addr, "/api/x").await), 200);
+    assert_eq!(claims(&bearer(&up.last()))["aud"], "github-api");
+    assert_eq!(status(&get(p.addr, "/search/q").await), 200);
+    assert_eq!(bearer(&up.last()), "shared-login-key");
+    let v = control(&p).await;
+    assert_eq!(v["logins"].as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(v["logins"][0]["tools"], json!(["api", "search"]));
+    assert_eq!(agent_tokens(&bao).await.len(), 1, "one Vault token for both tools");
+    let metrics = get(p.admin, "/metrics").await;
+    assert_eq!(metric(&metrics, r#"credproxy_vault_logins_total{login="jwt:jwt/agent",result="ok"}"#), Some(1.0));
 }

@@ -5,7 +5,7 @@
 mod common;
 
 use common::bao::*;
-use common::pg::{Pg, SUPERUSER_PASSWORD};
+use common::pg::Pg;
 use common::*;
 use serde_json::json;
 
@@ -33,21 +33,7 @@ async fn vault_secrets_never_leak() {
     bao.api("POST", "auth/approle/role/agent/custom-secret-id", json!({"secret_id": secret_id_canary})).await;
     bao.api("POST", "auth/token/create", json!({"id": token_canary, "policies": ["agent"], "ttl": "1h"})).await;
     bao.api("POST", "secret/data/agents/openai", json!({"data": {"api_key": kv_canary}})).await;
-    bao.mount("database", "database").await;
-    bao.api(
-        "POST",
-        "database/config/pg",
-        json!({"plugin_name": "postgresql-database-plugin", "connection_url": pg.vault_url(),
-               "username": "postgres", "password": SUPERUSER_PASSWORD, "allowed_roles": ["readonly"]}),
-    )
-    .await;
-    bao.api(
-        "POST",
-        "database/roles/readonly",
-        json!({"db_name": "pg", "default_ttl": "1m", "max_ttl": "10m", "creation_statements": [
-            "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';"]}),
-    )
-    .await;
+    configure_database(&bao, &pg, "1m", "10m").await;
     bao.mount("pki", "pki").await;
     bao.api("POST", "pki/root/generate/internal", json!({"common_name": "agents pki", "ttl": "24h", "key_type": "ec"}))
         .await;

@@ -7,27 +7,46 @@ mod common;
 use std::time::Duration;
 
 use common::bao::*;
-use common::pg::{Pg, SUPERUSER_PASSWORD};
+use common::pg::Pg;
 use common::*;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-/// The `database` engine on `pg`, with a role whose users live `ttl`, at most `max_ttl`.
-async fn configure_database(bao: &Bao, pg: &Pg, ttl: &str, max_ttl: &str) {
-    bao.mount("database", "database").await;
-    bao.api(
-        "POST",
-        "database/config/pg",
-        json!({"plugin_name": "postgresql-database-plugin", "connection_url": pg.vault_url(),
-               "username": "postgres", "password": SUPERUSER_PASSWORD, "allowed_roles": ["readonly"]}),
-    )
-    .await;
-    bao.api(
-        "POST",
-        "database/roles/readonly",
-        json!({"db_name": "pg", "default_ttl": ttl, "max_ttl": max_ttl, "creation_statements": [
-            "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';"]}),
-    )
-    .await;
+/// PostgreSQL, OpenBao with JWT logins and the `database` engine (users living `ttl`, at most
+/// `max_ttl`), and a recording upstream.
+struct Rig {
+    pg: Pg,
+    bao: Bao,
+    key: JwtKey,
+    up: Upstream,
+    _dir: tempfile::TempDir,
+}
+
+impl Rig {
+    async fn start(ttl: &str, max_ttl: &str) -> Rig {
+        let pg = Pg::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let bao = Bao::start(dir.path()).await;
+        let key = JwtKey::new();
+        configure_jwt(&bao, &key, "5m").await;
+        configure_database(&bao, &pg, ttl, max_ttl).await;
+        Rig { pg, bao, key, up: Upstream::start().await, _dir: dir }
+    }
+
+    /// A policy with one tool `db` reading `database/creds/readonly` as `pod` (its token written
+    /// in `d`) and injecting the user and password as Basic credentials.
+    fn policy(&self, d: &tempfile::TempDir, pod: &str, extra: &str) -> String {
+        let jwt =
+            write_file(d, "sa-token", &self.key.sign(ISSUER, &format!("system:serviceaccount:agents:{pod}"), AUDIENCE));
+        vault_policy(
+            self.up.port(),
+            &self.bao.addr(),
+            &jwt_login(jwt.to_str().unwrap()),
+            "database/creds/readonly",
+            &format!("      fields: [username, password]\n{extra}"),
+        )
+        .replace("  api:", "  db:")
+        .replace("    routes:", "    inject: { basic: {} }\n    routes:")
+    }
 }
 
 /// The Basic credentials the upstream last received.
@@ -64,24 +83,10 @@ async fn role_exists(pg: &Pg, user: &str) -> bool {
 
 #[tokio::test]
 async fn a_database_lease_is_renewed_replaced_near_its_max_ttl_and_revoked_at_shutdown() {
-    let pg = Pg::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let bao = Bao::start(dir.path()).await;
-    let key = JwtKey::new();
-    configure_jwt(&bao, &key, "5m").await;
-    configure_database(&bao, &pg, "10s", "24s").await;
-    let up = Upstream::start().await;
+    let rig = Rig::start("10s", "24s").await;
+    let (pg, bao, up) = (&rig.pg, &rig.bao, &rig.up);
     let d = tempfile::tempdir().unwrap();
-    let jwt = write_file(&d, "sa-token", &key.sign(ISSUER, "system:serviceaccount:agents:pod-a", AUDIENCE));
-    let policy = vault_policy(
-        up.port(),
-        &bao.addr(),
-        &jwt_login(jwt.to_str().unwrap()),
-        "database/creds/readonly",
-        "      fields: [username, password]\n      revoke_on_shutdown: true",
-    )
-    .replace("  api:", "  db:")
-    .replace("    routes:", "    inject: { basic: {} }\n    routes:");
+    let policy = rig.policy(&d, "pod-a", "      revoke_on_shutdown: true");
     let mut p = Proxy::start_in(d, &policy).await;
 
     // A user of this pod's own, which logs in.
@@ -150,32 +155,19 @@ async fn a_database_lease_is_renewed_replaced_near_its_max_ttl_and_revoked_at_sh
 #[tokio::test]
 async fn sigterm_revokes_the_lease_and_the_vault_token_and_status_shows_the_login() {
     use common::captured::*;
-    let pg = Pg::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let bao = Bao::start(dir.path()).await;
-    let key = JwtKey::new();
-    configure_jwt(&bao, &key, "5m").await;
-    configure_database(&bao, &pg, "1m", "10m").await;
-    let up = Upstream::start().await;
+    let rig = Rig::start("1m", "10m").await;
+    let (pg, bao, up) = (&rig.pg, &rig.bao, &rig.up);
     let d = tempfile::tempdir().unwrap();
-    let jwt = write_file(&d, "sa-token", &key.sign(ISSUER, "system:serviceaccount:agents:pod-b", AUDIENCE));
     let (proxy_port, admin_port) = (free_port(), free_port());
     let sock = d.path().join("ctl/control.sock");
     let listen = format!(
         "version: 1\nlisten: {{ proxy: 127.0.0.1:{proxy_port}, admin: 127.0.0.1:{admin_port}, control: \"unix:{}\" }}\n",
         sock.display()
     );
-    let policy = vault_policy(
-        up.port(),
-        &bao.addr(),
-        &jwt_login(jwt.to_str().unwrap()),
-        "database/creds/readonly",
-        "      fields: [username, password]\n      revoke_on_shutdown: true",
-    )
-    .replace("version: 1\n", &listen)
-    .replace("{dir}", d.path().to_str().unwrap())
-    .replace("  api:", "  db:")
-    .replace("    routes:", "    inject: { basic: {} }\n    routes:");
+    let policy = rig
+        .policy(&d, "pod-b", "      revoke_on_shutdown: true")
+        .replace("version: 1\n", &listen)
+        .replace("{dir}", d.path().to_str().unwrap());
     let path = write_file(&d, "policy.yaml", &policy);
     let mut run = Captured::run(&path, &[]);
     assert!(run.logged(&["credential.issued"]).await, "credproxy did not fetch: {}", run.stderr());
@@ -219,33 +211,43 @@ async fn sigterm_revokes_the_lease_and_the_vault_token_and_status_shows_the_logi
 
 #[tokio::test]
 async fn revoke_from_the_control_api_and_a_reload_that_removes_the_tool_revoke_its_lease() {
-    let pg = Pg::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let bao = Bao::start(dir.path()).await;
-    let key = JwtKey::new();
-    configure_jwt(&bao, &key, "5m").await;
-    configure_database(&bao, &pg, "1m", "10m").await;
-    let up = Upstream::start().await;
+    let rig = Rig::start("1m", "10m").await;
+    let (pg, bao, up) = (&rig.pg, &rig.bao, &rig.up);
     let d = tempfile::tempdir().unwrap();
-    let jwt = write_file(&d, "sa-token", &key.sign(ISSUER, "system:serviceaccount:agents:pod-a", AUDIENCE));
-    let policy = vault_policy(
-        up.port(),
-        &bao.addr(),
-        &jwt_login(jwt.to_str().unwrap()),
-        "database/creds/readonly",
-        "      fields: [username, password]",
-    )
-    .replace("  api:", "  db:")
-    .replace("    routes:", "    inject: { basic: {} }\n    routes:");
+    let policy = rig.policy(&d, "pod-a", "");
     let p = Proxy::start_in(d, &policy).await;
+    let superseded_user = call_and_log_in(&p, &up, &pg).await;
+    let superseded = lease_of(&control(&p).await);
+    // A rotation: a new lease, the old one still valid (in-flight requests may hold it).
+    assert_eq!(status(&p.control_post("/v1/credentials/db/rotate").await), 202);
+    let mut first = String::new();
+    eventually(
+        async || {
+            first = control(&p).await["credentials"][0]["lease_id"].as_str().unwrap_or("").to_string();
+            !first.is_empty() && first != superseded
+        },
+        "a rotated lease",
+    )
+    .await;
+    assert_eq!(bao.lease(&superseded).await.0, 200, "the superseded lease lives on");
     let first_user = call_and_log_in(&p, &up, &pg).await;
-    let first = lease_of(&control(&p).await);
+    // The window between rotate and revoke is 10 s (429 before).
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    let resp = loop {
+        let resp = p.control_post("/v1/credentials/db/revoke").await;
+        if status(&resp) != 429 || std::time::Instant::now() > until {
+            break resp;
+        }
+        let wait: u64 = header(&resp, "retry-after").and_then(|s| s.parse().ok()).unwrap_or(1);
+        tokio::time::sleep(Duration::from_secs(wait.min(10))).await;
+    };
 
-    // Revoke: the lease and its user are gone at once, and a new one is read.
-    let resp = p.control_post("/v1/credentials/db/revoke").await;
+    // Revoke: this lease and the superseded one, with their users, are gone at once; a new one is read.
     assert_eq!(status(&resp), 202, "{resp}");
     eventually(async || bao.lease(&first).await.0 == 400, "the lease revoked at OpenBao").await;
     assert!(!role_exists(&pg, &first_user).await, "its database user is dropped");
+    assert_eq!(bao.lease(&superseded).await.0, 400, "the superseded lease is revoked too");
+    assert!(!role_exists(&pg, &superseded_user).await, "and its user dropped");
     let mut second = String::new();
     eventually(
         async || {

@@ -1,6 +1,7 @@
 //! Client certificates from a real OpenBao's PKI engine: the tool's upstream connections present
-//! one (mTLS), a rotation brings a new serial to new connections, and a tool without one
-//! presents none.
+//! one (mTLS) to an upstream that requires it, a rotation brings a new serial to new connections,
+//! a tool without one presents none (and is refused), and a tool whose certificate Vault will not
+//! issue answers 503 rather than going out without it.
 
 mod common;
 
@@ -120,6 +121,12 @@ tools:
     upstream: https://api.test:{port}/plain
     ca_file: "{{dir}}/ca.pem"
     routes: [{{ host: api.test, port: {port}, allow_private: true, paths: ["/plain/**"] }}]
+  refused:
+    upstream: https://api.test:{port}/refused
+    required: false
+    ca_file: "{{dir}}/ca.pem"
+    client_certificate: {{ source: vault, addr: {addr}, login: {login}, path: pki/issue/not-allowed, common_name: x.internal }}
+    routes: [{{ host: api.test, port: {port}, allow_private: true, paths: ["/refused/**"] }}]
 "#,
         addr = bao.addr()
     );
@@ -129,12 +136,25 @@ tools:
     assert_eq!(path, "/signed/x");
     let first = first.expect("the tool presented a client certificate");
     let v = control(&p).await;
-    let cert = &v["client_certificates"][0];
-    assert_eq!((cert["tool"].as_str(), cert["state"].as_str()), (Some("signed"), Some("valid")), "{v}");
+    let certs = v["client_certificates"].as_array().unwrap();
+    let cert = certs.iter().find(|c| c["tool"] == "signed").expect("listed");
+    assert_eq!(cert["state"], "valid", "{v}");
     assert_eq!(cert["serial"].as_str().map(|s| s.replace(':', "")), Some(first.replace(':', "")), "{v}");
-    // A tool without one presents none, on its own connections.
-    assert_eq!(status(&get(p.addr, "/plain/x").await), 200);
-    assert_eq!(up.last(), ("/plain/x".to_string(), None));
+    // A tool without one presents none on its own connections: the upstream refuses the handshake.
+    let resp = get(p.addr, "/plain/x").await;
+    assert_error(&resp, 502, "upstream_tls_error");
+    assert!(up.seen.lock().unwrap().iter().all(|(path, _)| path != "/plain/x"), "it never got through");
+    // A tool whose certificate Vault refuses to issue does not go out without one.
+    eventually(
+        async || {
+            let v = control(&p).await;
+            let c = v["client_certificates"].as_array().unwrap().iter().find(|c| c["tool"] == "refused").cloned();
+            c.is_some_and(|c| c["last_error"].as_str().is_some_and(|e| e.starts_with("vault_denied")))
+        },
+        "the refusal shown",
+    )
+    .await;
+    assert_error(&get(p.addr, "/refused/x").await, 503, "credential_unavailable");
 
     // Rotated at about half of 10 s: a new connection shows a new serial.
     let mut serials = vec![first.clone()];

@@ -183,7 +183,9 @@ async fn openbao_down_serves_the_current_token_to_the_margin_then_503_then_recov
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let first_503 = first_503.expect("503 once the token reached its margin");
-    let early = expires.duration_since(first_503).unwrap_or_default();
+    // Every request before the first 503 was served: so that 503 must come before the expiry
+    // (never an expired token), and not much before the margin (a tenth of 10 s).
+    let early = expires.duration_since(first_503).expect("a 503 before the token's expiry, not after");
     assert!(early <= Duration::from_millis(1500), "the token served until its margin (503 came {early:?} early)");
     let during: Vec<String> = up.requests()[seen_before..].iter().map(bearer).collect();
     assert!(!during.is_empty() && during.iter().all(|t| *t == last), "the current token served while OpenBao was down");

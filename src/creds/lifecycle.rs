@@ -155,7 +155,9 @@ pub async fn run<S: Source>(
             Ok((token, ttl, margin, f.kind))
         });
         match built {
-            Ok((_, _, _, kind)) if revoked_during && kind != FetchKind::New => {
+            // Whatever the fetch brought may be what was just revoked (a renewal, a lease read
+            // while the revoke went out): it is dropped and a new one fetched at once.
+            Ok(_) if revoked_during => {
                 next = At { mono: clock.mono(), wall: clock.now() };
             }
             Ok((token, ttl, margin, kind)) => {

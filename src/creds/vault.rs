@@ -29,7 +29,8 @@ struct Lease {
     renewable: bool,
     /// A renewal granted less than asked: the max TTL is near, so the next fetch reads anew.
     capped: bool,
-    /// The Vault token that created it (a lease ends with its token) and that token's expiry.
+    /// The Vault token that created it (a lease ends with its token) and that token's end once no
+    /// renewal can extend it.
     token: String,
     token_end: Option<SystemTime>,
     /// When it ends, as last granted.
@@ -165,7 +166,7 @@ impl VaultSource {
         let now = self.cx.clock.now();
         let l = self.lease.as_mut().filter(|l| l.renewable && !l.capped)?;
         if l.token == token.fingerprint {
-            l.token_end = token.expires_at;
+            l.token_end = token.final_end;
         }
         // A lease dies with the token that created it: renewing past that is pointless.
         let least = l.duration.mul_f64(self.refresh.at);
@@ -224,7 +225,7 @@ impl VaultSource {
             }
             return Ok(f);
         }
-        let end = token.expires_at.map_or(now + duration, |t| t.min(now + duration));
+        let end = token.final_end.map_or(now + duration, |t| t.min(now + duration));
         if id.is_empty() {
             return Ok(Fetched::new(secret, Expiry::At(end)));
         }
@@ -236,7 +237,7 @@ impl VaultSource {
             renewable: v["renewable"].as_bool().unwrap_or(false),
             capped: false,
             token: token.fingerprint.clone(),
-            token_end: token.expires_at,
+            token_end: token.final_end,
             end,
         });
         Ok(Fetched { lease_id: Some(id), issued_at: Some(now), ..Fetched::new(secret, Expiry::At(end)) })

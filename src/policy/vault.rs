@@ -52,8 +52,8 @@ pub struct VaultLogin {
     pub method: LoginMethod,
 }
 
-/// A Vault auth method.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// A Vault auth method. `Debug` leaves the role id out (it is never shown).
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub enum LoginMethod {
     /// `auth/MOUNT/login` with `role` and a JWT read from a file.
     Jwt {
@@ -89,6 +89,26 @@ pub enum LoginMethod {
         /// The token's file.
         token_file: PathBuf,
     },
+}
+
+impl std::fmt::Debug for LoginMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoginMethod::Jwt { mount, role, jwt_file } | LoginMethod::Kubernetes { mount, role, jwt_file } => f
+                .debug_struct(self.name())
+                .field("mount", mount)
+                .field("role", role)
+                .field("jwt_file", jwt_file)
+                .finish(),
+            LoginMethod::AppRole { mount, role, secret_id_file, .. } => f
+                .debug_struct("approle")
+                .field("mount", mount)
+                .field("role", role)
+                .field("secret_id_file", secret_id_file)
+                .finish_non_exhaustive(),
+            LoginMethod::Token { token_file } => f.debug_struct("token").field("token_file", token_file).finish(),
+        }
+    }
 }
 
 impl LoginMethod {

@@ -254,7 +254,12 @@ async fn forward(
     }
     let credential = rt.slot.as_deref().map(|slot| (slot, &spec.inject));
     let max = policy.limits.max_header_bytes;
-    let token = strip_and_inject(&mut parts.headers, &rt.strip, credential, max, shared.clock.now())?;
+    let now = shared.clock.now();
+    // A tool with a client certificate goes out only with one (never anonymously in between).
+    if rt.client_cert.as_ref().is_some_and(|c| c.usable(now).is_none()) {
+        return Err(ProxyError::CredentialUnavailable);
+    }
+    let token = strip_and_inject(&mut parts.headers, &rt.strip, credential, max, now)?;
     parts.uri = upstream_uri(&target, &spec.inject, token.as_deref())?;
     parts.version = Version::HTTP_11;
     // A rotating token that meets a 401 is refreshed at once; a bodiless idempotent request is

@@ -257,8 +257,7 @@ pub fn bearer(seen: &Seen) -> String {
 
 /// The control API's whole answer.
 pub async fn control(p: &Proxy) -> Value {
-    let resp = p.control_get("/v1/credentials").await;
-    serde_json::from_str(resp.split("\r\n\r\n").nth(1).unwrap_or("")).unwrap_or_else(|_| panic!("{resp}"))
+    p.credentials().await
 }
 
 pub async fn audit_events(p: &Proxy) -> Vec<Value> {
@@ -282,4 +281,23 @@ pub async fn agent_tokens(bao: &Bao) -> Vec<Value> {
         }
     }
     out
+}
+
+/// The `database` engine on `pg`, with a role whose users live `ttl`, at most `max_ttl`.
+pub async fn configure_database(bao: &Bao, pg: &super::pg::Pg, ttl: &str, max_ttl: &str) {
+    bao.mount("database", "database").await;
+    bao.api(
+        "POST",
+        "database/config/pg",
+        json!({"plugin_name": "postgresql-database-plugin", "connection_url": pg.vault_url(),
+               "username": "postgres", "password": super::pg::SUPERUSER_PASSWORD, "allowed_roles": ["readonly"]}),
+    )
+    .await;
+    bao.api(
+        "POST",
+        "database/roles/readonly",
+        json!({"db_name": "pg", "default_ttl": ttl, "max_ttl": max_ttl, "creation_statements": [
+            "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';"]}),
+    )
+    .await;
 }

@@ -45,7 +45,7 @@ fn collect(stream: impl tokio::io::AsyncRead + Unpin + Send + 'static) -> tokio:
 
 impl Captured {
     pub fn spawn(mut cmd: tokio::process::Command) -> Captured {
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true).spawn().unwrap();
         let (stdout, stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
         Captured { child, stdout: collect(stdout), stderr: collect(stderr) }
     }

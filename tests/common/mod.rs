@@ -279,11 +279,16 @@ impl Proxy {
         }
     }
 
-    /// The control API's credential entry for `tool`.
-    pub async fn credential(&self, tool: &str) -> serde_json::Value {
+    /// The control API's `GET /v1/credentials`, whole.
+    pub async fn credentials(&self) -> serde_json::Value {
         let resp = self.control_get("/v1/credentials").await;
         let body = resp.split("\r\n\r\n").nth(1).unwrap_or("");
-        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("control API: {resp}"));
+        serde_json::from_str(body).unwrap_or_else(|_| panic!("control API: {resp}"))
+    }
+
+    /// The control API's credential entry for `tool`.
+    pub async fn credential(&self, tool: &str) -> serde_json::Value {
+        let v = self.credentials().await;
         v["credentials"].as_array().unwrap().iter().find(|c| c["tool"] == tool).cloned().unwrap_or_default()
     }
 

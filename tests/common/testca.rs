@@ -37,18 +37,16 @@ impl TestCa {
         self.build(names, false, &[b"http/1.1"])
     }
 
-    /// An HTTP/1.1 server configuration for `name` that asks for a client certificate signed by
-    /// one of `client_roots` (and takes connections without one too).
+    /// An HTTP/1.1 server configuration for `name` that requires a client certificate signed by
+    /// one of `client_roots`.
     pub fn server_mtls(&self, name: &str, client_roots: &[CertificateDer<'static>]) -> rustls::ServerConfig {
         let mut roots = rustls::RootCertStore::empty();
         for r in client_roots {
             roots.add(r.clone()).unwrap();
         }
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-            .allow_unauthenticated()
-            .build()
-            .unwrap();
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build().unwrap();
         self.build_with(&[name], false, &[b"http/1.1"], Some(verifier))
     }
 

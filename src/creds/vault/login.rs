@@ -118,6 +118,9 @@ pub struct VaultToken {
     pub expires_at: Option<SystemTime>,
     /// Used only before this (its expiry less a margin).
     pub valid_until: Option<SystemTime>,
+    /// Its end when no renewal can extend it (not renewable, or at its max TTL): the leases it
+    /// creates end there too. `None` while it can still be renewed.
+    pub final_end: Option<SystemTime>,
     /// The TTL it was created with (asked for again at each renewal).
     ttl: Duration,
     renewable: bool,
@@ -333,7 +336,10 @@ async fn run(login: Weak<Login>, env: LoginEnv, refresh: Refresh, mut rx: mpsc::
             env.metrics.vault_logins.with_label_values(&[&l.label, outcome]).inc();
         }
         match result {
-            Ok((token, capped)) => {
+            Ok((mut token, capped)) => {
+                if capped {
+                    token.final_end = token.expires_at;
+                }
                 let ttl = token.expires_at.and_then(|e| e.duration_since(started_wall).ok());
                 end = ttl.map(|t| started + t - schedule::margin(t, &Default::default()));
                 let after = ttl.map_or(NO_EXPIRY_CHECK, |t| schedule::refresh_after(t, &refresh, unit_random()));
@@ -418,6 +424,7 @@ fn vault_token(
         issued_at: now,
         expires_at,
         valid_until,
+        final_end: if renewable { None } else { expires_at },
         ttl: creation,
         renewable,
     }

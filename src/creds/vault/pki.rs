@@ -43,6 +43,8 @@ pub struct Issued {
 pub struct CertSlot {
     current: ArcSwapOption<Issued>,
     clock: Clock,
+    failures: std::sync::atomic::AtomicU32,
+    last_error: std::sync::Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for CertSlot {
@@ -56,6 +58,17 @@ impl CertSlot {
     /// The certificate in use, if any.
     pub fn current(&self) -> Option<Arc<Issued>> {
         self.current.load_full()
+    }
+
+    /// Failed issues since the last success, and the last one's reason and message.
+    pub fn failures(&self) -> (u32, Option<String>) {
+        let n = self.failures.load(std::sync::atomic::Ordering::Acquire);
+        (n, self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+
+    fn record(&self, failures: u32, error: Option<String>) {
+        self.failures.store(failures, std::sync::atomic::Ordering::Release);
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = error;
     }
 
     /// The certificate, if it may be presented at `now`.
@@ -90,7 +103,12 @@ pub struct CertCtx {
 
 /// Start the tool's certificate loop; the slot is empty until the first issue.
 pub fn spawn(spec: ClientCertSpec, refresh: Refresh, cx: CertCtx) -> (Arc<CertSlot>, TaskHandle) {
-    let slot = Arc::new(CertSlot { current: ArcSwapOption::empty(), clock: cx.clock.clone() });
+    let slot = Arc::new(CertSlot {
+        current: ArcSwapOption::empty(),
+        clock: cx.clock.clone(),
+        failures: Default::default(),
+        last_error: Default::default(),
+    });
     let task = tokio::spawn(run(spec, refresh, cx, slot.clone()));
     (slot, TaskHandle::new(task.abort_handle()))
 }
@@ -105,6 +123,7 @@ async fn run(spec: ClientCertSpec, refresh: Refresh, cx: CertCtx, slot: Arc<Cert
         match issue(&spec, &login, &cx).await {
             Ok(issued) => {
                 failures = 0;
+                slot.record(0, None);
                 let ttl = issued.expires_at.duration_since(started.0).unwrap_or_default();
                 let margin = schedule::margin(ttl, &Lifetime::default());
                 end = Some(started.1 + ttl.saturating_sub(margin));
@@ -124,6 +143,7 @@ async fn run(spec: ClientCertSpec, refresh: Refresh, cx: CertCtx, slot: Arc<Cert
             }
             Err(e) => {
                 failures += 1;
+                slot.record(failures, Some(format!("{}: {}", e.reason, e.message)));
                 let left = end.map(|e| e.saturating_duration_since(clock.mono()));
                 let delay = schedule::backoff(failures, &e, left, unit_random());
                 cx.metrics.client_cert_issues.with_label_values(&[tool, "error"]).inc();

@@ -81,8 +81,12 @@ pub(super) fn vault(cx: &mut Ctx<'_>, path: &str, v: &RawVault) -> Option<Creden
     let read = vault_path(cx, &format!("{path}.path"), &v.path)?;
     let kind = if read.starts_with("identity/oidc/token/") {
         VaultKind::Identity
-    } else if read.split('/').nth(1) == Some("data") {
-        let every = cx.duration(&format!("{path}.refresh_interval"), &v.refresh_interval, Duration::from_secs(60));
+    } else if is_kv(&read) {
+        let at = format!("{path}.refresh_interval");
+        let every = cx.duration(&at, &v.refresh_interval, Duration::from_secs(60));
+        if every < Duration::from_secs(1) {
+            cx.err(&at, "at least 1s");
+        }
         VaultKind::Kv { refresh_interval: every }
     } else {
         VaultKind::Lease
@@ -133,6 +137,13 @@ pub(super) fn vault(cx: &mut Ctx<'_>, path: &str, v: &RawVault) -> Option<Creden
     };
     let life = lifetime(cx, path, &v.default_ttl, &v.max_ttl, &v.expiry_margin, v.revoke_on_shutdown);
     Some(CredentialSpec::Vault(Box::new(VaultSpec { login: login?, path: read, kind, fields, life })))
+}
+
+/// A KV version 2 read: a `data` segment after the mount (which may itself be nested), then the
+/// secret's path (`secret/data/x`, `teams/kv/data/x`).
+fn is_kv(path: &str) -> bool {
+    let segments: Vec<&str> = path.split('/').collect();
+    segments.iter().enumerate().any(|(i, s)| *s == "data" && i >= 1 && i + 1 < segments.len())
 }
 
 fn login(cx: &mut Ctx<'_>, path: &str, l: &RawVaultLogin) -> Option<LoginMethod> {
@@ -232,7 +243,7 @@ pub(super) fn distinct_labels(cx: &mut Ctx<'_>, tools: &[Tool]) {
         match seen.iter().find(|(l, _)| *l == label) {
             Some((_, other)) if **other != *login => cx.err(
                 format!("tools.{}.{field}.login", t.name),
-                format!("another tool's login is also named {label} but has other settings; logins are named METHOD:MOUNT/ROLE (token logins: token), so give them the same settings"),
+                format!("another login is also named {label} but its settings differ (addr, namespace, ca_file, timeout or the login's own fields); logins are named METHOD:MOUNT/ROLE (token logins: token; approle: set role to tell them apart), so give every use of one login the same settings"),
             ),
             Some(_) => {}
             None => seen.push((label, login)),
