@@ -90,7 +90,7 @@ async fn a_database_lease_is_renewed_replaced_near_its_max_ttl_and_revoked_at_sh
     let mut p = Proxy::start_in(d, &policy).await;
 
     // A user of this pod's own, which logs in.
-    let first_user = call_and_log_in(&p, &up, &pg).await;
+    let first_user = call_and_log_in(&p, up, pg).await;
     let v = control(&p).await;
     let lease = lease_of(&v);
     assert!(lease.starts_with("database/creds/readonly/"), "{lease}");
@@ -105,7 +105,7 @@ async fn a_database_lease_is_renewed_replaced_near_its_max_ttl_and_revoked_at_sh
     assert!(expire_time(&after) > expire_time(&before), "sys/leases/lookup shows the later expiry: {before} {after}");
     let v = control(&p).await;
     assert_eq!((lease_of(&v), v["credentials"][0]["issued_at"].clone()), (lease.clone(), issued_at));
-    assert_eq!(call_and_log_in(&p, &up, &pg).await, first_user);
+    assert_eq!(call_and_log_in(&p, up, pg).await, first_user);
     let renewed = audit_events(&p).await.into_iter().find(|e| e["event"] == "credential.renewed").unwrap();
     assert_eq!(renewed["lease_id"], lease.as_str());
     let metrics = get(p.admin, "/metrics").await;
@@ -132,15 +132,15 @@ async fn a_database_lease_is_renewed_replaced_near_its_max_ttl_and_revoked_at_sh
     }
     assert_ne!(new_lease, lease, "a new secret was read before the max TTL");
     assert_eq!(bao.lease(&lease).await.0, 200, "the superseded lease is still valid");
-    let second_user = call_and_log_in(&p, &up, &pg).await;
+    let second_user = call_and_log_in(&p, up, pg).await;
     assert_ne!(second_user, first_user);
 
     // Shutdown with revoke_on_shutdown: the lease is revoked (the user dropped), so is the token.
-    assert_eq!(agent_tokens(&bao).await.len(), 1, "the pod's one Vault token");
+    assert_eq!(agent_tokens(bao).await.len(), 1, "the pod's one Vault token");
     p.running.take().unwrap().shutdown(Duration::from_secs(5)).await;
     assert_eq!(bao.lease(&new_lease).await.0, 400, "the lease is gone");
-    assert!(!role_exists(&pg, &second_user).await, "the database user is gone");
-    assert!(agent_tokens(&bao).await.is_empty(), "the Vault token is revoked");
+    assert!(!role_exists(pg, &second_user).await, "the database user is gone");
+    assert!(agent_tokens(bao).await.is_empty(), "the Vault token is revoked");
     let events = audit_events(&p).await;
     let revoked = events.iter().find(|e| e["event"] == "credential.revoked").expect("audited");
     assert_eq!(
@@ -176,7 +176,7 @@ async fn sigterm_revokes_the_lease_and_the_vault_token_and_status_shows_the_logi
     assert_eq!(status(&resp), 200, "{resp}");
     let (user, password) = basic(&up.last());
     assert_eq!(pg.query_as(&user, &password, "select current_user").await.as_deref(), Ok(user.as_str()));
-    assert!(role_exists(&pg, &user).await);
+    assert!(role_exists(pg, &user).await);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_credproxy"))
         .args(["status", "--control"])
         .arg(format!("unix:{}", sock.display()))
@@ -199,14 +199,14 @@ async fn sigterm_revokes_the_lease_and_the_vault_token_and_status_shows_the_logi
     eventually(async || issued().is_some(), "credential.issued in the audit file").await;
     let lease = issued().and_then(|e| e["lease_id"].as_str().map(str::to_string)).expect("the event names the lease");
     assert_eq!(bao.lease(&lease).await.0, 200);
-    assert_eq!(agent_tokens(&bao).await.len(), 1);
+    assert_eq!(agent_tokens(bao).await.len(), 1);
 
     let pid = run.child.id().expect("running").to_string();
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     assert_eq!(exit_code(&mut run.child).await, Some(0), "{}", run.stderr());
     assert_eq!(bao.lease(&lease).await.0, 400, "the lease is revoked");
-    assert!(!role_exists(&pg, &user).await, "the database user is dropped");
-    assert!(agent_tokens(&bao).await.is_empty(), "the pod's Vault token is revoked");
+    assert!(!role_exists(pg, &user).await, "the database user is dropped");
+    assert!(agent_tokens(bao).await.is_empty(), "the pod's Vault token is revoked");
 }
 
 #[tokio::test]
@@ -216,7 +216,7 @@ async fn revoke_from_the_control_api_and_a_reload_that_removes_the_tool_revoke_i
     let d = tempfile::tempdir().unwrap();
     let policy = rig.policy(&d, "pod-a", "");
     let p = Proxy::start_in(d, &policy).await;
-    let superseded_user = call_and_log_in(&p, &up, &pg).await;
+    let superseded_user = call_and_log_in(&p, up, pg).await;
     let superseded = lease_of(&control(&p).await);
     // A rotation: a new lease, the old one still valid (in-flight requests may hold it).
     assert_eq!(status(&p.control_post("/v1/credentials/db/rotate").await), 202);
@@ -230,7 +230,7 @@ async fn revoke_from_the_control_api_and_a_reload_that_removes_the_tool_revoke_i
     )
     .await;
     assert_eq!(bao.lease(&superseded).await.0, 200, "the superseded lease lives on");
-    let first_user = call_and_log_in(&p, &up, &pg).await;
+    let first_user = call_and_log_in(&p, up, pg).await;
     // The window between rotate and revoke is 10 s (429 before).
     let until = std::time::Instant::now() + Duration::from_secs(20);
     let resp = loop {
@@ -245,9 +245,9 @@ async fn revoke_from_the_control_api_and_a_reload_that_removes_the_tool_revoke_i
     // Revoke: this lease and the superseded one, with their users, are gone at once; a new one is read.
     assert_eq!(status(&resp), 202, "{resp}");
     eventually(async || bao.lease(&first).await.0 == 400, "the lease revoked at OpenBao").await;
-    assert!(!role_exists(&pg, &first_user).await, "its database user is dropped");
+    assert!(!role_exists(pg, &first_user).await, "its database user is dropped");
     assert_eq!(bao.lease(&superseded).await.0, 400, "the superseded lease is revoked too");
-    assert!(!role_exists(&pg, &superseded_user).await, "and its user dropped");
+    assert!(!role_exists(pg, &superseded_user).await, "and its user dropped");
     let mut second = String::new();
     eventually(
         async || {
@@ -257,7 +257,7 @@ async fn revoke_from_the_control_api_and_a_reload_that_removes_the_tool_revoke_i
         "a new lease",
     )
     .await;
-    let second_user = call_and_log_in(&p, &up, &pg).await;
+    let second_user = call_and_log_in(&p, up, pg).await;
     assert_ne!(second_user, first_user);
 
     // A reload without the tool revokes its lease.
@@ -267,7 +267,7 @@ async fn revoke_from_the_control_api_and_a_reload_that_removes_the_tool_revoke_i
     );
     p.rewrite(&other);
     eventually(async || bao.lease(&second).await.0 == 400, "the lease revoked at the reload").await;
-    assert!(!role_exists(&pg, &second_user).await, "its database user is dropped");
+    assert!(!role_exists(pg, &second_user).await, "its database user is dropped");
     let events = audit_events(&p).await;
     let reasons: Vec<&str> =
         events.iter().filter(|e| e["event"] == "credential.revoked").filter_map(|e| e["reason"].as_str()).collect();
