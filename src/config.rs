@@ -341,7 +341,9 @@ pub struct RawVaultLogin {
 }
 
 /// `client_certificate:` — a short-lived certificate and key from Vault's PKI engine, rotated like
-/// a token: new connections present the new one.
+/// a token: new connections present the new one. Its Vault fields repeat `RawVault`'s: serde
+/// cannot `flatten` a shared struct under `deny_unknown_fields`; `validate` reads both through one
+/// function (`semantic::vault::vault_login`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawClientCert {

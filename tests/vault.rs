@@ -124,6 +124,18 @@ async fn configure_approle(bao: &Bao, ttl: &str, max_ttl: &str) -> (String, Stri
     (role_id.as_str().unwrap().to_string(), secret_id.as_str().unwrap().to_string())
 }
 
+/// A proxy whose tool `api` injects `api_key` of `secret/data/agents/openai`, read every second
+/// with the approle login.
+async fn approle_kv_proxy(bao: &Bao, up: &Upstream, role_id: &str, secret_id: &str) -> Proxy {
+    let d = tempfile::tempdir().unwrap();
+    let sid = write_file(&d, "secret-id", secret_id);
+    let login =
+        format!("{{ method: approle, role: agent, role_id: {role_id}, secret_id_file: \"{}\" }}", sid.display());
+    let fields = "      field: api_key\n      refresh_interval: 1s";
+    let policy = vault_policy(up.port(), &bao.addr(), &login, "secret/data/agents/openai", fields);
+    Proxy::start_in(d, &policy).await
+}
+
 #[tokio::test]
 async fn approle_login_reads_kv_and_a_new_version_is_injected_within_the_interval() {
     let dir = tempfile::tempdir().unwrap();
@@ -131,18 +143,7 @@ async fn approle_login_reads_kv_and_a_new_version_is_injected_within_the_interva
     let (role_id, secret_id) = configure_approle(&bao, "1h", "2h").await;
     let v1 = bao.api("POST", "secret/data/agents/openai", json!({"data": {"api_key": "sk-version-1"}})).await;
     let up = Upstream::start().await;
-    let d = tempfile::tempdir().unwrap();
-    let sid = write_file(&d, "secret-id", &secret_id);
-    let login =
-        format!("{{ method: approle, role: agent, role_id: {role_id}, secret_id_file: \"{}\" }}", sid.display());
-    let policy = vault_policy(
-        up.port(),
-        &bao.addr(),
-        &login,
-        "secret/data/agents/openai",
-        "      field: api_key\n      refresh_interval: 1s",
-    );
-    let p = Proxy::start_in(d, &policy).await;
+    let p = approle_kv_proxy(&bao, &up, &role_id, &secret_id).await;
     let resp = get(p.addr, "/api/v1/models").await;
     assert_eq!(status(&resp), 200, "{resp}");
     assert_eq!(bearer(&up.last()), "sk-version-1");
@@ -249,18 +250,7 @@ async fn the_vault_token_is_renewed_then_replaced_near_its_max_ttl_while_reads_g
     let (role_id, secret_id) = configure_approle(&bao, "4s", "9s").await;
     bao.api("POST", "secret/data/agents/openai", json!({"data": {"api_key": "sk-renewals"}})).await;
     let up = Upstream::start().await;
-    let d = tempfile::tempdir().unwrap();
-    let sid = write_file(&d, "secret-id", &secret_id);
-    let login =
-        format!("{{ method: approle, role: agent, role_id: {role_id}, secret_id_file: \"{}\" }}", sid.display());
-    let policy = vault_policy(
-        up.port(),
-        &bao.addr(),
-        &login,
-        "secret/data/agents/openai",
-        "      field: api_key\n      refresh_interval: 1s",
-    );
-    let p = Proxy::start_in(d, &policy).await;
+    let p = approle_kv_proxy(&bao, &up, &role_id, &secret_id).await;
     // Reads go on (every second) across renewals and a second login; no request fails.
     let mut served = 0;
     let mut logins = 0;
