@@ -16,16 +16,18 @@ use crate::clock::Clock;
 use crate::config::validate::read_capped;
 use crate::config::watch::FsWatch;
 use crate::config::Overrides;
-use crate::creds::lifecycle;
-use crate::creds::refresher::{self, CredCtx, TaskHandle};
+
 use crate::creds::vault::login::{LoginEnv, Logins};
-use crate::creds::vault::pki::{self, CertCtx, CertSlot};
+use crate::creds::vault::pki::CertSlot;
 use crate::creds::Slot;
 use crate::fields;
 use crate::metrics::{Metrics, ToolMetrics};
 use crate::outbound::{Client, ClientCert, ClientOpts, ConnectSettings, Upstreams};
-use crate::policy::{ClientCertSpec, CredentialSpec, Inject, Policy, Refresh, Tool, VaultLogin};
+use crate::policy::{CredentialSpec, Inject, Policy, Tool, VaultLogin};
 use crate::tls::Interceptor;
+
+mod credentials;
+use credentials::{CertEntry, CredEntry, CredKey};
 
 /// Headers removed from every credentialed request, besides the tool's `strip_headers` and its
 /// injected header (see the README).
@@ -88,28 +90,6 @@ impl ToolRt {
             upstreams.client(&self.name, &tool.ca_certs, cert.as_ref(), opts)
         })
     }
-}
-
-/// What a running credential was started with; a reload restarts it when any of it changes.
-#[derive(PartialEq)]
-struct CredKey {
-    spec: CredentialSpec,
-    inject: Inject,
-    not_before: Option<SystemTime>,
-    refresh: Refresh,
-}
-
-struct CredEntry {
-    key: CredKey,
-    slot: Arc<Slot>,
-    _task: TaskHandle,
-}
-
-/// A running client certificate; a reload restarts it when its settings change.
-struct CertEntry {
-    key: ClientCertSpec,
-    slot: Arc<CertSlot>,
-    _task: TaskHandle,
 }
 
 /// Shared by every listener for the life of the process.
@@ -272,91 +252,6 @@ impl Shared {
             .collect();
         self.logins.retain(&logins);
         self.live.store(Arc::new(Live { policy, tools }));
-    }
-
-    /// The tool's client certificate: the running one when its settings are unchanged.
-    fn client_cert(&self, tool: &Tool, name: &Arc<str>, spec: &ClientCertSpec) -> Arc<CertSlot> {
-        // Keyed on the settings alone: a change of `refresh` timing keeps the certificate in use.
-        let key = spec.clone();
-        let mut certs = self.certs.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(e) = certs.get(&tool.name).filter(|e| e.key == key) {
-            return e.slot.clone();
-        }
-        let cx = CertCtx {
-            tool: name.clone(),
-            metrics: self.metrics.clone(),
-            audit: self.audit.clone(),
-            clock: self.clock.clone(),
-            logins: self.logins.clone(),
-        };
-        let (slot, task) = pki::spawn(spec.clone(), tool.refresh, cx);
-        certs.insert(tool.name.clone(), CertEntry { key, slot: slot.clone(), _task: task });
-        slot
-    }
-
-    fn ctx(&self, name: &Arc<str>, inject: &Inject, not_before: Option<SystemTime>, slot: Arc<Slot>) -> CredCtx {
-        CredCtx {
-            tool: name.clone(),
-            slot,
-            inject: inject.clone(),
-            not_before,
-            audit: self.audit.clone(),
-            metrics: self.metrics.clone(),
-            watch: self.watch.clone(),
-            clock: self.clock.clone(),
-            upstreams: self.upstreams.clone(),
-            logins: self.logins.clone(),
-        }
-    }
-
-    /// Revoke the Vault lease of a credential a reload removed or changed.
-    fn revoke_lease(&self, name: &str, e: &CredEntry) {
-        let Some(t) = e.slot.current().filter(|t| t.lease_id.is_some()) else { return };
-        let CredentialSpec::Vault(_) = &e.key.spec else { return };
-        let cx = self.ctx(&Arc::from(name), &e.key.inject, e.key.not_before, e.slot.clone());
-        cx.revoked("reload");
-        if let Some(revoke) = lifecycle::revoke_once(&e.key.spec, cx, t) {
-            tokio::spawn(revoke);
-        }
-    }
-
-    /// Start `tool`'s credential (new, or its settings changed from `old`). A rotating credential
-    /// is fetched at once; the old entry's still-valid token serves meanwhile only when the whole
-    /// credential specification and injection form are unchanged (a change of refresh timing or
-    /// `not_before`): a token from another authority, client, audience or scope never goes
-    /// toward the new settings. A new `not_before` revokes it (then it is also revoked at
-    /// the authority: fleet-wide revocation through the ConfigMap).
-    fn start_credential(&self, tool: &Tool, name: &Arc<str>, key: CredKey, old: Option<&CredEntry>) -> CredEntry {
-        let spec = &key.spec;
-        let (tx, rx) = match spec.lifetime() {
-            Some(_) => {
-                let (tx, rx) = tokio::sync::mpsc::channel(refresher::COMMAND_QUEUE);
-                (Some(tx), Some(rx))
-            }
-            None => (None, None),
-        };
-        let slot = Arc::new(Slot::new(spec.source(), tx));
-        let cx = self.ctx(name, &tool.inject, tool.not_before, slot.clone());
-        if let (Some(e), Some(t)) = (old, old.and_then(|e| e.slot.current())) {
-            let revoked = tool.not_before.is_some_and(|nb| t.issued_at < nb);
-            if revoked && e.key.not_before != tool.not_before {
-                cx.revoked("not_before");
-                // Revoked here, at the authority below: not again as the old entry goes.
-                e.slot.clear(crate::creds::State::Revoked);
-                if let Some(revoke) = lifecycle::revoke_once(&e.key.spec, cx.clone(), t) {
-                    tokio::spawn(revoke);
-                }
-            } else if !revoked
-                && t.lease_id.is_none()
-                && spec.lifetime().is_some()
-                && e.key.spec == *spec
-                && e.key.inject == tool.inject
-            {
-                slot.carry_over(t);
-            }
-        }
-        let task = refresher::spawn(spec.clone(), tool.refresh, cx, rx);
-        CredEntry { key, slot, _task: task }
     }
 
     /// Validate new policy text: install it if valid, else keep the running one. Returns success.
