@@ -389,7 +389,7 @@ async fn kubernetes_login_sends_the_service_account_token_to_auth_kubernetes_log
 }
 
 #[tokio::test]
-async fn tools_with_the_same_login_settings_share_one_login_and_one_token() {
+async fn tools_with_the_same_login_settings_share_one_login_and_one_token_revoked_only_if_all_ask() {
     let dir = tempfile::tempdir().unwrap();
     let bao = Bao::start(dir.path()).await;
     let key = JwtKey::new();
@@ -398,8 +398,14 @@ async fn tools_with_the_same_login_settings_share_one_login_and_one_token() {
     let up = Upstream::start().await;
     let d = tempfile::tempdir().unwrap();
     let jwt = write_file(&d, "sa-token", &key.sign(ISSUER, "system:serviceaccount:agents:pod-a", AUDIENCE));
-    let policy =
-        vault_policy(up.port(), &bao.addr(), &jwt_login(jwt.to_str().unwrap()), "identity/oidc/token/github-tool", "");
+    // `api` asks for revocation at shutdown, `search` does not: the shared token must live on.
+    let policy = vault_policy(
+        up.port(),
+        &bao.addr(),
+        &jwt_login(jwt.to_str().unwrap()),
+        "identity/oidc/token/github-tool",
+        "      revoke_on_shutdown: true",
+    );
     let second = format!(
         "  search:\n    upstream: http://127.0.0.1:{port}/search\n    credential: {{ source: vault, addr: \"{addr}\", login: {login}, path: secret/data/agents/search, field: key }}\n    routes: [{{ scheme: http, host: 127.0.0.1, port: {port}, allow_private: true, paths: [\"/search/**\"] }}]\n",
         port = up.port(),
@@ -417,4 +423,6 @@ async fn tools_with_the_same_login_settings_share_one_login_and_one_token() {
     assert_eq!(agent_tokens(&bao).await.len(), 1, "one Vault token for both tools");
     let metrics = get(p.admin, "/metrics").await;
     assert_eq!(metric(&metrics, r#"credproxy_vault_logins_total{login="jwt:jwt/agent",result="ok"}"#), Some(1.0));
+    p.shutdown().await;
+    assert_eq!(agent_tokens(&bao).await.len(), 1, "not every tool of the login asked: its token is not revoked");
 }

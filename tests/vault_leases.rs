@@ -89,8 +89,15 @@ async fn a_database_lease_is_renewed_replaced_near_its_max_ttl_and_revoked_at_sh
     let policy = rig.policy(&d, "pod-a", "      revoke_on_shutdown: true");
     let mut p = Proxy::start_in(d, &policy).await;
 
-    // A user of this pod's own, which logs in.
+    // A user of this pod's own, which logs in; another pod's instance gets another user.
     let first_user = call_and_log_in(&p, up, pg).await;
+    let other_dir = tempfile::tempdir().unwrap();
+    let other_policy = rig.policy(&other_dir, "pod-b", "      revoke_on_shutdown: true");
+    let other = Proxy::start_in(other_dir, &other_policy).await;
+    let other_user = call_and_log_in(&other, up, pg).await;
+    assert_ne!(other_user, first_user, "each instance has its own database user");
+    other.shutdown().await;
+    assert!(!role_exists(pg, &other_user).await, "the other instance's user went with it");
     let v = control(&p).await;
     let lease = lease_of(&v);
     assert!(lease.starts_with("database/creds/readonly/"), "{lease}");
