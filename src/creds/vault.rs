@@ -95,8 +95,10 @@ impl VaultSource {
         body: Option<&Value>,
     ) -> Result<Value, FetchError> {
         let r = self.login.client.call(method, path, Some(token.secret()), body, &[]).await;
-        if r.as_ref().is_err_and(|e| e.reason == "vault_denied") {
-            self.login.refused(token);
+        match r.as_ref().map_err(|e| e.reason) {
+            Err("vault_denied") => self.login.refused(token),
+            Err("unreachable" | "timeout") => self.login.unreachable(),
+            _ => {}
         }
         r
     }

@@ -143,6 +143,8 @@ struct Status {
 }
 
 enum LoginCommand {
+    /// A tool could not reach Vault: watch for it to come back.
+    Unreachable,
     /// A tool's read was refused with this token: log in again.
     Refused(String),
     /// Revoke the token when `revoke`, then stop.
@@ -216,6 +218,12 @@ impl Login {
         if self.relogin.try_take().is_ok() {
             let _ = self.commands.try_send(LoginCommand::Refused(token.fingerprint.clone()));
         }
+    }
+
+    /// A tool could not reach Vault: the login watches `sys/health` and wakes the failing tools
+    /// when Vault answers again.
+    pub fn unreachable(&self) {
+        let _ = self.commands.try_send(LoginCommand::Unreachable);
     }
 
     /// Wake `slot`'s task (when its reads are failing) after each new login or recovery.

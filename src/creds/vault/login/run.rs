@@ -11,6 +11,10 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 
 use super::{Login, LoginCommand, LoginEnv, Status, VaultToken, NO_EXPIRY_CHECK};
+
+/// The first look at `sys/health` after a tool found Vault unreachable, and the longest gap.
+const PROBE_FIRST: Duration = Duration::from_secs(1);
+const PROBE_CAP: Duration = Duration::from_secs(10);
 use crate::audit::timestamp;
 use crate::clock::unit_random;
 use crate::creds::source::FetchError;
@@ -31,6 +35,8 @@ pub(super) async fn run(login: Weak<Login>, env: LoginEnv, refresh: Refresh, mut
     let mut next = clock.mono();
     let mut end: Option<Instant> = None;
     let mut fresh = true;
+    // While a tool finds Vault unreachable: when to look again, and the current interval.
+    let mut probe: Option<(Instant, Duration)> = None;
     loop {
         let file_changed = async {
             match &file {
@@ -48,6 +54,9 @@ pub(super) async fn run(login: Weak<Login>, env: LoginEnv, refresh: Refresh, mut
                     }
                     let _ = done.send(());
                     return;
+                }
+                Some(LoginCommand::Unreachable) => {
+                    probe = probe.or(Some((clock.mono() + PROBE_FIRST, PROBE_FIRST)));
                 }
                 Some(LoginCommand::Refused(fp)) => {
                     let Some(l) = login.upgrade() else { return };
@@ -71,6 +80,25 @@ pub(super) async fn run(login: Weak<Login>, env: LoginEnv, refresh: Refresh, mut
                     fresh = true;
                     next = clock.mono();
                 }
+            }
+            // Vault unreachable for a tool: look at `sys/health` (no token) every 1 s, doubling to
+            // 10 s, and wake the failing tools as soon as it answers, instead of leaving them to
+            // their backoff of up to a minute.
+            _ = sleep_until(probe.map_or(next, |p| p.0)), if probe.is_some() => {
+                let Some(l) = login.upgrade() else { return };
+                let every = probe.map_or(PROBE_FIRST, |p| p.1);
+                match l.client.call(Method::GET, "sys/health", None, None, &[]).await {
+                    Err(e) if matches!(e.reason, "unreachable" | "timeout") => {
+                        let every = (every * 2).min(PROBE_CAP);
+                        probe = Some((clock.mono() + every, every));
+                    }
+                    _ => {
+                        probe = None;
+                        tracing::info!(login = %l.label, "Vault answers again; the failing tools try at once");
+                        wake_failing(&l);
+                    }
+                }
+                continue;
             }
             _ = sleep_until(end.unwrap_or(next)), if end.is_some_and(|e| e < next) => {
                 end = None;
@@ -235,10 +263,15 @@ fn publish(l: &Login, env: &LoginEnv, token: VaultToken, renewed: bool, next: Sy
         .emit(event, fields! {"login" => label, "method" => l.spec.method.name(), "expires_at" => exp.map(timestamp)});
     tracing::info!(login = label, "{event}");
     if wake {
-        let waiters = l.waiters.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        for slot in waiters.iter().filter_map(Weak::upgrade) {
-            slot.command(Command::Refresh { reason: "vault_login" });
-        }
+        wake_failing(l);
+    }
+}
+
+/// Ask the tools of this login to fetch again (each task acts only when its reads are failing).
+fn wake_failing(l: &Login) {
+    let waiters = l.waiters.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for slot in waiters.iter().filter_map(Weak::upgrade) {
+        slot.command(Command::Refresh { reason: "vault_login" });
     }
 }
 
