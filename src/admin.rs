@@ -250,6 +250,7 @@ pub fn credentials(shared: &Shared) -> Value {
         .filter_map(|rt| {
             let slot = rt.client_cert.as_ref()?;
             let c = slot.current();
+            let (failures, last_error) = slot.failures();
             let state = match (&c, slot.usable(now)) {
                 (None, _) => "pending",
                 (Some(_), Some(_)) => "valid",
@@ -261,8 +262,8 @@ pub fn credentials(shared: &Shared) -> Value {
                 "serial": c.as_ref().map(|c| c.serial.clone()),
                 "issued_at": c.as_ref().map(|c| timestamp(c.issued_at)),
                 "expires_at": c.as_ref().map(|c| timestamp(c.expires_at)),
-                "consecutive_failures": slot.failures().0,
-                "last_error": slot.failures().1,
+                "consecutive_failures": failures,
+                "last_error": last_error,
             }))
         })
         .collect();

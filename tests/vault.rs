@@ -157,18 +157,20 @@ async fn approle_login_reads_kv_and_a_new_version_is_injected_within_the_interva
     let written = std::time::Instant::now();
     let mut old_after_switch = 0;
     let mut switched = None;
-    for _ in 0..200 {
-        assert_eq!(status(&get(p.addr, "/api/v1/models").await), 200);
-        match (bearer(&up.last()).as_str(), switched) {
-            ("sk-version-2", None) => switched = Some(written.elapsed()),
-            ("sk-version-1", Some(_)) => old_after_switch += 1,
-            _ => {}
-        }
-        if switched.is_some_and(|s| written.elapsed() > s + Duration::from_millis(300)) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    // Traffic until the new version has served for 300 ms.
+    eventually(
+        async || {
+            assert_eq!(status(&get(p.addr, "/api/v1/models").await), 200);
+            match (bearer(&up.last()).as_str(), switched) {
+                ("sk-version-2", None) => switched = Some(written.elapsed()),
+                ("sk-version-1", Some(_)) => old_after_switch += 1,
+                _ => {}
+            }
+            switched.is_some_and(|s| written.elapsed() > s + Duration::from_millis(300))
+        },
+        "the new version in use",
+    )
+    .await;
     let switched = switched.expect("the new version was injected");
     assert!(switched < Duration::from_secs(3), "new version in use after {switched:?}");
     assert_eq!(old_after_switch, 0, "the old version is not used once the new one is");
@@ -254,16 +256,18 @@ async fn the_vault_token_is_renewed_then_replaced_near_its_max_ttl_while_reads_g
     // Reads go on (every second) across renewals and a second login; no request fails.
     let mut served = 0;
     let mut logins = 0;
-    for _ in 0..600 {
-        let resp = get(p.addr, "/api/v1/models").await;
-        assert_eq!(status(&resp), 200, "{resp}");
-        served += 1;
-        logins = audit_events(&p).await.iter().filter(|e| e["event"] == "vault.login").count();
-        if logins >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually_within(
+        Duration::from_secs(30),
+        async || {
+            let resp = get(p.addr, "/api/v1/models").await;
+            assert_eq!(status(&resp), 200, "{resp}");
+            served += 1;
+            logins = audit_events(&p).await.iter().filter(|e| e["event"] == "vault.login").count();
+            logins >= 2
+        },
+        "a second login",
+    )
+    .await;
     assert_eq!(logins, 2, "a fresh login before the max TTL");
     let events = audit_events(&p).await;
     let first_login = events.iter().position(|e| e["event"] == "vault.login").unwrap();
@@ -365,13 +369,14 @@ async fn kubernetes_login_sends_the_service_account_token_to_auth_kubernetes_log
     let policy = vault_policy(up.port(), &bao.addr(), &login, "secret/data/agents/search", "      field: key");
     let p = Proxy::start_unready(d, &policy).await;
     let mut v = Value::Null;
-    for _ in 0..200 {
-        v = control(&p).await;
-        if v["credentials"][0]["state"] != "pending" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        async || {
+            v = control(&p).await;
+            v["credentials"][0]["state"] != "pending"
+        },
+        "the first read",
+    )
+    .await;
     assert_eq!(v["credentials"][0]["state"], "valid", "{v}");
     assert_eq!(status(&get(p.addr, "/api/q").await), 200);
     assert_eq!(bearer(&up.last()), "k8s-search-key");

@@ -107,6 +107,18 @@ pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     Some(at.duration_since(now).unwrap_or_default())
 }
 
+#[cfg(test)]
+impl Answer {
+    /// An answer with this status and body and no headers (unit tests of answer checks).
+    pub(crate) fn of(status: u16, body: &str) -> Answer {
+        Answer {
+            status: StatusCode::from_u16(status).unwrap(),
+            headers: HeaderMap::new(),
+            body: Bytes::from(body.to_string()),
+        }
+    }
+}
+
 /// A successful token answer (RFC 6749 §5.1, RFC 8693 §2.2.1).
 pub struct Issued {
     /// `access_token`.
@@ -205,18 +217,10 @@ pub fn jwt_exp(token: &str) -> Option<SystemTime> {
 mod tests {
     use super::*;
 
-    fn answer(status: u16, body: &str) -> Answer {
-        Answer {
-            status: StatusCode::from_u16(status).unwrap(),
-            headers: HeaderMap::new(),
-            body: Bytes::from(body.to_string()),
-        }
-    }
-
     #[test]
     fn expires_in_forms() {
         let now = SystemTime::now();
-        let ok = |b: &str| issued(&answer(200, b), now).map(|i| i.expiry);
+        let ok = |b: &str| issued(&Answer::of(200, b), now).map(|i| i.expiry);
         assert_eq!(ok(r#"{"access_token":"t","expires_in":60}"#).unwrap(), Expiry::In(Duration::from_secs(60)));
         assert_eq!(ok(r#"{"access_token":"t","expires_in":"60"}"#).unwrap(), Expiry::In(Duration::from_secs(60)));
         assert_eq!(ok(r#"{"access_token":"t"}"#).unwrap(), Expiry::Unknown);
@@ -238,17 +242,18 @@ mod tests {
     #[test]
     fn errors_by_code_never_by_body() {
         let now = SystemTime::now();
-        let e = issued(&answer(401, r#"{"error":"invalid_client","error_description":"secret s3cr3t wrong"}"#), now)
-            .err()
-            .unwrap();
+        let e =
+            issued(&Answer::of(401, r#"{"error":"invalid_client","error_description":"secret s3cr3t wrong"}"#), now)
+                .err()
+                .unwrap();
         assert_eq!(e.reason, "invalid_client");
         assert!(e.permanent);
         assert!(!e.message.contains("s3cr3t"));
-        let e = issued(&answer(400, r#"{"error":"made_up_label"}"#), now).err().unwrap();
+        let e = issued(&Answer::of(400, r#"{"error":"made_up_label"}"#), now).err().unwrap();
         assert_eq!(e.reason, "invalid_response");
-        assert_eq!(issued(&answer(502, "<html>"), now).err().unwrap().reason, "http_5xx");
-        assert_eq!(issued(&answer(302, ""), now).err().unwrap().reason, "invalid_response");
-        assert_eq!(issued(&answer(200, "{not json"), now).err().unwrap().reason, "invalid_response");
+        assert_eq!(issued(&Answer::of(502, "<html>"), now).err().unwrap().reason, "http_5xx");
+        assert_eq!(issued(&Answer::of(302, ""), now).err().unwrap().reason, "invalid_response");
+        assert_eq!(issued(&Answer::of(200, "{not json"), now).err().unwrap().reason, "invalid_response");
     }
 
     #[test]

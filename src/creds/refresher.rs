@@ -76,13 +76,11 @@ impl CredCtx {
         let source = self.slot.source;
         let (fp, exp, issued_at, lease) =
             (token.fingerprint.clone(), token.expires_at, token.issued_at, token.lease_id.clone());
-        let previous = self.slot.publish(token);
+        let previous = self.install(token);
         let m = &self.metrics;
         let tool: &str = &self.tool;
-        m.credential_valid.with_label_values(&[tool]).set(1);
         m.credential_issued.with_label_values(&[tool]).set(secs(issued_at));
         m.credential_last_success.with_label_values(&[tool]).set(secs(self.clock.now()));
-        m.credential_consecutive_failures.with_label_values(&[tool]).set(0);
         m.credential_refreshes.with_label_values(&[tool, source, "ok"]).inc();
         match exp {
             Some(e) => m.credential_expiration.with_label_values(&[tool]).set(secs(e)),
@@ -103,10 +101,8 @@ impl CredCtx {
     /// issue time; `credential.renewed`, counted as a renewal only.
     pub fn renewed(&self, token: Token) {
         let (fp, exp, lease) = (token.fingerprint.clone(), token.expires_at, token.lease_id.clone());
-        self.slot.publish(token);
+        self.install(token);
         let (m, tool): (_, &str) = (&self.metrics, &self.tool);
-        m.credential_valid.with_label_values(&[tool]).set(1);
-        m.credential_consecutive_failures.with_label_values(&[tool]).set(0);
         m.credential_renewals.with_label_values(&[tool, "ok"]).inc();
         if let Some(e) = exp {
             m.credential_expiration.with_label_values(&[tool]).set(secs(e));
@@ -130,11 +126,18 @@ impl CredCtx {
         if self.slot.current().is_none_or(|c| c.fingerprint != token.fingerprint) {
             return self.publish(token);
         }
-        self.slot.publish(token);
-        let (m, tool): (_, &str) = (&self.metrics, &self.tool);
-        m.credential_valid.with_label_values(&[tool]).set(1);
-        m.credential_consecutive_failures.with_label_values(&[tool]).set(0);
-        m.credential_last_success.with_label_values(&[tool]).set(secs(self.clock.now()));
+        self.install(token);
+        self.metrics.credential_last_success.with_label_values(&[&self.tool]).set(secs(self.clock.now()));
+    }
+
+    /// Put `token` in the slot and mark the credential valid with no failures; returns the
+    /// token it replaced. The one step publish, renewal and confirmation share.
+    fn install(&self, token: Token) -> Option<Arc<Token>> {
+        let previous = self.slot.publish(token);
+        let tool: &str = &self.tool;
+        self.metrics.credential_valid.with_label_values(&[tool]).set(1);
+        self.metrics.credential_consecutive_failures.with_label_values(&[tool]).set(0);
+        previous
     }
 
     /// Record a failed fetch with a reason from the fixed set and a message without secrets.

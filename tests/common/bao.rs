@@ -58,32 +58,33 @@ impl Bao {
     }
 
     async fn try_start(&mut self) -> bool {
-        let child = Command::new(bao_bin())
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let mut child = Command::new(bao_bin())
             .args(["server", "-dev", &format!("-dev-root-token-id={ROOT}")])
             .arg(format!("-dev-listen-address=127.0.0.1:{}", self.port))
             .env("HOME", self.log.parent().unwrap())
             .env_remove("VAULT_ADDR")
             .env_remove("BAO_ADDR")
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&self.log).unwrap())
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run bao: {e}"));
-        self.child = Some(child);
-        // Ready when it answers health as unsealed and active (bounded: 30 s).
-        for _ in 0..300 {
-            if let Some(c) = self.child.as_mut() {
-                if c.try_wait().ok().flatten().is_some() {
-                    self.child = None;
-                    return false;
+        // The dev server prints this once it is unsealed, configured and listening; its output
+        // ends without it when it cannot start (a port taken). Read to the end afterwards.
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Ok(Some(l)) = lines.next_line().await {
+                if l.contains("Development mode should NOT be used") {
+                    return true;
                 }
             }
-            if self.api_raw("GET", "sys/health", None, None).await.0 == 200 {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        false
+            false
+        })
+        .await;
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        self.child = Some(child);
+        ready == Ok(true)
     }
 
     pub async fn stop(&mut self) {
@@ -112,20 +113,11 @@ impl Bao {
             "{method} /v1/{path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
-        let addr: std::net::SocketAddr = ([127, 0, 0, 1], self.port).into();
-        let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else { return (0, Value::Null) };
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        if s.write_all(req.as_bytes()).await.is_err() {
-            return (0, Value::Null);
-        }
-        let mut buf = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
-        let resp = String::from_utf8_lossy(&buf).into_owned();
-        let status = super::status(&resp);
+        let resp = super::raw(([127, 0, 0, 1], self.port).into(), req.as_bytes()).await;
         let body = resp.split("\r\n\r\n").nth(1).unwrap_or("");
         // A chunked answer: the JSON sits between the chunk sizes.
         let json = body.find('{').and_then(|i| body.rfind('}').map(|j| &body[i..=j])).unwrap_or("");
-        (status, serde_json::from_str(json).unwrap_or(Value::Null))
+        (super::status(&resp), serde_json::from_str(json).unwrap_or(Value::Null))
     }
 
     /// Write a policy.

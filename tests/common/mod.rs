@@ -380,14 +380,22 @@ pub fn pem_certs(text: &str) -> Vec<rustls_pki_types::CertificateDer<'static>> {
 }
 
 /// Poll `f` every 20 ms until it holds; panic after 10 s.
-pub async fn eventually<F: AsyncFnMut() -> bool>(mut f: F, what: &str) {
-    for _ in 0..500 {
+pub async fn eventually<F: AsyncFnMut() -> bool>(f: F, what: &str) {
+    eventually_within(Duration::from_secs(10), f, what).await
+}
+
+/// Poll `f` every 20 ms until it holds; panic after `limit`.
+pub async fn eventually_within<F: AsyncFnMut() -> bool>(limit: Duration, mut f: F, what: &str) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
         if f().await {
             return;
         }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out waiting for {what}");
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("timed out waiting for {what}");
 }
 
 /// Write a file in a temp folder that outlives the call.

@@ -207,14 +207,6 @@ mod tests {
     use super::*;
     use http::HeaderMap;
 
-    fn answer(status: u16, body: &str) -> Answer {
-        Answer {
-            status: StatusCode::from_u16(status).unwrap(),
-            headers: HeaderMap::new(),
-            body: Bytes::from(body.to_string()),
-        }
-    }
-
     fn redirect_to(location: Option<&str>) -> Result<Uri, FetchError> {
         let login = VaultLogin {
             addr: "https://vault.internal:8200".parse().unwrap(),
@@ -253,7 +245,7 @@ mod tests {
     #[test]
     fn statuses_map_to_reasons() {
         let now = SystemTime::now();
-        let reason = |s: u16| answer_json(&answer(s, r#"{"errors":["x"]}"#), now, &[]).unwrap_err();
+        let reason = |s: u16| answer_json(&Answer::of(s, r#"{"errors":["x"]}"#), now, &[]).unwrap_err();
         assert_eq!(reason(429).reason, "rate_limited");
         assert!(!reason(429).permanent);
         assert_eq!(reason(503).reason, "vault_unavailable");
@@ -264,8 +256,8 @@ mod tests {
         assert_eq!(reason(400).reason, "vault_invalid_request");
         assert!(reason(400).permanent);
         assert_eq!(reason(404).reason, "vault_not_found");
-        assert_eq!(answer_json(&answer(204, ""), now, &[]).unwrap(), Value::Null);
-        assert_eq!(answer_json(&answer(200, "{not json"), now, &[]).unwrap_err().reason, "invalid_response");
+        assert_eq!(answer_json(&Answer::of(204, ""), now, &[]).unwrap(), Value::Null);
+        assert_eq!(answer_json(&Answer::of(200, "{not json"), now, &[]).unwrap_err().reason, "invalid_response");
     }
 
     #[test]
@@ -278,7 +270,7 @@ mod tests {
         assert!(!t.contains("s.H0HBGUIU") && !t.contains("Abcdefghijklmnop"), "{t}");
         assert!(t.contains("invalid secret id [redacted] for role"), "{t}");
         assert!(t.contains("token=[redacted]") && t.contains("password:[redacted]"), "{t}");
-        let e = answer_json(&answer(400, body), SystemTime::now(), &["9f1c-secret-id-0042"]).unwrap_err();
+        let e = answer_json(&Answer::of(400, body), SystemTime::now(), &["9f1c-secret-id-0042"]).unwrap_err();
         assert!(!e.message.contains("9f1c") && e.message.starts_with("Vault answered 400"), "{}", e.message);
         let long = format!(r#"{{"errors":["{}"]}}"#, "word ".repeat(200));
         assert!(error_text(long.as_bytes(), &[]).unwrap().chars().count() <= MAX_ERROR_TEXT + 1);
