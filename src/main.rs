@@ -41,6 +41,15 @@ enum Command {
         /// DIR (overrides the policy's interception output paths).
         #[arg(long, value_name = "DIR")]
         ca_dir: Option<PathBuf>,
+        /// Where agents connect (overrides `listen.proxy`).
+        #[arg(long, value_name = "ADDR")]
+        proxy_listen: Option<std::net::SocketAddr>,
+        /// `/metrics`, `/live`, `/ready` (overrides `listen.admin`).
+        #[arg(long, value_name = "ADDR")]
+        admin_listen: Option<std::net::SocketAddr>,
+        /// The control API, `unix:PATH` or `IP:PORT` (overrides `listen.control`).
+        #[arg(long, value_name = "unix:PATH|ADDR", value_parser = control_flag)]
+        control: Option<credproxy::policy::ControlAddr>,
     },
     /// Validate a policy file and print its route table.
     Check {
@@ -99,9 +108,10 @@ fn init_logs(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config, log_format, shutdown_timeout, ca_dir } => {
+        Command::Run { config, log_format, shutdown_timeout, ca_dir, proxy_listen, admin_listen, control } => {
             init_logs(log_format);
-            run(config, credproxy::config::Overrides { ca_dir }, shutdown_timeout)
+            let overrides = credproxy::config::Overrides { ca_dir, proxy_listen, admin_listen, control };
+            run(config, overrides, shutdown_timeout)
         }
         Command::Check { config } => match credproxy::config::load_file(&config) {
             Ok(policy) => {
@@ -150,6 +160,14 @@ fn main() -> ExitCode {
             })
         }
     }
+}
+
+/// `--control`: as `listen.control` reads it, without `${VAR}` expansion.
+fn control_flag(s: &str) -> Result<credproxy::policy::ControlAddr, String> {
+    if s.contains("${") {
+        return Err("a ${ in --control would be read as a variable; give the path itself".into());
+    }
+    credproxy::policy::ControlAddr::parse(s).map_err(str::to_string)
 }
 
 fn runtime() -> tokio::runtime::Runtime {

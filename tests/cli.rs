@@ -244,3 +244,38 @@ async fn ca_dir_writes_the_three_files_before_ready_even_when_nothing_is_interce
     assert!(in_bundle.len() > 10, "after the system's roots");
     assert_eq!(store.first(), Some(&0x30), "a DER PKCS12 file");
 }
+
+/// `run --proxy-listen --admin-listen --control` override the policy's `listen.*`, as the injector
+/// relies on: the listeners are where the flags say, the policy's own ports stay free, and a
+/// non-loopback `--proxy-listen` meets the same check as the file (it needs `proxy_auth_file`).
+#[tokio::test]
+async fn listen_flags_override_the_policy_and_meet_its_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p, a, c) = (free_port(), free_port(), free_port());
+    let policy = policy_file(&dir, (p, a, c), "  pypi:\n    routes: [{ host: pypi.org }]\n");
+    let (fp, fa) = (free_port(), free_port());
+    let sock = dir.path().join("ctl/control.sock");
+    let control = format!("unix:{}", sock.display());
+    let (proxy, admin) = (format!("127.0.0.1:{fp}"), format!("127.0.0.1:{fa}"));
+    let args = ["--proxy-listen", &proxy, "--admin-listen", &admin, "--control", &control];
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|s| s.as_ref()).collect();
+    let mut run = Captured::run(&policy, &args);
+    let started = run.logged(&["credproxy listening"]).await;
+    let ready = status(&get(admin.parse().unwrap(), "/ready").await);
+    let proxy_answers = status(&get(proxy.parse().unwrap(), "/nothing").await);
+    let policy_ports_free = [p, a, c].map(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
+    let sock_exists = sock.exists();
+    let _ = run.child.kill().await;
+    assert!(started, "{}", run.stderr());
+    assert_eq!(ready, 200, "the admin listener is on --admin-listen");
+    assert_eq!(proxy_answers, 403, "the proxy is on --proxy-listen and denies an unknown route");
+    assert_eq!(policy_ports_free, [true; 3], "nothing listens on the policy's own addresses");
+    assert!(sock_exists, "the control socket is at --control");
+
+    let out = bin().args(["run", "--config"]).arg(&policy).args(["--proxy-listen", "0.0.0.0:1"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("listen.proxy") && err.contains("proxy_auth_file"), "{err}");
+    let out = bin().args(["run", "--config"]).arg(&policy).args(["--control", "unix:/tmp/${HOME}/s"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "clap refuses a ${{ in --control");
+}

@@ -67,10 +67,28 @@ impl ConfigErrors {
 pub struct Overrides {
     /// Turn interception on and write `ca.crt`, `ca-bundle.crt` and `truststore.p12` here.
     pub ca_dir: Option<PathBuf>,
+    /// `listen.proxy` (`--proxy-listen`).
+    pub proxy_listen: Option<std::net::SocketAddr>,
+    /// `listen.admin` (`--admin-listen`).
+    pub admin_listen: Option<std::net::SocketAddr>,
+    /// `listen.control` (`--control`).
+    pub control: Option<crate::policy::ControlAddr>,
 }
 
 impl Overrides {
     fn apply(&self, raw: &mut RawPolicy) {
+        // Set as text before validation, so the flags meet the same checks as the file (a
+        // non-loopback proxy listener still needs `listen.proxy_auth_file`). The command line
+        // refuses a `${` in a socket path, which expansion would otherwise read as a variable.
+        if let Some(a) = self.proxy_listen {
+            raw.listen.proxy = Some(a.to_string());
+        }
+        if let Some(a) = self.admin_listen {
+            raw.listen.admin = Some(a.to_string());
+        }
+        if let Some(c) = &self.control {
+            raw.listen.control = Some(c.to_string());
+        }
         if let Some(dir) = &self.ca_dir {
             let out = |name: &str| Some(dir.join(name).to_string_lossy().into_owned());
             let block = raw.interception.get_or_insert_with(Default::default);
