@@ -11,6 +11,7 @@ pub mod creds;
 pub mod demo;
 pub mod digest;
 pub mod error;
+pub mod inject;
 pub mod metrics;
 pub mod outbound;
 pub mod policy;

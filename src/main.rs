@@ -80,6 +80,16 @@ enum Command {
         #[arg(long, hide = true)]
         free_ports: bool,
     },
+    /// Add the credproxy sidecar to annotated workloads in Kubernetes manifests (stdin or -f),
+    /// or serve the same mutation as an admission webhook (--webhook).
+    Inject {
+        /// Multi-document YAML to read; `-` is stdin.
+        #[arg(short = 'f', long = "filename", default_value = "-", value_name = "FILE|-")]
+        file: PathBuf,
+        /// The sidecar's image when a pod does not name one with `credproxy.dev/image`.
+        #[arg(long, default_value = credproxy::inject::contract::DEFAULT_IMAGE)]
+        image: String,
+    },
     /// Say which tool and route would take a request, and why (or why it is denied).
     Explain {
         /// The policy file.
@@ -123,6 +133,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Inject { file, image } => inject(&file, credproxy::inject::Options { image }),
         Command::Explain { config, tool, method, url } => explain(&config, tool.as_deref(), &method, &url),
         Command::Status { control, control_auth_file } => runtime().block_on(async move {
             let token = match control_auth_file.map(std::fs::read_to_string).transpose() {
@@ -158,6 +169,34 @@ fn main() -> ExitCode {
                     }
                 }
             })
+        }
+    }
+}
+
+fn inject(file: &std::path::Path, opts: credproxy::inject::Options) -> ExitCode {
+    use std::io::Read;
+    let limit = credproxy::inject::manifest::MAX_INPUT_BYTES as u64 + 1;
+    let mut text = String::new();
+    let read = if file == std::path::Path::new("-") {
+        std::io::stdin().take(limit).read_to_string(&mut text)
+    } else {
+        std::fs::File::open(file).and_then(|f| f.take(limit).read_to_string(&mut text))
+    };
+    if let Err(e) = read {
+        eprintln!("credproxy inject: cannot read {}: {e}", file.display());
+        return ExitCode::FAILURE;
+    }
+    match credproxy::inject::inject_documents(&text, &opts) {
+        Ok(done) => {
+            for w in &done.warnings {
+                eprintln!("credproxy inject: warning: {w}");
+            }
+            print!("{}", done.output);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("credproxy inject: {}: {e}", file.display());
+            ExitCode::FAILURE
         }
     }
 }

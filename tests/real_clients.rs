@@ -11,13 +11,7 @@ use common::*;
 
 const TOKEN: &str = "real-client-token";
 
-fn python() -> PathBuf {
-    let p = std::env::var_os("CREDPROXY_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
-    assert!(p.exists(), "{} is missing: run scripts/test (it creates .venv from tests/requirements.txt)", p.display());
-    p
-}
+use common::venv::python;
 
 fn run(mut cmd: Command) -> String {
     for v in

@@ -7,6 +7,7 @@ pub mod captured;
 pub mod oidc;
 pub mod pg;
 pub mod testca;
+pub mod venv;
 #[allow(unused_imports)]
 pub use testca::TestCa;
 
