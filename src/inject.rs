@@ -5,7 +5,9 @@
 pub mod contract;
 pub mod manifest;
 pub mod mutate;
+pub mod review;
 pub mod settings;
+pub mod webhook;
 
 pub use manifest::inject_documents;
 pub use mutate::{mutate, Outcome};

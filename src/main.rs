@@ -83,12 +83,31 @@ enum Command {
     /// Add the credproxy sidecar to annotated workloads in Kubernetes manifests (stdin or -f),
     /// or serve the same mutation as an admission webhook (--webhook).
     Inject {
-        /// Multi-document YAML to read; `-` is stdin.
-        #[arg(short = 'f', long = "filename", default_value = "-", value_name = "FILE|-")]
-        file: PathBuf,
+        /// Multi-document YAML to read; `-` (the default) is stdin.
+        #[arg(short = 'f', long = "filename", value_name = "FILE|-", conflicts_with = "webhook")]
+        file: Option<PathBuf>,
         /// The sidecar's image when a pod does not name one with `credproxy.dev/image`.
         #[arg(long, default_value = credproxy::inject::contract::DEFAULT_IMAGE)]
         image: String,
+        /// Serve the mutation as an admission webhook (HTTPS: POST /mutate, GET /healthz, GET /metrics).
+        #[arg(long, requires_all = ["listen", "tls_cert", "tls_key"])]
+        webhook: bool,
+        /// The webhook's address.
+        #[arg(long, value_name = "ADDR", requires = "webhook")]
+        listen: Option<std::net::SocketAddr>,
+        /// The webhook's certificate chain (PEM), re-read when it changes.
+        #[arg(long, value_name = "FILE", requires = "webhook")]
+        tls_cert: Option<PathBuf>,
+        /// The webhook's private key (PEM), re-read when it changes.
+        #[arg(long, value_name = "FILE", requires = "webhook")]
+        tls_key: Option<PathBuf>,
+        /// A pod that cannot be mutated is denied with the reason (Fail) or admitted unchanged with
+        /// a warning (Ignore); match the MutatingWebhookConfiguration's failurePolicy.
+        #[arg(long, value_enum, default_value = "fail", requires = "webhook")]
+        failure_policy: credproxy::inject::review::FailurePolicy,
+        /// Operational log format (stderr).
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
     },
     /// Say which tool and route would take a request, and why (or why it is denied).
     Explain {
@@ -133,7 +152,23 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Inject { file, image } => inject(&file, credproxy::inject::Options { image }),
+        Command::Inject { file, image, webhook, listen, tls_cert, tls_key, failure_policy, log_format } => {
+            let inject = credproxy::inject::Options { image };
+            match (webhook, listen, tls_cert, tls_key) {
+                (true, Some(listen), Some(tls_cert), Some(tls_key)) => {
+                    init_logs(log_format);
+                    let opts = credproxy::inject::webhook::WebhookOptions {
+                        listen,
+                        tls_cert,
+                        tls_key,
+                        failure_policy,
+                        inject,
+                    };
+                    serve_webhook(opts)
+                }
+                _ => inject_files(&file.unwrap_or_else(|| "-".into()), inject),
+            }
+        }
         Command::Explain { config, tool, method, url } => explain(&config, tool.as_deref(), &method, &url),
         Command::Status { control, control_auth_file } => runtime().block_on(async move {
             let token = match control_auth_file.map(std::fs::read_to_string).transpose() {
@@ -173,7 +208,29 @@ fn main() -> ExitCode {
     }
 }
 
-fn inject(file: &std::path::Path, opts: credproxy::inject::Options) -> ExitCode {
+fn serve_webhook(opts: credproxy::inject::webhook::WebhookOptions) -> ExitCode {
+    runtime().block_on(async move {
+        let webhook = match credproxy::inject::webhook::Webhook::bind(opts).await {
+            Ok(w) => w,
+            Err(e) => {
+                eprintln!("credproxy inject --webhook: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Ok(addr) = webhook.local_addr() {
+            tracing::info!(%addr, "injector webhook listening");
+        }
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let served = tokio::spawn(webhook.serve(rx));
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        let _ = stop.send(true);
+        let _ = served.await;
+        ExitCode::SUCCESS
+    })
+}
+
+fn inject_files(file: &std::path::Path, opts: credproxy::inject::Options) -> ExitCode {
     use std::io::Read;
     let limit = credproxy::inject::manifest::MAX_INPUT_BYTES as u64 + 1;
     let mut text = String::new();

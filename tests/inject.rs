@@ -287,7 +287,7 @@ fn bad_inputs_name_the_document_and_field() {
         (pod(&ann(c::OVERRIDE_ENV, "\"yes\""), APP), at(c::OVERRIDE_ENV) + "must be \"true\" or \"false\""),
         (pod(&ann(c::CPU_LIMIT, "lots"), APP), at(c::CPU_LIMIT) + "\"lots\" is not a Kubernetes quantity"),
         (pod(&ann(c::MEMORY_REQUEST, "1Gi"), APP), at(c::MEMORY_REQUEST) + "the request 1Gi is above the limit 128Mi"),
-        (pod(&ann(c::AGENT_ENV, "OPENAI_API_KEY"), APP), at(c::AGENT_ENV) + "\"OPENAI_API_KEY\" is not NAME=VALUE"),
+        (pod(&ann(c::AGENT_ENV, "OPENAI_API_KEY"), APP), at(c::AGENT_ENV) + "an entry is not NAME=VALUE"),
         (pod(&ann(c::AGENT_ENV, "1X=y"), APP), at(c::AGENT_ENV) + "\"1X\" is not a variable name"),
         (pod(&ann(c::IMAGE, "\"a b\""), APP), at(c::IMAGE) + "must be one non-empty word"),
         (pod(&ann(c::SECRETS, "My_Secret"), APP), at(c::SECRETS) + "\"My_Secret\" is not a valid object name"),

@@ -197,9 +197,10 @@ impl<'a> Annotations<'a> {
         Ok((r, l))
     }
 
+    /// Errors name the variable, never its value: a value may be a key someone pasted in.
     fn env_pair(&self, kv: &str) -> Result<(String, String), InjectError> {
         let Some((k, v)) = kv.split_once('=') else {
-            return Err(self.err(c::AGENT_ENV, format!("{kv:?} is not NAME=VALUE")));
+            return Err(self.err(c::AGENT_ENV, "an entry is not NAME=VALUE (entries are separated by commas)"));
         };
         let k = k.trim();
         let name_ok = k.chars().next().is_some_and(|ch| ch.is_ascii_alphabetic() || ch == '_')

@@ -83,6 +83,14 @@ impl TestCa {
         cfg
     }
 
+    /// A leaf certificate for `names` and its key, both PEM (for servers that read files).
+    pub fn leaf_pem(&self, names: &[&str]) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let p = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        let cert = p.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
     /// An HTTP/1.1 server configuration for `name`.
     pub fn server(&self, name: &str, expired: bool) -> rustls::ServerConfig {
         self.server_alpn(name, expired, &[b"http/1.1"])
