@@ -2,6 +2,7 @@
 //! (DESIGN §8), the `credproxy inject` manifest reader around it, and the admission webhook that
 //! serves the same mutation as a JSON Patch.
 
+mod check;
 pub mod contract;
 pub mod manifest;
 pub mod mutate;

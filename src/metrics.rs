@@ -27,6 +27,8 @@ pub struct Metrics {
     pub audit_dropped: IntCounter,
     /// `credproxy_credential_valid{tool}`.
     pub credential_valid: IntGaugeVec,
+    /// `credproxy_credential_required{tool}`: 1 when `/ready` waits for the tool's credential.
+    pub credential_required: IntGaugeVec,
     /// `credproxy_credential_issued_timestamp_seconds{tool}`.
     pub credential_issued: GaugeVec,
     /// `credproxy_credential_expiration_timestamp_seconds{tool}` (absent for tokens without expiry).
@@ -174,6 +176,17 @@ impl Metrics {
                 &r,
                 IntGaugeVec::new(
                     Opts::new("credproxy_credential_valid", "1 while a non-expired token is published."),
+                    &["tool"],
+                )
+                .unwrap(),
+            ),
+            credential_required: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "credproxy_credential_required",
+                        "1 when the tool is required: /ready waits for its credential; 0 when optional.",
+                    ),
                     &["tool"],
                 )
                 .unwrap(),

@@ -186,6 +186,7 @@ impl Shared {
             .collect();
         for name in removed {
             if let Some(e) = creds.remove(&name) {
+                let _ = self.metrics.credential_required.remove_label_values(&[&name]);
                 self.revoke_lease(&name, &e);
             }
         }
@@ -193,6 +194,7 @@ impl Shared {
         for tool in &policy.tools {
             let name: Arc<str> = Arc::from(tool.name.as_str());
             let slot = tool.credential.as_ref().map(|spec| {
+                self.metrics.credential_required.with_label_values(&[&tool.name]).set(i64::from(tool.required));
                 let key = CredKey {
                     spec: spec.clone(),
                     inject: tool.inject.clone(),

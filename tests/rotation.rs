@@ -48,6 +48,10 @@ async fn a_stuck_authority_holds_up_only_its_own_tool() {
     assert_error(&r, 503, "credential_unavailable");
     assert_eq!(p.credential("b").await["state"], "pending");
     assert!(get(p.admin, "/ready").await.starts_with("HTTP/1.1 200"), "b is not required");
+    // What the alert rules join on: which tools /ready waits for.
+    let m = get(p.admin, "/metrics").await;
+    assert_eq!(metric(&m, r#"credproxy_credential_required{tool="a"}"#), Some(1.0), "{m}");
+    assert_eq!(metric(&m, r#"credproxy_credential_required{tool="b"}"#), Some(0.0), "{m}");
     p.shutdown().await;
 
     // Swap roles: a required tool whose authority hangs keeps /ready at 503, naming it.
