@@ -87,7 +87,7 @@ enum Command {
         #[arg(short = 'f', long = "filename", value_name = "FILE|-", conflicts_with = "webhook")]
         file: Option<PathBuf>,
         /// The sidecar's image when a pod does not name one with `credproxy.dev/image`.
-        #[arg(long, default_value = credproxy::inject::contract::DEFAULT_IMAGE)]
+        #[arg(long, env = "CREDPROXY_IMAGE", default_value = credproxy::inject::contract::DEFAULT_IMAGE)]
         image: String,
         /// Serve the mutation as an admission webhook (HTTPS: POST /mutate, GET /healthz, GET /metrics).
         #[arg(long, requires_all = ["listen", "tls_cert", "tls_key"])]

@@ -91,3 +91,54 @@ fn the_metric_table_matches_the_registry() {
     assert!(declared.len() >= 15, "{declared:?}");
     assert_eq!(documented, declared);
 }
+
+/// The README's Kubernetes section states the injector's contract as `src/inject/contract.rs`
+/// holds it, and every command of its walk-through says whether CI runs it (naming the test) or
+/// it needs a cluster.
+#[test]
+fn the_kubernetes_section_matches_the_contract_and_marks_what_ci_runs() {
+    use credproxy::inject::contract as c;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let section = readme.split("\n## Kubernetes\n").nth(1).unwrap().split("\n## ").next().unwrap();
+    for a in c::ANNOTATIONS {
+        assert!(section.contains(&format!("`{a}`")), "{a} is not in the annotation table");
+    }
+    let facts = [
+        c::POLICY_DIR.to_string() + "/",
+        c::SECRETS_DIR.to_string() + "/",
+        c::TOKEN_PATH.into(),
+        c::CA_DIR.to_string() + "/",
+        c::CONTROL_DIR.to_string() + "/",
+        c::CONTROL.into(),
+        c::NO_PROXY_LOOPBACK.into(),
+        c::DEFAULT_IMAGE.into(),
+        format!("`{}`, `{}`", c::DEFAULT_PROXY_PORT, c::DEFAULT_ADMIN_PORT),
+        format!(
+            "`{}`, `{}`, `{}`, `{}`",
+            c::DEFAULT_CPU_REQUEST,
+            c::DEFAULT_CPU_LIMIT,
+            c::DEFAULT_MEMORY_REQUEST,
+            c::DEFAULT_MEMORY_LIMIT
+        ),
+        format!("UID and GID {}", c::UID),
+        format!("--ca-dir {}", c::CA_DIR),
+        format!("--admin-listen 0.0.0.0:{}", c::DEFAULT_ADMIN_PORT),
+    ];
+    for f in &facts {
+        assert!(section.contains(f.as_str()), "the Kubernetes section does not say {f:?}");
+    }
+    let walk = section.split("```sh\n").nth(1).unwrap().split("\n```").next().unwrap();
+    let (mut ci, mut cluster) = (0, 0);
+    for line in walk.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')) {
+        if let Some(test) = line.split("# CI: ").nth(1) {
+            assert!(root.join(test.trim()).exists(), "{line}: no {test}");
+            ci += 1;
+        } else if line.trim_end().ends_with("# cluster") {
+            cluster += 1;
+        } else {
+            assert!(line.contains("(not run in CI)"), "{line}: say whether CI runs it");
+        }
+    }
+    assert!(ci >= 5 && cluster >= 4, "{ci} CI steps, {cluster} cluster steps");
+}
