@@ -9,6 +9,7 @@ pub mod mutate;
 pub mod review;
 pub mod settings;
 pub mod webhook;
+pub mod yaml;
 
 pub use manifest::inject_documents;
 pub use mutate::{mutate, Outcome};

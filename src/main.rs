@@ -105,6 +105,10 @@ enum Command {
         /// a warning (Ignore); match the MutatingWebhookConfiguration's failurePolicy.
         #[arg(long, value_enum, default_value = "fail", requires = "webhook")]
         failure_policy: credproxy::inject::review::FailurePolicy,
+        /// After SIGTERM, keep answering this long before closing (the API server learns of a
+        /// removed endpoint late; with failurePolicy Fail a refused connection denies a pod).
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, requires = "webhook")]
+        shutdown_delay: Duration,
         /// Operational log format (stderr).
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
@@ -152,7 +156,17 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Inject { file, image, webhook, listen, tls_cert, tls_key, failure_policy, log_format } => {
+        Command::Inject {
+            file,
+            image,
+            webhook,
+            listen,
+            tls_cert,
+            tls_key,
+            failure_policy,
+            shutdown_delay,
+            log_format,
+        } => {
             let inject = credproxy::inject::Options { image };
             match (webhook, listen, tls_cert, tls_key) {
                 (true, Some(listen), Some(tls_cert), Some(tls_key)) => {
@@ -164,7 +178,7 @@ fn main() -> ExitCode {
                         failure_policy,
                         inject,
                     };
-                    serve_webhook(opts)
+                    serve_webhook(opts, shutdown_delay)
                 }
                 _ => inject_files(&file.unwrap_or_else(|| "-".into()), inject),
             }
@@ -208,7 +222,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve_webhook(opts: credproxy::inject::webhook::WebhookOptions) -> ExitCode {
+fn serve_webhook(opts: credproxy::inject::webhook::WebhookOptions, delay: Duration) -> ExitCode {
     runtime().block_on(async move {
         let webhook = match credproxy::inject::webhook::Webhook::bind(opts).await {
             Ok(w) => w,
@@ -223,7 +237,8 @@ fn serve_webhook(opts: credproxy::inject::webhook::WebhookOptions) -> ExitCode {
         let (stop, rx) = tokio::sync::watch::channel(false);
         let served = tokio::spawn(webhook.serve(rx));
         wait_for_signal().await;
-        tracing::info!("shutting down");
+        tracing::info!(delay = ?delay, "shutting down: still answering until the delay is over");
+        tokio::time::sleep(delay).await;
         let _ = stop.send(true);
         let _ = served.await;
         ExitCode::SUCCESS
@@ -271,6 +286,13 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn run(config: PathBuf, overrides: credproxy::config::Overrides, shutdown_timeout: Duration) -> ExitCode {
+    // Tokens and secrets live in this process's memory: no core dumps, and no /proc/PID/mem,
+    // environ or root for another process of the same user (an agent sharing UID 65532).
+    // SAFETY: prctl(PR_SET_DUMPABLE) takes integers and touches none of our memory.
+    #[cfg(target_os = "linux")]
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0)
+    };
     // A sidecar with one core (a CPU limit, or taskset) runs leaner on a single-threaded runtime.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut builder = if cores == 1 {

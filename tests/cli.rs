@@ -279,3 +279,44 @@ async fn listen_flags_override_the_policy_and_meet_its_checks() {
     let out = bin().args(["run", "--config"]).arg(&policy).args(["--control", "unix:/tmp/${HOME}/s"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "clap refuses a ${{ in --control");
 }
+
+/// `run` makes itself non-dumpable: another process of the same user (an agent running as the
+/// sidecar's UID) cannot read its /proc files, while it can read those of an ordinary process.
+#[tokio::test]
+async fn another_process_of_the_same_user_cannot_read_its_memory_or_environment() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (p, a, c) = (free_port(), free_port(), free_port());
+    let policy = policy_file(&dir, (p, a, c), "  pypi:\n    routes: [{ host: pypi.org }]\n");
+    std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let as_nobody = |cmd: &mut tokio::process::Command| {
+        cmd.args(["--reuid", "65534", "--regid", "65534", "--clear-groups"]);
+    };
+    let mut cmd = tokio::process::Command::new("setpriv");
+    as_nobody(&mut cmd);
+    cmd.arg(env!("CARGO_BIN_EXE_credproxy")).args(["run", "--config"]).arg(&policy);
+    let mut run = Captured::spawn(cmd);
+    assert!(run.logged(&["credproxy listening"]).await, "{}", run.stderr());
+    // setpriv execs credproxy: the child's pid is credproxy's.
+    let pid = run.child.id().unwrap();
+    let mut sleeper = std::process::Command::new("setpriv");
+    sleeper.args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "sleep", "30"]);
+    let mut sleeper = sleeper.spawn().unwrap();
+    let read_as_nobody = |pid: u32| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "cat"])
+            .arg(format!("/proc/{pid}/environ"))
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    let ours = read_as_nobody(pid);
+    let ordinary = read_as_nobody(sleeper.id());
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    let _ = run.child.kill().await;
+    assert!(ordinary, "the same user reads an ordinary process's environ (the check can tell)");
+    assert!(!ours, "but not credproxy's");
+}

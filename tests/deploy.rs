@@ -68,15 +68,13 @@ fn the_injector_with_cert_manager_renders_and_validates() {
         assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
     }
     let custom = validate_builtin("injector", &docs);
-    assert_eq!(custom.len(), 2);
+    assert_eq!(custom.len(), 4, "two Issuers, two Certificates");
 
     let deploy = find(&docs, "Deployment");
     assert_eq!(deploy["spec"]["replicas"], 2);
     let pod = &deploy["spec"]["template"];
-    assert_eq!(
-        pod["metadata"]["labels"]["app.kubernetes.io/part-of"], "credproxy-injector",
-        "the webhook skips its own pods"
-    );
+    let ns_labels = &find(&docs, "Namespace")["metadata"]["labels"];
+    assert!(ns_labels.get("credproxy.dev/injection").is_none(), "the injector's own pods are never sent");
     assert_eq!(pod["spec"]["securityContext"]["runAsUser"], 65532);
     assert_eq!(pod["spec"]["automountServiceAccountToken"], false, "the injector needs no API access");
     let args: Vec<&str> =
@@ -90,34 +88,42 @@ fn the_injector_with_cert_manager_renders_and_validates() {
     assert_eq!(hook["failurePolicy"], "Fail", "matches the injector's --failure-policy");
     assert!(hook["timeoutSeconds"].as_u64().is_some_and(|t| t <= 10));
     assert_eq!(hook["namespaceSelector"]["matchLabels"]["credproxy.dev/injection"], "enabled");
-    assert_eq!(hook["objectSelector"]["matchExpressions"][0]["values"][0], "credproxy-injector");
+    let opt_out = &hook["objectSelector"]["matchExpressions"][0];
+    assert_eq!((opt_out["key"].as_str(), opt_out["operator"].as_str()), (Some("credproxy.dev/inject"), Some("NotIn")));
+    assert_eq!(opt_out["values"][0], "false", "pods labelled inject=false are never sent");
     assert_eq!(hook["clientConfig"]["service"]["path"], "/mutate");
     assert_eq!(hook["rules"][0]["resources"][0], "pods");
     assert_eq!(hook["rules"][0]["operations"][0], "CREATE");
     let service = find(&docs, "Service");
     assert_eq!(hook["clientConfig"]["service"]["name"], service["metadata"]["name"]);
 
-    // cert-manager: the Certificate names the Service and fills the Secret the Deployment
-    // mounts; the webhook asks for the CA by the Certificate's namespace/name.
-    let cert = custom.iter().find(|d| kind(d) == "Certificate").unwrap();
-    let issuer = custom.iter().find(|d| kind(d) == "Issuer").unwrap();
-    for d in [cert, issuer] {
+    // cert-manager: a self-signed Issuer makes a CA Certificate, a CA Issuer signs the serving
+    // Certificate (naming the Service, filling the Secret the Deployment mounts), and the webhook
+    // asks for the CA, which stays the same when the serving certificate is renewed.
+    for d in &custom {
         assert_eq!(d["apiVersion"], "cert-manager.io/v1");
         assert_eq!(d["metadata"]["namespace"], "credproxy");
     }
-    assert!(issuer["spec"]["selfSigned"].is_mapping());
-    assert_eq!(cert["spec"]["issuerRef"]["name"], issuer["metadata"]["name"]);
+    let named = |k: &str, n: &str| {
+        custom.iter().find(|d| kind(d) == k && d["metadata"]["name"] == n).unwrap_or_else(|| panic!("no {k} {n}"))
+    };
+    let selfsigned = named("Issuer", "credproxy-injector-selfsigned");
+    assert!(selfsigned["spec"]["selfSigned"].is_mapping());
+    let ca = named("Certificate", "credproxy-injector-ca");
+    assert_eq!(ca["spec"]["isCA"], true);
+    assert_eq!(ca["spec"]["issuerRef"]["name"], selfsigned["metadata"]["name"]);
+    let ca_issuer = named("Issuer", "credproxy-injector-ca");
+    assert_eq!(ca_issuer["spec"]["ca"]["secretName"], ca["spec"]["secretName"]);
+    let cert = named("Certificate", "credproxy-injector");
+    assert_eq!(cert["spec"]["issuerRef"]["name"], ca_issuer["metadata"]["name"]);
     assert_eq!(cert["spec"]["secretName"], pod["spec"]["volumes"][0]["secret"]["secretName"]);
     let names: Vec<&str> =
         cert["spec"]["dnsNames"].as_sequence().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
-    assert!(names.contains(&"credproxy-injector.credproxy.svc"), "{names:?}");
-    let inject_from = find(&docs, "MutatingWebhookConfiguration")["metadata"]["annotations"]
-        ["cert-manager.io/inject-ca-from"]
-        .clone();
-    assert_eq!(
-        inject_from.as_str(),
-        Some(format!("credproxy/{}", cert["metadata"]["name"].as_str().unwrap()).as_str())
-    );
+    let svc = service["metadata"]["name"].as_str().unwrap();
+    assert!(names.contains(&format!("{svc}.credproxy.svc").as_str()), "{names:?}");
+    let hooks = find(&docs, "MutatingWebhookConfiguration");
+    let inject_from = hooks["metadata"]["annotations"]["cert-manager.io/inject-ca-from"].as_str();
+    assert_eq!(inject_from, Some("credproxy/credproxy-injector-ca"), "the CA, not the serving certificate");
 }
 
 /// The documented alternative without cert-manager: make-certs, then the manual overlay; the
@@ -288,6 +294,9 @@ fn the_plain_scrape_job_keeps_injected_sidecars_only() {
         .collect();
     assert!(keeps.contains(&("__meta_kubernetes_pod_annotation_credproxy_dev_status".into(), "injected".into())));
     assert!(keeps.contains(&("__meta_kubernetes_pod_container_port_name".into(), "credproxy-admin".into())));
+    let drop = job["relabel_configs"].as_sequence().unwrap().iter().find(|r| r["action"] == "drop").unwrap();
+    assert_eq!(drop["source_labels"][0], "__meta_kubernetes_pod_phase");
+    assert!(drop["regex"].as_str().unwrap().contains("Succeeded"), "finished Job pods are not scraped");
 }
 
 #[test]

@@ -297,7 +297,7 @@ fn bad_inputs_name_the_document_and_field() {
             at(c::INJECT) + "must be a string",
         ),
         (pod(POLICY, "  containers: []\n"), "document 1 (Pod shop/agent, line 1): spec.containers: missing or empty".into()),
-        (pod(POLICY, &format!("  hostNetwork: true\n{APP}")), "document 1 (Pod shop/agent, line 1): spec.hostNetwork: credproxy cannot run".into()),
+        (pod(POLICY, &format!("  hostNetwork: true\n{APP}")), "document 1 (Pod shop/agent, line 1): spec.hostNetwork: credproxy cannot be injected into such a pod".into()),
         (
             pod(POLICY, &format!("{APP}      ports: [{{ containerPort: 15090 }}]\n")),
             "document 1 (Pod shop/agent, line 1): spec.containers[0].ports[0].containerPort: 15090 is credproxy's port".into(),
@@ -319,6 +319,26 @@ fn bad_inputs_name_the_document_and_field() {
             "document 1 (Deployment d, line 1): spec.template: missing".into(),
         ),
         ("kind: Pod\nmetadata: [unclosed\n".into(), "document 1 (line 3): did not find expected".into()),
+        (pod(POLICY, &format!("  shareProcessNamespace: true\n{APP}")), "document 1 (Pod shop/agent, line 1): spec.shareProcessNamespace: credproxy cannot be injected into such a pod: the agent could reach the sidecar's secrets".into()),
+        (pod(POLICY, &format!("  hostPID: true\n{APP}")), "document 1 (Pod shop/agent, line 1): spec.hostPID: credproxy cannot be injected".into()),
+        (
+            pod(POLICY, &format!("{APP}      volumeMounts: [{{ name: credproxy-secrets, mountPath: /s }}]\n")),
+            "document 1 (Pod shop/agent, line 1): spec.containers[0].volumeMounts[0].name: \"credproxy-secrets\" is the injector's volume, for the sidecar only".into(),
+        ),
+        (
+            pod(POLICY, &format!("  initContainers: [{{ name: i, image: x, volumeMounts: [{{ name: credproxy-control, mountPath: /c }}] }}]\n{APP}")),
+            "document 1 (Pod shop/agent, line 1): spec.initContainers[0].volumeMounts[0].name: \"credproxy-control\" is the injector's volume".into(),
+        ),
+        (
+            pod(POLICY, &format!("{APP}      volumeDevices: [{{ name: credproxy-token, devicePath: /dev/t }}]\n")),
+            "document 1 (Pod shop/agent, line 1): spec.containers[0].volumeDevices[0].name: \"credproxy-token\" is the injector's volume".into(),
+        ),
+        (pod(&ann(c::AGENT_ENV, "HTTPS_PROXY=http://x:1"), APP), at(c::AGENT_ENV) + "HTTPS_PROXY is the injector's own variable"),
+        (pod(&ann(c::NO_PROXY, "\"*\""), APP), at(c::NO_PROXY) + "a wildcard would send every request past credproxy"),
+        (
+            pod(&ann(c::STATUS, "injected"), APP),
+            at(c::STATUS) + "says injected, but the pod has no credproxy sidecar first among its initContainers",
+        ),
         (format!("kind: Service\n---\n{}", pod(POLICY, "  containers: 7\n")), "document 2 (Pod shop/agent, line 3): spec.containers: missing or empty".into()),
     ];
     for (input, want) in &cases {
@@ -383,4 +403,61 @@ fn every_injected_manifest_passes_kubernetes_validate_strict() {
         .unwrap()
         .status;
     assert!(!status.success(), "kubernetes-validate accepts a broken sidecar");
+}
+
+/// A `credproxy.dev/*` typo on a pod that never asked for the sidecar is not ours to refuse.
+#[test]
+fn a_pod_that_did_not_opt_in_is_never_refused() {
+    let input = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  annotations: { credproxy.dev/injection: enabled }\nspec:\n  containers: [{ name: web, image: nginx }]\n";
+    let done = inject_documents(input, &opts()).unwrap();
+    assert_eq!((done.injected, done.output.as_str()), (0, input));
+}
+
+/// On reinvocation (or after an edit) an injected pod with a container added since gets the
+/// variables and the CA for that container only, once.
+#[test]
+fn a_container_added_after_injection_gets_the_variables_once() {
+    let golden = std::fs::read_to_string(fixtures().join("pod.out.yaml")).unwrap();
+    let added = golden.replace("  containers:\n", "  containers:\n  - name: late\n    image: busybox\n");
+    assert_ne!(added, golden);
+    let done = inject_documents(&added, &opts()).unwrap();
+    assert_eq!(done.injected, 1, "{}", done.output);
+    assert!(
+        done.warnings.iter().any(|w| w.contains("container late was added after injection")),
+        "{:?}",
+        done.warnings
+    );
+    let t = &templates(&done.output, true)[0];
+    let late = t["spec"]["containers"].as_sequence().unwrap().iter().find(|c| c["name"] == "late").unwrap();
+    let env = env_of(late);
+    assert_eq!(value(&env, "HTTPS_PROXY"), Some("http://127.0.0.1:15001"));
+    assert_eq!(late["volumeMounts"][0]["name"], c::VOLUME_CA);
+    assert_eq!(t["spec"]["initContainers"].as_sequence().unwrap().len(), 1, "no second sidecar");
+    let again = inject_documents(&done.output, &opts()).unwrap();
+    assert_eq!((again.injected, again.output), (0, done.output), "and only once");
+    // A late container reaching for the sidecar's volumes is refused like any other.
+    let grab = golden.replace("  containers:\n", "  containers:\n  - name: late\n    image: busybox\n    volumeMounts: [{ name: credproxy-secrets, mountPath: /s }]\n");
+    let err = inject_documents(&grab, &opts()).unwrap_err().to_string();
+    assert!(err.contains("spec.containers[0].volumeMounts[0].name") && err.contains("for the sidecar only"), "{err}");
+}
+
+/// kubectl reads YAML 1.1: every rewritten document means the same to PyYAML (1.1) as to the
+/// YAML 1.2 reader credproxy uses, so no string turns into a bool or a number on the way.
+#[test]
+fn rewritten_manifests_read_the_same_in_yaml_1_1() {
+    let mut checked = 0;
+    for (name, _, golden) in cases() {
+        let text = std::fs::read_to_string(&golden).unwrap();
+        let ours: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&text)
+            .map(|d| serde_json::to_value(Value::deserialize(d).unwrap()).unwrap())
+            .filter(|v| !v.is_null())
+            .collect();
+        let mut py = std::process::Command::new(common::venv::python());
+        py.args(["-c", "import json, sys, yaml\nprint(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d is not None]))"])
+            .arg(&golden);
+        let theirs: Vec<serde_json::Value> = serde_json::from_str(&common::venv::run_ok(py)).unwrap();
+        assert_eq!(ours, theirs, "{name}: YAML 1.1 reads it differently");
+        checked += 1;
+    }
+    assert!(checked >= 9);
 }

@@ -63,9 +63,9 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    /// The shipped scrape job with its pod discovery swapped for two static targets carrying the
-    /// labels discovery would set: credproxy's admin port on an injected pod, and a pod that is
-    /// not injected (which the relabel rules must drop).
+    /// The shipped scrape job with its pod discovery swapped for static targets carrying the
+    /// labels discovery would set: credproxy's admin port on a running injected pod, a pod that is
+    /// not injected and a finished injected Job pod (both of which the relabel rules must drop).
     async fn start(admin: std::net::SocketAddr) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("rules.yaml"), fast_rules("1s")).unwrap();
@@ -76,16 +76,20 @@ impl Prometheus {
         let mut job = jobs[0].clone();
         let m = job.as_mapping_mut().unwrap();
         assert!(m.remove("kubernetes_sd_configs").is_some());
-        let target = |addr: String, status: &str, pod: &str| {
+        let target = |addr: String, status: &str, pod: &str, phase: &str| {
             serde_json::json!({"targets": [addr], "labels": {
                 "__meta_kubernetes_pod_annotation_credproxy_dev_status": status,
                 "__meta_kubernetes_pod_container_port_name": "credproxy-admin",
+                "__meta_kubernetes_pod_phase": phase,
                 "__meta_kubernetes_namespace": "agents",
                 "__meta_kubernetes_pod_name": pod}})
         };
-        let other = format!("127.0.0.1:{}", free_port());
-        let statics =
-            serde_json::json!([target(admin.to_string(), "injected", "agent-0"), target(other, "", "plain-0")]);
+        let other = || format!("127.0.0.1:{}", free_port());
+        let statics = serde_json::json!([
+            target(admin.to_string(), "injected", "agent-0", "Running"),
+            target(other(), "", "plain-0", "Running"),
+            target(other(), "injected", "job-done-0", "Succeeded"),
+        ]);
         m.insert("static_configs".into(), serde_yaml::to_value(statics).unwrap());
         m.insert("scrape_interval".into(), "1s".into());
         let config = serde_json::json!({
@@ -151,7 +155,7 @@ tools:
         "prometheus scrapes credproxy",
     )
     .await;
-    // The relabel rules kept the injected sidecar and dropped the other pod.
+    // The relabel rules kept the running injected sidecar and dropped the other two.
     let targets = prom.api("/api/v1/targets").await;
     let active: Vec<&Value> = targets["activeTargets"].as_array().unwrap().iter().collect();
     assert_eq!(active.len(), 1, "{targets}");
@@ -190,8 +194,8 @@ tools:
     assert!(alert["annotations"]["runbook"].as_str().unwrap().contains("`credproxy status`"));
 
     // The dashboard, against the metrics this credproxy exports now and this Prometheus.
-    let exported = exported_names(&get(p.admin, "/metrics").await);
-    check_dashboard(&prom, &exported).await;
+    let exposition = get(p.admin, "/metrics").await;
+    check_dashboard(&prom, &exported_names(&exposition), &exposition).await;
     p.shutdown().await;
     let _ = prom.child.child.kill().await;
 }
@@ -221,7 +225,31 @@ fn metric_names(expr: &str) -> Vec<String> {
     out
 }
 
-async fn check_dashboard(prom: &Prometheus, exported: &BTreeSet<String>) {
+/// Every identifier directly before a `{` (a selector's metric name), and every exact matcher
+/// `label="value"` (not `=~`), in a PromQL expression.
+fn selectors(expr: &str) -> (Vec<String>, Vec<String>) {
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    let (mut names, mut matchers) = (Vec::new(), Vec::new());
+    for (i, _) in expr.match_indices('{') {
+        let head = &expr[..i];
+        let start = head.rfind(|c: char| !ident(c)).map_or(0, |j| j + 1);
+        if start < i {
+            names.push(head[start..].to_string());
+        }
+    }
+    for (i, _) in expr.match_indices("=\"") {
+        let head = &expr[..i];
+        if head.ends_with(['~', '!']) {
+            continue;
+        }
+        let start = head.rfind(|c: char| !ident(c)).map_or(0, |j| j + 1);
+        let value_end = expr[i + 2..].find('"').map(|j| i + 2 + j).unwrap();
+        matchers.push(format!("{}=\"{}\"", &head[start..], &expr[i + 2..value_end]));
+    }
+    (names, matchers)
+}
+
+async fn check_dashboard(prom: &Prometheus, exported: &BTreeSet<String>, exposition: &str) {
     let dash: Value =
         serde_json::from_str(&std::fs::read_to_string(root().join("deploy/grafana/credproxy.json")).unwrap()).unwrap();
     let rules: serde_yaml::Value =
@@ -248,6 +276,15 @@ async fn check_dashboard(prom: &Prometheus, exported: &BTreeSet<String>) {
     for q in &queries {
         let names = metric_names(q);
         assert!(!names.is_empty(), "no metric in {q}");
+        // No other metric hides beside the known prefixes, and each exact label value is one
+        // credproxy exports (job is the scrape's own label).
+        let (selected, matchers) = selectors(q);
+        for n in &selected {
+            assert!(names.contains(n), "{q}: {n} is not a metric credproxy exports");
+        }
+        for m in matchers.iter().filter(|m| !m.starts_with("job=")) {
+            assert!(exposition.contains(m.as_str()), "{q}: no exported series has {m}");
+        }
         for n in names {
             if n == "up" {
                 continue;
@@ -267,4 +304,13 @@ async fn check_dashboard(prom: &Prometheus, exported: &BTreeSet<String>) {
             prom.api(&format!("/api/v1/query?query={}", encode(&promql))).await;
         }
     }
+}
+
+#[test]
+fn the_dashboard_check_sees_selectors_and_matchers() {
+    let (names, matchers) = selectors(
+        r#"sum by (outcome) (rate(credproxy_requests_totl{job="credproxy", outcome="deny", pod=~"$pod"}[1m])) / up{x="y"}"#,
+    );
+    assert_eq!(names, ["credproxy_requests_totl", "up"]);
+    assert_eq!(matchers, [r#"job="credproxy""#, r#"outcome="deny""#, r#"x="y""#]);
 }

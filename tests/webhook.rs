@@ -241,3 +241,62 @@ async fn a_certificate_swapped_on_disk_is_served_to_the_next_connection() {
     assert!(hook.run.logged(&["serving certificate reloaded"]).await);
     let _ = hook.run.child.kill().await;
 }
+
+/// curl's HTTP status for a POST of `body` to /mutate, sent at `rate` bytes per second when given.
+fn post_code(hook: &Injector, body: &Path, rate: Option<&str>) -> String {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "30", "--cacert"]).arg(hook.ca());
+    cmd.args(["--resolve", &format!("{HOST}:{}:127.0.0.1", hook.port), "-H", "Content-Type: application/json"]);
+    if let Some(r) = rate {
+        cmd.args(["--limit-rate", r]);
+    }
+    cmd.arg("--data-binary").arg(format!("@{}", body.display())).arg(format!("https://{HOST}:{}/mutate", hook.port));
+    String::from_utf8_lossy(&cmd.output().expect("curl runs").stdout).into_owned()
+}
+
+/// A body over the cap is refused with 413 before it is read; one that trickles in slower than
+/// the body deadline gets 408; both are counted as bad requests, and the webhook still answers.
+#[tokio::test]
+async fn oversized_and_slow_bodies_are_refused_and_counted() {
+    use credproxy::inject::webhook::{BODY_TIMEOUT, MAX_BODY_BYTES};
+    let ca = TestCa::new();
+    let mut hook = Injector::start(&ca, &[]).await;
+    let big = hook.dir.path().join("big.json");
+    std::fs::write(&big, vec![b' '; MAX_BODY_BYTES + 1]).unwrap();
+    assert_eq!(post_code(&hook, &big, None), "413");
+    // Twice the deadline's worth of bytes at 100 bytes a second.
+    let slow = hook.dir.path().join("slow.json");
+    std::fs::write(&slow, vec![b' '; 200 * BODY_TIMEOUT.as_secs() as usize]).unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(post_code(&hook, &slow, Some("100")), "408");
+    assert!(started.elapsed() < BODY_TIMEOUT * 2, "answered at the deadline, not after the whole body");
+    let (ok, health) = hook.curl(&hook.ca(), "/healthz", None);
+    assert!(ok && health == "ok\n");
+    let (_, metrics) = hook.curl(&hook.ca(), "/metrics", None);
+    let count =
+        common::metric(&metrics, "credproxy_injector_admissions_total{dry_run=\"false\",result=\"bad_request\"}");
+    assert_eq!(count, Some(2.0), "{metrics}");
+    let _ = hook.run.child.kill().await;
+}
+
+/// A rotation caught half-way (a new certificate with the old key) does not load: the old pair
+/// keeps serving, and the next complete change is picked up.
+#[tokio::test]
+async fn a_half_written_rotation_keeps_the_old_certificate() {
+    let first = TestCa::new();
+    let mut hook = Injector::start(&first, &[]).await;
+    let second = TestCa::new();
+    let (cert, key) = second.leaf_pem(&[HOST]);
+    let d = hook.dir.path().to_path_buf();
+    std::fs::write(d.join("second.crt"), second.pem()).unwrap();
+    std::fs::write(d.join("tls.crt.new"), &cert).unwrap();
+    std::fs::rename(d.join("tls.crt.new"), d.join("tls.crt")).unwrap();
+    let (ok, out) = hook.curl(&hook.ca(), "/healthz", None);
+    assert!(ok && out == "ok\n", "the old pair still serves: {out}");
+    assert!(hook.run.logged(&["does not load; keeping the old one"]).await, "{}", hook.run.stderr());
+    std::fs::write(d.join("tls.key.new"), key).unwrap();
+    std::fs::rename(d.join("tls.key.new"), d.join("tls.key")).unwrap();
+    let (ok, out) = hook.curl(&d.join("second.crt"), "/healthz", None);
+    assert!(ok && out == "ok\n", "the completed rotation is served: {out}");
+    let _ = hook.run.child.kill().await;
+}

@@ -111,5 +111,22 @@ pub const VOLUME_CA: &str = "credproxy-ca";
 /// See [`VOLUME_POLICY`].
 pub const VOLUME_CONTROL: &str = "credproxy-control";
 
+/// The variables the injector sets in every app container (besides `credproxy.dev/agent-env`'s,
+/// which may not name these).
+pub const INJECTED_ENV: &[&str] = &[
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "NODE_EXTRA_CA_CERTS",
+    "NODE_USE_ENV_PROXY",
+    "JAVA_TOOL_OPTIONS",
+];
+
 /// Loopback, always first in `NO_PROXY`: base-URL traffic must not loop through the forward proxy.
 pub const NO_PROXY_LOOPBACK: &str = "localhost,127.0.0.1,::1";

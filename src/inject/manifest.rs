@@ -105,11 +105,13 @@ pub fn inject_documents(text: &str, opts: &Options) -> Result<Injected, Manifest
             continue;
         }
         let what = describe(&value, doc.line);
+        // `<<: *anchor` merge keys, resolved as kubectl resolves them before anything is added.
+        value.apply_merge().map_err(|e| ManifestError { number, what: what.clone(), message: e.to_string() })?;
         match mutate(&mut value, opts) {
             Err(e) => return Err(ManifestError { number, what, message: e.to_string() }),
             Ok(Outcome::Injected { warnings }) => {
                 octal_modes(&mut value);
-                let text = serde_yaml::to_string(&value).map_err(|e| ManifestError {
+                let text = super::yaml::to_string(&value).map_err(|e| ManifestError {
                     number,
                     what: what.clone(),
                     message: format!("cannot write it back: {e}"),
@@ -117,6 +119,14 @@ pub fn inject_documents(text: &str, opts: &Options) -> Result<Injected, Manifest
                 out.output.push_str(&text);
                 out.injected += 1;
                 out.warnings.extend(warnings.into_iter().map(|w| format!("document {number}{what}: {w}")));
+            }
+            Ok(Outcome::NotAWorkload) if doc.body.contains(super::contract::INJECT) => {
+                out.output.push_str(doc.body);
+                out.warnings.push(format!(
+                    "document {number}{what}: mentions {} but is not a kind credproxy injects (Pod, Deployment, \
+                     StatefulSet, DaemonSet, ReplicaSet, Job, CronJob, each of its current API version): left as it is",
+                    super::contract::INJECT
+                ));
             }
             Ok(_) => out.output.push_str(doc.body),
         }

@@ -52,13 +52,20 @@ pub fn mutate(doc: &mut Value, opts: &Options) -> Result<Outcome, InjectError> {
         };
     }
     let annotations = template.get("metadata").and_then(|m| m.get("annotations"));
-    let s = match settings::read(annotations, &format!("{prefix}metadata.annotations"), opts)? {
+    let (s, already) = match settings::read(annotations, &format!("{prefix}metadata.annotations"), opts)? {
         Wanted::No => return Ok(Outcome::NotAnnotated),
-        Wanted::Already => return Ok(Outcome::AlreadyInjected),
-        Wanted::Yes(s) => s,
+        Wanted::Already(s) => (s, true),
+        Wanted::Yes(s) => (s, false),
     };
     let mut t = template.clone();
-    let warnings = inject(&mut t, &s, &prefix)?;
+    let warnings = if already {
+        match top_up(&mut t, &s, &prefix)? {
+            Some(w) => w,
+            None => return Ok(Outcome::AlreadyInjected),
+        }
+    } else {
+        inject(&mut t, &s, &prefix)?
+    };
     let mut slot = doc;
     for key in path {
         slot = &mut slot[*key];
@@ -79,14 +86,7 @@ fn inject(t: &mut Value, s: &Settings, p: &str) -> Result<Vec<String>, InjectErr
     volumes.extend(self::volumes(s));
     let env = app_env(s);
     for container in seq(spec, "containers") {
-        let name = container.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
-        seq(container, "volumeMounts").push(mount(c::VOLUME_CA, c::CA_DIR, true));
-        let list = seq(container, "env");
-        for (k, v) in &env {
-            if let Some(w) = set_env(list, k, v, s.override_env) {
-                warnings.push(format!("container {name}: {w}"));
-            }
-        }
+        app_container(container, &env, s, &mut warnings);
     }
     let meta = &mut t["metadata"];
     let annotations = map(&mut meta["annotations"]);
@@ -97,10 +97,9 @@ fn inject(t: &mut Value, s: &Settings, p: &str) -> Result<Vec<String>, InjectErr
     // discovery knows, and the app's metrics are not ours to take away.
     let theirs = scrape.iter().find(|(k, v)| annotations.get(*k).is_some_and(|old| old.as_str() != Some(v)));
     match theirs {
-        Some((k, _)) => warnings.push(format!(
-            "annotation {k} is the pod's own: the prometheus.io annotations are kept, so annotation discovery does \
-             not scrape credproxy (a PodMonitor on port credproxy-admin does)"
-        )),
+        Some((k, _)) => {
+            warnings.push(format!("{k} is the pod's own and kept: scrape credproxy with the PodMonitor instead"))
+        }
         None => {
             for (k, v) in scrape {
                 annotations.insert(k.into(), v.into());
@@ -109,6 +108,53 @@ fn inject(t: &mut Value, s: &Settings, p: &str) -> Result<Vec<String>, InjectErr
     }
     annotations.insert(c::STATUS.into(), c::INJECTED.into());
     Ok(warnings)
+}
+
+/// Give one app container the CA, read-only, and the variables.
+fn app_container(container: &mut Value, env: &[(String, String)], s: &Settings, warnings: &mut Vec<String>) {
+    let name = container.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+    seq(container, "volumeMounts").push(mount(c::VOLUME_CA, c::CA_DIR, true));
+    let list = seq(container, "env");
+    for (k, v) in env {
+        if let Some(w) = set_env(list, k, v, s.override_env) {
+            warnings.push(format!("container {name}: {w}"));
+        }
+    }
+}
+
+/// A pod marked injected: its sidecar must be there (a forged mark is an error, not a pass), and
+/// app containers added since (by a later webhook, on reinvocation, or an edit) get what the
+/// others got. `None` when nothing is missing.
+fn top_up(t: &mut Value, s: &Settings, p: &str) -> Result<Option<Vec<String>>, InjectError> {
+    let spec = &t["spec"];
+    let first = &spec["initContainers"][0];
+    let args_ok = first["args"].as_sequence().is_some_and(|a| a.iter().any(|x| x.as_str() == Some(c::CONTROL)));
+    if first["name"].as_str() != Some(c::CONTAINER) || first["restartPolicy"].as_str() != Some("Always") || !args_ok {
+        return Err(InjectError::new(
+            format!("{p}metadata.annotations[\"{}\"]", c::STATUS),
+            "says injected, but the pod has no credproxy sidecar first among its initContainers",
+        ));
+    }
+    let has_ca = |ctr: &Value| {
+        ctr["volumeMounts"].as_sequence().is_some_and(|m| m.iter().any(|m| m["name"].as_str() == Some(c::VOLUME_CA)))
+    };
+    let containers = spec["containers"].as_sequence().map(Vec::as_slice).unwrap_or_default();
+    let missing: Vec<usize> = (0..containers.len()).filter(|i| !has_ca(&containers[*i])).collect();
+    if missing.is_empty() {
+        return Ok(None);
+    }
+    for &i in &missing {
+        super::check::container(&containers[i], &format!("{p}spec.containers[{i}]"), true, s)?;
+    }
+    let env = app_env(s);
+    let mut warnings = Vec::new();
+    for &i in &missing {
+        let container = &mut t["spec"]["containers"][i];
+        let name = container["name"].as_str().unwrap_or_default().to_string();
+        warnings.push(format!("container {name} was added after injection: it gets the proxy variables and the CA"));
+        app_container(container, &env, s, &mut warnings);
+    }
+    Ok(Some(warnings))
 }
 
 /// The sidecar: a native sidecar (an init container that keeps running), probed on `/ready`.
@@ -337,5 +383,24 @@ fn map(v: &mut Value) -> &mut Mapping {
     match v {
         Value::Mapping(m) => m,
         _ => unreachable!("just made a mapping"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `agent-env` may not name what the injector sets: the list it checks is the list it sets.
+    #[test]
+    fn the_refused_agent_variables_are_the_injected_ones() {
+        let v: Value = serde_yaml::from_str(
+            "metadata: { annotations: { credproxy.dev/inject: \"true\", credproxy.dev/policy: p } }",
+        )
+        .unwrap();
+        let Wanted::Yes(s) = settings::read(v["metadata"].get("annotations"), "a", &Options::default()).unwrap() else {
+            panic!("wanted")
+        };
+        let names: Vec<String> = app_env(&s).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(names, c::INJECTED_ENV);
     }
 }

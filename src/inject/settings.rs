@@ -11,8 +11,9 @@ use super::{InjectError, Options};
 pub enum Wanted {
     /// No `credproxy.dev/inject: "true"`.
     No,
-    /// `credproxy.dev/status: injected`: done before.
-    Already,
+    /// `credproxy.dev/status: injected`: done before, with these settings (containers added
+    /// since, by another webhook or an edit, still get the variables and the CA).
+    Already(Box<Settings>),
     /// Inject with these settings.
     Yes(Box<Settings>),
 }
@@ -50,6 +51,11 @@ pub fn read(annotations: Option<&Value>, at: &str, opts: &Options) -> Result<Wan
         Some(_) => return Err(InjectError::new(at, "must be a mapping of strings")),
     };
     let a = Annotations { map, at };
+    // Only a pod that asks for the sidecar is held to our annotations: a stray one elsewhere
+    // never blocks a pod that did not opt in.
+    if a.get(c::INJECT).ok().flatten() != Some("true") {
+        return a.flag(c::INJECT).map(|_| Wanted::No);
+    }
     for key in map.keys() {
         if let Some(k) = key.as_str().filter(|k| k.starts_with(c::PREFIX)) {
             if !c::ANNOTATIONS.contains(&k) {
@@ -57,12 +63,7 @@ pub fn read(annotations: Option<&Value>, at: &str, opts: &Options) -> Result<Wan
             }
         }
     }
-    if !a.flag(c::INJECT)? {
-        return Ok(Wanted::No);
-    }
-    if a.get(c::STATUS)? == Some(c::INJECTED) {
-        return Ok(Wanted::Already);
-    }
+    let already = a.get(c::STATUS)? == Some(c::INJECTED);
     let Some(policy) = a.get(c::POLICY)? else {
         return Err(a.err(c::POLICY, "missing: name the ConfigMap holding the policy (key policy.yaml)"));
     };
@@ -91,7 +92,7 @@ pub fn read(annotations: Option<&Value>, at: &str, opts: &Options) -> Result<Wan
         Some(s) => list(s).map(|kv| a.env_pair(kv)).collect::<Result<_, _>>()?,
     };
     let override_env = a.flag(c::OVERRIDE_ENV)?;
-    Ok(Wanted::Yes(Box::new(Settings {
+    let settings = Box::new(Settings {
         image,
         proxy_port,
         admin_port,
@@ -102,7 +103,8 @@ pub fn read(annotations: Option<&Value>, at: &str, opts: &Options) -> Result<Wan
         no_proxy,
         agent_env,
         override_env,
-    })))
+    });
+    Ok(if already { Wanted::Already(settings) } else { Wanted::Yes(settings) })
 }
 
 fn list(s: &str) -> impl Iterator<Item = &str> {
@@ -145,6 +147,11 @@ impl<'a> Annotations<'a> {
     }
 
     fn no_comma(&self, key: &str, s: String) -> Result<String, InjectError> {
+        if s.contains('*') {
+            return Err(
+                self.err(key, "a wildcard would send every request past credproxy; name hosts or .domain suffixes")
+            );
+        }
         match s.contains(['|', '"', '\'', '\\']) {
             true => Err(self.err(key, format!("{s:?} is not a host name, domain suffix or address"))),
             false => Ok(s),
@@ -207,6 +214,9 @@ impl<'a> Annotations<'a> {
             && k.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '.' || ch == '-');
         if !name_ok {
             return Err(self.err(c::AGENT_ENV, format!("{k:?} is not a variable name")));
+        }
+        if c::INJECTED_ENV.contains(&k) {
+            return Err(self.err(c::AGENT_ENV, format!("{k} is the injector's own variable; it cannot be set here")));
         }
         if v.chars().any(char::is_control) {
             return Err(self.err(c::AGENT_ENV, format!("the value of {k} holds a control character")));

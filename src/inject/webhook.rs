@@ -25,12 +25,19 @@ use tokio::sync::{watch, Semaphore};
 use super::review::{answer, FailurePolicy};
 use super::Options;
 
-/// The largest AdmissionReview read: a pod and its old version, with room to spare.
-const MAX_BODY_BYTES: usize = 8 << 20;
-/// Connections served at once; more are closed at accept.
-const MAX_CONNECTIONS: usize = 256;
+/// The largest AdmissionReview read. A pod being created must fit etcd's 1.5 MiB object limit,
+/// so nothing the API server sends is larger; the cap bounds what anyone else can make us parse.
+pub const MAX_BODY_BYTES: usize = 2 << 20;
+/// Connections served at once; more are closed at accept. The API server keeps a few.
+pub const MAX_CONNECTIONS: usize = 64;
 /// TLS handshake and request head deadline.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request body may take to arrive, so slow senders cannot hold connections.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Mutations at once: each parses a whole object (tens of MiB of memory at the body cap).
+const MUTATIONS_AT_ONCE: usize = 2;
+/// How long a review waits for a mutation slot before a 503.
+const MUTATION_WAIT: Duration = Duration::from_secs(5);
 
 /// How the webhook is run (`credproxy inject --webhook …`).
 #[derive(Debug, Clone)]
@@ -154,12 +161,18 @@ fn load(cert: &std::path::Path, key: &std::path::Path) -> Result<Arc<ServerConfi
     Ok(Arc::new(config))
 }
 
+/// What every connection's requests share.
+struct Ctx {
+    opts: WebhookOptions,
+    metrics: WebhookMetrics,
+    mutations: Semaphore,
+}
+
 /// A bound webhook, ready to serve.
 pub struct Webhook {
     listener: TcpListener,
     cert: Arc<ServingCert>,
-    opts: Arc<WebhookOptions>,
-    metrics: Arc<WebhookMetrics>,
+    ctx: Arc<Ctx>,
 }
 
 impl Webhook {
@@ -167,7 +180,8 @@ impl Webhook {
     pub async fn bind(opts: WebhookOptions) -> Result<Self, WebhookError> {
         let cert = Arc::new(ServingCert::open(opts.tls_cert.clone(), opts.tls_key.clone())?);
         let listener = TcpListener::bind(opts.listen).await.map_err(|e| WebhookError::Bind(opts.listen, e))?;
-        Ok(Webhook { listener, cert, opts: Arc::new(opts), metrics: Arc::new(WebhookMetrics::new()) })
+        let ctx = Ctx { opts, metrics: WebhookMetrics::new(), mutations: Semaphore::new(MUTATIONS_AT_ONCE) };
+        Ok(Webhook { listener, cert, ctx: Arc::new(ctx) })
     }
 
     /// Where it listens.
@@ -187,15 +201,16 @@ impl Webhook {
                 _ = stop.changed() => break,
             };
             let Ok(permit) = slots.clone().try_acquire_owned() else { continue };
-            let acceptor = tokio_rustls::TlsAcceptor::from(self.cert.current());
-            let (opts, metrics, mut stop) = (self.opts.clone(), self.metrics.clone(), stop.clone());
+            let (cert, ctx, mut stop) = (self.cert.clone(), self.ctx.clone(), stop.clone());
             tokio::spawn(async move {
+                // Checked per connection (a reload parses PEM: here, not in the accept loop).
+                let acceptor = tokio_rustls::TlsAcceptor::from(cert.current());
                 let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await else {
                     return;
                 };
                 let svc = hyper::service::service_fn(move |req| {
-                    let (opts, metrics) = (opts.clone(), metrics.clone());
-                    async move { Ok::<_, Infallible>(route(&opts, &metrics, req).await) }
+                    let ctx = ctx.clone();
+                    async move { Ok::<_, Infallible>(route(&ctx, req).await) }
                 });
                 let mut b = hyper::server::conn::http1::Builder::new();
                 b.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HANDSHAKE_TIMEOUT);
@@ -223,7 +238,13 @@ fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes
     r
 }
 
-async fn route(opts: &WebhookOptions, metrics: &WebhookMetrics, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(ctx: &Ctx, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let metrics = &ctx.metrics;
+    let refuse = |status: StatusCode, why: &str| {
+        metrics.admissions.with_label_values(&["bad_request", "false"]).inc();
+        tracing::warn!(status = status.as_u16(), why, "admission refused");
+        respond(status, "text/plain", format!("{why}\n"))
+    };
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => respond(StatusCode::OK, "text/plain", "ok\n"),
         (&Method::GET, "/metrics") => {
@@ -232,13 +253,25 @@ async fn route(opts: &WebhookOptions, metrics: &WebhookMetrics, req: Request<Inc
             respond(StatusCode::OK, "text/plain; version=0.0.4", buf)
         }
         (&Method::POST, "/mutate") => {
-            let body = match Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(_) => {
-                    metrics.admissions.with_label_values(&["bad_request", "false"]).inc();
-                    return respond(StatusCode::PAYLOAD_TOO_LARGE, "text/plain", "the AdmissionReview is too large\n");
+            let declared =
+                req.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+                return refuse(StatusCode::PAYLOAD_TOO_LARGE, "the AdmissionReview is too large");
+            }
+            let body = match tokio::time::timeout(BODY_TIMEOUT, Limited::new(req.into_body(), MAX_BODY_BYTES).collect())
+                .await
+            {
+                Ok(Ok(b)) => b.to_bytes(),
+                Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                    return refuse(StatusCode::PAYLOAD_TOO_LARGE, "the AdmissionReview is too large")
                 }
+                Ok(Err(_)) => return refuse(StatusCode::BAD_REQUEST, "the request body could not be read"),
+                Err(_) => return refuse(StatusCode::REQUEST_TIMEOUT, "the request body did not arrive in time"),
             };
+            let Ok(Ok(_slot)) = tokio::time::timeout(MUTATION_WAIT, ctx.mutations.acquire()).await else {
+                return refuse(StatusCode::SERVICE_UNAVAILABLE, "too many admissions at once");
+            };
+            let opts = &ctx.opts;
             match answer(&body, &opts.inject, opts.failure_policy) {
                 Ok(a) => {
                     let dry_run = if a.dry_run { "true" } else { "false" };
@@ -249,11 +282,7 @@ async fn route(opts: &WebhookOptions, metrics: &WebhookMetrics, req: Request<Inc
                     }
                     respond(StatusCode::OK, "application/json", a.body)
                 }
-                Err(e) => {
-                    metrics.admissions.with_label_values(&["bad_request", "false"]).inc();
-                    tracing::warn!(error = %e, "admission refused");
-                    respond(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n"))
-                }
+                Err(e) => refuse(StatusCode::BAD_REQUEST, &e.to_string()),
             }
         }
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
