@@ -109,6 +109,9 @@ enum Command {
         /// removed endpoint late; with failurePolicy Fail a refused connection denies a pod).
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, requires = "webhook")]
         shutdown_delay: Duration,
+        /// How long one webhook connection is served before it is closed.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, requires = "webhook", hide = true)]
+        max_connection_age: Duration,
         /// Operational log format (stderr).
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
@@ -165,6 +168,7 @@ fn main() -> ExitCode {
             tls_key,
             failure_policy,
             shutdown_delay,
+            max_connection_age,
             log_format,
         } => {
             let inject = credproxy::inject::Options { image };
@@ -177,6 +181,7 @@ fn main() -> ExitCode {
                         tls_key,
                         failure_policy,
                         inject,
+                        max_connection_age,
                     };
                     serve_webhook(opts, shutdown_delay)
                 }

@@ -296,7 +296,9 @@ fn the_plain_scrape_job_keeps_injected_sidecars_only() {
     assert!(keeps.contains(&("__meta_kubernetes_pod_container_port_name".into(), "credproxy-admin".into())));
     let drop = job["relabel_configs"].as_sequence().unwrap().iter().find(|r| r["action"] == "drop").unwrap();
     assert_eq!(drop["source_labels"][0], "__meta_kubernetes_pod_phase");
-    assert!(drop["regex"].as_str().unwrap().contains("Succeeded"), "finished Job pods are not scraped");
+    let phases = drop["regex"].as_str().unwrap();
+    assert!(phases.contains("Succeeded"), "finished Job pods are not scraped");
+    assert!(!phases.contains("Pending"), "a pod waiting on its sidecar's /ready is scraped");
 }
 
 #[test]

@@ -8,6 +8,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use common::captured::*;
 use common::testca::TestCa;
@@ -298,5 +299,48 @@ async fn a_half_written_rotation_keeps_the_old_certificate() {
     std::fs::rename(d.join("tls.key.new"), d.join("tls.key")).unwrap();
     let (ok, out) = hook.curl(&d.join("second.crt"), "/healthz", None);
     assert!(ok && out == "ok\n", "the completed rotation is served: {out}");
+    let _ = hook.run.child.kill().await;
+}
+
+/// A connection is served for `--max-connection-age` and then closed, even one kept busy with
+/// requests (so no client holds one of the few connection slots for good).
+#[tokio::test]
+async fn a_busy_connection_is_closed_at_its_age_limit() {
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = TestCa::new();
+    let mut hook = Injector::start(&ca, &["--max-connection-age", "1s"]).await;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in common::pem_certs(&ca.pem()) {
+        roots.add(c).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", hook.port)).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from(HOST).unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap();
+    let started = std::time::Instant::now();
+    let (mut answered, mut buf) = (0, vec![0u8; 4096]);
+    // Ask again as each answer arrives, until the server closes; a healthy server without the
+    // age limit would answer for as long as we ask (the 10 s bound fails the test).
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.is_err() {
+                return;
+            }
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => answered += 1,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the connection was still open after 10 s ({answered} answers)");
+    assert!(answered >= 1, "it answered before closing");
+    assert!(started.elapsed() >= Duration::from_millis(900), "not closed before its age");
     let _ = hook.run.child.kill().await;
 }

@@ -105,8 +105,17 @@ pub fn inject_documents(text: &str, opts: &Options) -> Result<Injected, Manifest
             continue;
         }
         let what = describe(&value, doc.line);
-        // `<<: *anchor` merge keys, resolved as kubectl resolves them before anything is added.
-        value.apply_merge().map_err(|e| ManifestError { number, what: what.clone(), message: e.to_string() })?;
+        // `<<: *anchor` merge keys, resolved as kubectl resolves them before anything is added;
+        // a merge can bring in another, so until none is left (a few rounds for any real file).
+        for _ in 0..16 {
+            value.apply_merge().map_err(|e| ManifestError { number, what: what.clone(), message: e.to_string() })?;
+            if !has_merge_key(&value) {
+                break;
+            }
+        }
+        if has_merge_key(&value) {
+            return Err(ManifestError { number, what, message: "merge keys (<<) nested too deep".into() });
+        }
         match mutate(&mut value, opts) {
             Err(e) => return Err(ManifestError { number, what, message: e.to_string() }),
             Ok(Outcome::Injected { warnings }) => {
@@ -118,6 +127,10 @@ pub fn inject_documents(text: &str, opts: &Options) -> Result<Injected, Manifest
                 })?;
                 out.output.push_str(&text);
                 out.injected += 1;
+                out.warnings.extend(warnings.into_iter().map(|w| format!("document {number}{what}: {w}")));
+            }
+            Ok(Outcome::AlreadyInjected { warnings }) => {
+                out.output.push_str(doc.body);
                 out.warnings.extend(warnings.into_iter().map(|w| format!("document {number}{what}: {w}")));
             }
             Ok(Outcome::NotAWorkload) if doc.body.contains(super::contract::INJECT) => {
@@ -135,13 +148,25 @@ pub fn inject_documents(text: &str, opts: &Options) -> Result<Injected, Manifest
     Ok(out)
 }
 
+fn has_merge_key(v: &Value) -> bool {
+    match v {
+        Value::Mapping(m) => m.iter().any(|(k, v)| k.as_str() == Some("<<") || has_merge_key(v)),
+        Value::Sequence(s) => s.iter().any(has_merge_key),
+        _ => false,
+    }
+}
+
 /// File modes written the YAML 1.1 way kubectl reads them (`defaultMode: 0644` is octal 420),
 /// which a YAML 1.2 reader keeps as the string "0644": back to numbers before a rewrite, or the
-/// rewritten manifest would carry `'0644'` where Kubernetes wants an integer.
+/// rewritten manifest would carry `"0644"` where Kubernetes wants an integer. Not under
+/// `metadata`, where labels and annotations are strings whatever their name.
 fn octal_modes(v: &mut Value) {
     match v {
         Value::Mapping(m) => {
             for (k, v) in m.iter_mut() {
+                if k.as_str() == Some("metadata") {
+                    continue;
+                }
                 let is_mode = matches!(k.as_str(), Some("defaultMode" | "mode"));
                 let octal = v
                     .as_str()
@@ -179,12 +204,29 @@ mod tests {
 
     #[test]
     fn octal_modes_are_rewritten_as_the_numbers_kubectl_reads() {
-        let mut v: Value =
-            serde_yaml::from_str("volumes:\n- secret: { defaultMode: 0644, items: [{ mode: 0400 }] }\nlabel: '0644'\n")
-                .unwrap();
+        let mut v: Value = serde_yaml::from_str(
+            "metadata: { annotations: { mode: '0600' } }\nvolumes:\n- secret: { defaultMode: 0644, items: [{ mode: 0400 }] }\nlabel: '0644'\n",
+        )
+        .unwrap();
         octal_modes(&mut v);
-        let out = serde_yaml::to_string(&v).unwrap();
-        assert!(out.contains("defaultMode: 420") && out.contains("mode: 256"), "{out}");
-        assert!(out.contains("label: '0644'"), "other strings stay: {out}");
+        assert_eq!(v["volumes"][0]["secret"]["defaultMode"].as_u64(), Some(420));
+        assert_eq!(v["volumes"][0]["secret"]["items"][0]["mode"].as_u64(), Some(256));
+        assert_eq!(v["label"].as_str(), Some("0644"), "other strings stay");
+        assert_eq!(v["metadata"]["annotations"]["mode"].as_str(), Some("0600"), "metadata is strings");
+    }
+
+    #[test]
+    fn nested_merge_keys_are_resolved_all_the_way() {
+        let text = "a: &base { x: 1 }\nb: &app { <<: *base, y: 2 }\nc: { <<: *app, z: 3 }\n";
+        let mut v: Value = serde_yaml::from_str(text).unwrap();
+        for _ in 0..16 {
+            v.apply_merge().unwrap();
+            if !has_merge_key(&v) {
+                break;
+            }
+        }
+        assert!(!has_merge_key(&v));
+        assert_eq!(v["c"]["x"].as_u64(), Some(1));
+        assert_eq!(v["c"]["y"].as_u64(), Some(2));
     }
 }

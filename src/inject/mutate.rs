@@ -18,16 +18,27 @@ pub enum Outcome {
     },
     /// The pod template does not ask for it.
     NotAnnotated,
-    /// `credproxy.dev/status: injected` already.
-    AlreadyInjected,
+    /// `credproxy.dev/status: injected` already, and the pod still passes the checks.
+    AlreadyInjected {
+        /// Containers added since, which got nothing.
+        warnings: Vec<String>,
+    },
     /// Not a kind that holds a pod template (a Service, a ConfigMap, …).
     NotAWorkload,
 }
 
+/// Whether `apiVersion`/`kind` name a kind [`mutate`] changes.
+pub fn is_workload(api: Option<&str>, kind: Option<&str>) -> bool {
+    api.zip(kind).is_some_and(|(a, k)| path_of(a, k).is_some())
+}
+
 /// Where the pod template sits in each kind that has one.
 fn template_path(doc: &Value) -> Option<&'static [&'static str]> {
-    let api = doc.get("apiVersion")?.as_str()?;
-    match (api, doc.get("kind")?.as_str()?) {
+    path_of(doc.get("apiVersion")?.as_str()?, doc.get("kind")?.as_str()?)
+}
+
+fn path_of(api: &str, kind: &str) -> Option<&'static [&'static str]> {
+    match (api, kind) {
         ("v1", "Pod") => Some(&[]),
         ("apps/v1", "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet") | ("batch/v1", "Job") => {
             Some(&["spec", "template"])
@@ -57,15 +68,11 @@ pub fn mutate(doc: &mut Value, opts: &Options) -> Result<Outcome, InjectError> {
         Wanted::Already(s) => (s, true),
         Wanted::Yes(s) => (s, false),
     };
+    if already {
+        return verify(template, &s, &prefix).map(|warnings| Outcome::AlreadyInjected { warnings });
+    }
     let mut t = template.clone();
-    let warnings = if already {
-        match top_up(&mut t, &s, &prefix)? {
-            Some(w) => w,
-            None => return Ok(Outcome::AlreadyInjected),
-        }
-    } else {
-        inject(&mut t, &s, &prefix)?
-    };
+    let warnings = inject(&mut t, &s, &prefix)?;
     let mut slot = doc;
     for key in path {
         slot = &mut slot[*key];
@@ -78,7 +85,7 @@ pub fn mutate(doc: &mut Value, opts: &Options) -> Result<Outcome, InjectError> {
 fn inject(t: &mut Value, s: &Settings, p: &str) -> Result<Vec<String>, InjectError> {
     let spec =
         t.get("spec").filter(|v| v.is_mapping()).ok_or_else(|| InjectError::new(format!("{p}spec"), "missing"))?;
-    super::check::check(spec, s, p)?;
+    super::check::check(spec, s, p, false)?;
     let mut warnings = Vec::new();
     let spec = &mut t["spec"];
     seq(spec, "initContainers").insert(0, sidecar(s));
@@ -123,38 +130,39 @@ fn app_container(container: &mut Value, env: &[(String, String)], s: &Settings, 
 }
 
 /// A pod marked injected: its sidecar must be there (a forged mark is an error, not a pass), and
-/// app containers added since (by a later webhook, on reinvocation, or an edit) get what the
-/// others got. `None` when nothing is missing.
-fn top_up(t: &mut Value, s: &Settings, p: &str) -> Result<Option<Vec<String>>, InjectError> {
+/// the pod is checked again as a whole, so an edit or a later webhook cannot add what a first
+/// injection would have refused. App containers added since are left as they are (they may be
+/// another webhook's, which proxy variables would break) and named in a warning.
+fn verify(t: &Value, s: &Settings, p: &str) -> Result<Vec<String>, InjectError> {
     let spec = &t["spec"];
-    let first = &spec["initContainers"][0];
-    let args_ok = first["args"].as_sequence().is_some_and(|a| a.iter().any(|x| x.as_str() == Some(c::CONTROL)));
-    if first["name"].as_str() != Some(c::CONTAINER) || first["restartPolicy"].as_str() != Some("Always") || !args_ok {
+    let inits = spec["initContainers"].as_sequence().map(Vec::as_slice).unwrap_or_default();
+    let sidecar = inits.iter().find(|x| x["name"].as_str() == Some(c::CONTAINER));
+    let sound = sidecar.is_some_and(|x| {
+        x["restartPolicy"].as_str() == Some("Always")
+            && x["args"].as_sequence().is_some_and(|a| a.iter().any(|x| x.as_str() == Some(c::CONTROL)))
+    });
+    if !sound {
         return Err(InjectError::new(
             format!("{p}metadata.annotations[\"{}\"]", c::STATUS),
-            "says injected, but the pod has no credproxy sidecar first among its initContainers",
+            "says injected, but the pod has no credproxy sidecar among its initContainers",
         ));
     }
+    super::check::check(spec, s, p, true)?;
     let has_ca = |ctr: &Value| {
         ctr["volumeMounts"].as_sequence().is_some_and(|m| m.iter().any(|m| m["name"].as_str() == Some(c::VOLUME_CA)))
     };
     let containers = spec["containers"].as_sequence().map(Vec::as_slice).unwrap_or_default();
-    let missing: Vec<usize> = (0..containers.len()).filter(|i| !has_ca(&containers[*i])).collect();
-    if missing.is_empty() {
-        return Ok(None);
-    }
-    for &i in &missing {
-        super::check::container(&containers[i], &format!("{p}spec.containers[{i}]"), true, s)?;
-    }
-    let env = app_env(s);
-    let mut warnings = Vec::new();
-    for &i in &missing {
-        let container = &mut t["spec"]["containers"][i];
-        let name = container["name"].as_str().unwrap_or_default().to_string();
-        warnings.push(format!("container {name} was added after injection: it gets the proxy variables and the CA"));
-        app_container(container, &env, s, &mut warnings);
-    }
-    Ok(Some(warnings))
+    Ok(containers
+        .iter()
+        .filter(|ctr| !has_ca(ctr))
+        .map(|ctr| {
+            format!(
+                "container {} was added after injection and has no proxy variables or CA; inject the manifest \
+                 without it again to give it them",
+                ctr["name"].as_str().unwrap_or_default()
+            )
+        })
+        .collect())
 }
 
 /// The sidecar: a native sidecar (an init container that keeps running), probed on `/ready`.

@@ -94,7 +94,8 @@ pub fn answer(body: &[u8], opts: &Options, policy: FailurePolicy) -> Result<Answ
     let review: Review = serde_json::from_slice(body)
         .map_err(|e| BadReview(format!("{:?} error at line {} column {}", e.classify(), e.line(), e.column())))?;
     if review.api_version != "admission.k8s.io/v1" || review.kind != "AdmissionReview" {
-        return Err(BadReview(format!("{}/{}", review.api_version, review.kind)));
+        let short = |s: &str| s.chars().take(64).collect::<String>();
+        return Err(BadReview(format!("{}/{}", short(&review.api_version), short(&review.kind))));
     }
     let req = review.request.ok_or_else(|| BadReview("no request".into()))?;
     let dry_run = req.dry_run.unwrap_or(false);
@@ -106,8 +107,8 @@ pub fn answer(body: &[u8], opts: &Options, policy: FailurePolicy) -> Result<Answ
     let object = req.object.filter(|_| req.operation.as_deref().is_none_or(|op| op == "CREATE"));
     if let Some(original) = object {
         match patch(&original, opts) {
-            Ok(None) => {}
-            Ok(Some((patch, warnings))) => {
+            Ok((None, warnings)) => out.warnings = warnings,
+            Ok((Some(patch), warnings)) => {
                 out.patch_type = Some("JSONPatch");
                 out.patch = Some(base64::engine::general_purpose::STANDARD.encode(patch));
                 out.warnings = warnings;
@@ -137,19 +138,25 @@ pub fn answer(body: &[u8], opts: &Options, policy: FailurePolicy) -> Result<Answ
     Ok(Answer { body, result, dry_run, error })
 }
 
-/// A JSON Patch's text and the mutation's warnings.
-type Patched = (Vec<u8>, Vec<String>);
+/// A JSON Patch's text (none when nothing changes) and the mutation's warnings.
+type Patched = (Option<Vec<u8>>, Vec<String>);
 
-/// The patch from `original` to its mutation, or `None` when nothing changes.
-fn patch(original: &serde_json::Value, opts: &Options) -> Result<Option<Patched>, super::InjectError> {
+/// The patch from `original` to its mutation.
+fn patch(original: &serde_json::Value, opts: &Options) -> Result<Patched, super::InjectError> {
+    // Only the kinds that hold a pod template are worth a copy of the object.
+    if !super::mutate::is_workload(original["apiVersion"].as_str(), original["kind"].as_str()) {
+        return Ok((None, Vec::new()));
+    }
     let mut doc: serde_yaml::Value =
         serde_yaml::to_value(original).map_err(|e| super::InjectError::new("object", e.to_string()))?;
-    let Outcome::Injected { warnings } = mutate(&mut doc, opts)? else {
-        return Ok(None);
+    let warnings = match mutate(&mut doc, opts)? {
+        Outcome::Injected { warnings } => warnings,
+        Outcome::AlreadyInjected { warnings } => return Ok((None, warnings)),
+        Outcome::NotAnnotated | Outcome::NotAWorkload => return Ok((None, Vec::new())),
     };
     let mutated = serde_json::to_value(&doc).map_err(|e| super::InjectError::new("object", e.to_string()))?;
     let ops = json_patch::diff(original, &mutated);
-    Ok(Some((serde_json::to_vec(&ops).expect("a patch serialises"), warnings)))
+    Ok((Some(serde_json::to_vec(&ops).expect("a patch serialises")), warnings))
 }
 
 fn describe(v: &serde_json::Value) -> String {

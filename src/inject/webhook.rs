@@ -25,17 +25,21 @@ use tokio::sync::{watch, Semaphore};
 use super::review::{answer, FailurePolicy};
 use super::Options;
 
-/// The largest AdmissionReview read. A pod being created must fit etcd's 1.5 MiB object limit,
-/// so nothing the API server sends is larger; the cap bounds what anyone else can make us parse.
-pub const MAX_BODY_BYTES: usize = 2 << 20;
+/// The largest AdmissionReview read: the API server's own cap on a request body (3 MiB), so no
+/// pod it accepted is refused here; the cap bounds what anyone else can make us parse.
+pub const MAX_BODY_BYTES: usize = 3 << 20;
 /// Connections served at once; more are closed at accept. The API server keeps a few.
-pub const MAX_CONNECTIONS: usize = 64;
+pub const MAX_CONNECTIONS: usize = 32;
+/// After [`WebhookOptions::max_connection_age`], a connection gets this long to finish its
+/// response before it is dropped (a client that never reads cannot hold its slot).
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// TLS handshake and request head deadline.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a request body may take to arrive, so slow senders cannot hold connections.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Mutations at once: each parses a whole object (tens of MiB of memory at the body cap).
-const MUTATIONS_AT_ONCE: usize = 2;
+/// Mutations at once, each on a blocking thread: one parses a whole object (up to a few hundred
+/// MiB of values at the body cap), so they queue rather than add up.
+const MUTATIONS_AT_ONCE: usize = 1;
 /// How long a review waits for a mutation slot before a 503.
 const MUTATION_WAIT: Duration = Duration::from_secs(5);
 
@@ -52,6 +56,8 @@ pub struct WebhookOptions {
     pub failure_policy: FailurePolicy,
     /// The mutation's options.
     pub inject: Options,
+    /// How long one connection is served before it is closed (the client reconnects).
+    pub max_connection_age: Duration,
 }
 
 /// Why the webhook did not start.
@@ -202,6 +208,7 @@ impl Webhook {
             };
             let Ok(permit) = slots.clone().try_acquire_owned() else { continue };
             let (cert, ctx, mut stop) = (self.cert.clone(), self.ctx.clone(), stop.clone());
+            let max_age = self.ctx.opts.max_connection_age;
             tokio::spawn(async move {
                 // Checked per connection (a reload parses PEM: here, not in the accept loop).
                 let acceptor = tokio_rustls::TlsAcceptor::from(cert.current());
@@ -216,11 +223,18 @@ impl Webhook {
                 b.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HANDSHAKE_TIMEOUT);
                 let conn = b.serve_connection(TokioIo::new(tls), svc);
                 tokio::pin!(conn);
+                // Every connection ends: at its age limit or at shutdown it finishes the response
+                // in hand, and one stuck writing (a client that never reads) is dropped.
+                let age = tokio::time::sleep(max_age);
                 tokio::select! {
                     _ = conn.as_mut() => {}
                     _ = stop.changed() => {
                         conn.as_mut().graceful_shutdown();
-                        let _ = conn.await;
+                        let _ = tokio::time::timeout(CLOSE_GRACE, conn).await;
+                    }
+                    _ = age => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(CLOSE_GRACE, conn).await;
                     }
                 }
                 drop(permit);
@@ -271,8 +285,14 @@ async fn route(ctx: &Ctx, req: Request<Incoming>) -> Response<Full<Bytes>> {
             let Ok(Ok(_slot)) = tokio::time::timeout(MUTATION_WAIT, ctx.mutations.acquire()).await else {
                 return refuse(StatusCode::SERVICE_UNAVAILABLE, "too many admissions at once");
             };
-            let opts = &ctx.opts;
-            match answer(&body, &opts.inject, opts.failure_policy) {
+            // Parsing and mutating a large object is CPU work: off the async workers, so
+            // handshakes and /healthz go on meanwhile.
+            let (inject, policy) = (ctx.opts.inject.clone(), ctx.opts.failure_policy);
+            let answered = tokio::task::spawn_blocking(move || answer(&body, &inject, policy)).await;
+            let Ok(answered) = answered else {
+                return refuse(StatusCode::INTERNAL_SERVER_ERROR, "the review could not be answered");
+            };
+            match answered {
                 Ok(a) => {
                     let dry_run = if a.dry_run { "true" } else { "false" };
                     metrics.admissions.with_label_values(&[a.result, dry_run]).inc();

@@ -34,7 +34,10 @@ fn mapping(out: &mut String, m: &serde_yaml::Mapping, indent: usize) -> Result<(
         }
         let key = match k {
             Value::String(s) => string(s),
-            other => return Err(format!("a mapping key that is not a string: {other:?}")),
+            Value::Mapping(_) | Value::Sequence(_) | Value::Tagged(_) => {
+                return Err(format!("a mapping key that is not a scalar: {k:?}"))
+            }
+            other => scalar(other)?,
         };
         out.push_str(&key);
         out.push(':');
@@ -122,8 +125,28 @@ fn string(s: &str) -> String {
     if first_ok && chars_ok && colon_ok && !special {
         s.to_string()
     } else {
-        serde_json::to_string(s).expect("a string serialises")
+        quoted(s)
     }
+}
+
+/// Double-quoted: JSON's escapes, plus `\u` for what YAML folds or refuses but JSON leaves bare
+/// (DEL and the C1 controls, NEL, the line and paragraph separators, BOM and the non-characters).
+fn quoted(s: &str) -> String {
+    let json = serde_json::to_string(s).expect("a string serialises");
+    let awkward =
+        |c: char| matches!(c, '\u{7f}'..='\u{9f}' | '\u{2028}' | '\u{2029}' | '\u{feff}' | '\u{fffe}' | '\u{ffff}');
+    if !json.contains(awkward) {
+        return json;
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if awkward(c) {
+            let _ = write!(out, "\\u{:04x}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -186,6 +209,16 @@ mod tests {
             "-_x",
             "---",
             "- -",
+            "a\u{85}b",
+            "a\u{2028}b",
+            "a\u{2029}b",
+            "a\u{7f}b",
+            "a\u{80}b",
+            "\u{feff}x",
+            "\u{fffe}",
+            "\u{ffff}",
+            "<<",
+            "=",
         ];
         let mut doc = serde_yaml::Mapping::new();
         for (i, t) in tricky.iter().enumerate() {
@@ -208,6 +241,14 @@ mod tests {
         for quoted in ["\"no\": \"no\"", "\"1_000\": \"1_000\"", "\"0644\": \"0644\"", "\"12:30\"", "\"15090\""] {
             assert!(text.contains(quoted), "{quoted:?} is quoted:\n{text}");
         }
+    }
+
+    #[test]
+    fn scalar_keys_are_written_as_scalars() {
+        let v: Value = serde_yaml::from_str("2024: q1\ntrue: t\n").unwrap();
+        let text = to_string(&v).unwrap();
+        assert_eq!(text, "2024: q1\ntrue: t\n");
+        assert_eq!(serde_yaml::from_str::<Value>(&text).unwrap(), v);
     }
 
     #[test]
