@@ -162,3 +162,39 @@ pub(super) fn container(item: &Value, at: &str, app: bool, s: &Settings) -> Resu
     }
     Ok(())
 }
+
+/// A pod marked injected: its sidecar must be there (a forged mark is an error, not a pass), and
+/// the pod is checked again as a whole, so an edit or a later webhook cannot add what a first
+/// injection would have refused. App containers added since are left as they are (they may be
+/// another webhook's, which proxy variables would break) and named in a warning.
+pub(super) fn injected(t: &Value, s: &Settings, p: &str) -> Result<Vec<String>, InjectError> {
+    let spec = &t["spec"];
+    let inits = spec["initContainers"].as_sequence().map(Vec::as_slice).unwrap_or_default();
+    let sidecar = inits.iter().find(|x| x["name"].as_str() == Some(c::CONTAINER));
+    let sound = sidecar.is_some_and(|x| {
+        x["restartPolicy"].as_str() == Some("Always")
+            && x["args"].as_sequence().is_some_and(|a| a.iter().any(|x| x.as_str() == Some(c::CONTROL)))
+    });
+    if !sound {
+        return Err(InjectError::new(
+            format!("{p}metadata.annotations[\"{}\"]", c::STATUS),
+            "says injected, but the pod has no credproxy sidecar among its initContainers",
+        ));
+    }
+    check(spec, s, p, true)?;
+    let has_ca = |ctr: &Value| {
+        ctr["volumeMounts"].as_sequence().is_some_and(|m| m.iter().any(|m| m["name"].as_str() == Some(c::VOLUME_CA)))
+    };
+    let containers = spec["containers"].as_sequence().map(Vec::as_slice).unwrap_or_default();
+    Ok(containers
+        .iter()
+        .filter(|ctr| !has_ca(ctr))
+        .map(|ctr| {
+            format!(
+                "container {} was added after injection and has no proxy variables or CA; inject the manifest \
+                 without it again to give it them",
+                ctr["name"].as_str().unwrap_or_default()
+            )
+        })
+        .collect())
+}
