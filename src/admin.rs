@@ -81,10 +81,7 @@ async fn serve(listener: Listener, shared: Arc<Shared>, kind: Kind, mut shutdown
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let stream = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue; }
-            },
+            s = crate::accept::next(|| listener.accept()) => s,
             _ = shutdown.changed() => return,
         };
         // Over the cap: close at once (dropping the stream), so probes cannot starve memory.

@@ -1,6 +1,7 @@
 //! credproxy: a sidecar proxy that takes API keys away from AI agents. Requests go through a
 //! deny-by-default policy; the agent's credentials are stripped and a per-tool one is injected.
 
+pub mod accept;
 pub mod admin;
 pub mod audit;
 pub mod body;

@@ -53,15 +53,7 @@ pub async fn accept(listener: TcpListener, a: Accept, mut shutdown: watch::Recei
     let mut max = shared.live.load().policy.limits.max_connections;
     loop {
         let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            x = crate::accept::next(|| listener.accept()) => x,
             _ = shutdown.changed() => return,
         };
         let live = shared.live.load();

@@ -150,29 +150,13 @@ async fn the_injector_without_cert_manager_serves_the_certificates_make_certs_ma
         |v: &Value| base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap().replace('\n', "")).unwrap();
     let bundle = b64(&find(&docs, "MutatingWebhookConfiguration")["webhooks"][0]["clientConfig"]["caBundle"]);
     let dir = tempfile::tempdir().unwrap();
-    let (crt, key, ca) = (dir.path().join("tls.crt"), dir.path().join("tls.key"), dir.path().join("ca.crt"));
-    std::fs::write(&crt, b64(&secret["data"]["tls.crt"])).unwrap();
-    std::fs::write(&key, b64(&secret["data"]["tls.key"])).unwrap();
-    std::fs::write(&ca, bundle).unwrap();
-
-    let port = common::captured::free_port();
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_credproxy"));
-    cmd.args(["inject", "--webhook", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--tls-cert")
-        .arg(&crt)
-        .arg("--tls-key")
-        .arg(&key);
-    let mut run = common::captured::Captured::spawn(cmd);
-    assert!(run.logged(&["injector webhook listening"]).await, "{}", run.stderr());
-    let host = "credproxy-injector.credproxy.svc";
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "10", "--cacert"])
-        .arg(&ca)
-        .args(["--resolve", &format!("{host}:{port}:127.0.0.1"), &format!("https://{host}:{port}/healthz")])
-        .output()
-        .unwrap();
-    let _ = run.child.kill().await;
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n", "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(dir.path().join("tls.crt"), b64(&secret["data"]["tls.crt"])).unwrap();
+    std::fs::write(dir.path().join("tls.key"), b64(&secret["data"]["tls.key"])).unwrap();
+    std::fs::write(dir.path().join("ca.crt"), bundle).unwrap();
+    let mut hook = common::injector::Injector::start_in(dir, &[]).await;
+    let (ok, out) = hook.curl(&hook.ca(), "/healthz", None);
+    let _ = hook.run.child.kill().await;
+    assert!(ok && out == "ok\n", "{out}");
 }
 
 #[test]

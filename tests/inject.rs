@@ -505,8 +505,8 @@ fn rewritten_manifests_read_the_same_in_yaml_1_1() {
     assert!(checked >= 9);
 }
 
-/// The writer's strings, read by PyYAML (YAML 1.1, as kubectl reads): every one comes back the
-/// same string, as key and as value.
+/// The writer's strings, read back by serde_norway (YAML 1.2) and by PyYAML (YAML 1.1, as
+/// kubectl reads): every one comes back the same string, as key and as value.
 #[test]
 fn the_yaml_writer_reads_back_the_same_in_yaml_1_1() {
     let tricky = [
@@ -576,6 +576,10 @@ fn the_yaml_writer_reads_back_the_same_in_yaml_1_1() {
         "=x",
         "x=",
         "a,b",
+        "OPENAI_BASE_URL=http://127.0.0.1:15001/v1,OPENAI_API_KEY=credproxy",
+        "/etc/credproxy",
+        "-_x",
+        "- -",
     ];
     let mut doc = serde_yaml::Mapping::new();
     for (i, t) in tricky.iter().enumerate() {
@@ -583,9 +587,11 @@ fn the_yaml_writer_reads_back_the_same_in_yaml_1_1() {
         doc.insert(Value::from(*t), Value::Sequence(vec![Value::from(*t), Value::from(i as u64)]));
     }
     let v = Value::Mapping(doc);
+    let text = credproxy::inject::yaml::to_string(&v).unwrap();
+    assert_eq!(serde_yaml::from_str::<Value>(&text).unwrap(), v, "YAML 1.2 reads it back:\n{text}");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tricky.yaml");
-    std::fs::write(&file, credproxy::inject::yaml::to_string(&v).unwrap()).unwrap();
+    std::fs::write(&file, text).unwrap();
     let mut py = std::process::Command::new(common::venv::python());
     py.args(["-c", "import json, sys, yaml\nprint(json.dumps(yaml.safe_load(open(sys.argv[1], encoding='utf-8'))))"])
         .arg(&file);

@@ -11,7 +11,7 @@ use syn::visit::Visit;
 /// so they sit above start-up; the floor everyone stands on is last.
 const LAYERS: &[&str] = &[
     "demo", "status", "inject", "serve", "admin", "proxy", "state", "creds", "outbound", "tls", "config", "policy",
-    "error", "audit", "body", "certs", "replace", "metrics", "digest", "clock",
+    "error", "audit", "body", "certs", "replace", "metrics", "digest", "clock", "accept",
 ];
 
 /// Macros exported at the crate root, and the room that defines each.

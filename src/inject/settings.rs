@@ -53,8 +53,8 @@ pub fn read(annotations: Option<&Value>, at: &str, opts: &Options) -> Result<Wan
     let a = Annotations { map, at };
     // Only a pod that asks for the sidecar is held to our annotations: a stray one elsewhere
     // never blocks a pod that did not opt in.
-    if a.get(c::INJECT).ok().flatten() != Some("true") {
-        return a.flag(c::INJECT).map(|_| Wanted::No);
+    if !a.flag(c::INJECT)? {
+        return Ok(Wanted::No);
     }
     for key in map.keys() {
         if let Some(k) = key.as_str().filter(|k| k.starts_with(c::PREFIX)) {

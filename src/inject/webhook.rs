@@ -200,10 +200,7 @@ impl Webhook {
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         loop {
             let tcp = tokio::select! {
-                r = self.listener.accept() => match r {
-                    Ok((tcp, _)) => tcp,
-                    Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue; }
-                },
+                (tcp, _) = crate::accept::next(|| self.listener.accept()) => tcp,
                 _ = stop.changed() => break,
             };
             let Ok(permit) = slots.clone().try_acquire_owned() else { continue };

@@ -154,81 +154,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ambiguous_strings_are_quoted_and_everything_reads_back() {
-        let tricky = [
-            "no",
-            "No",
-            "ON",
-            "off",
-            "y",
-            "Y",
-            "yes",
-            "true",
-            "null",
-            "~",
-            "",
-            " x",
-            "x ",
-            "1_000",
-            "0644",
-            "0x1F",
-            "12:30",
-            "1e3",
-            ".inf",
-            "-",
-            "- x",
-            "a: b",
-            "a:",
-            "#x",
-            "x #y",
-            "@x",
-            "*x",
-            "&x",
-            "!x",
-            "%x",
-            "|",
-            ">",
-            "{}",
-            "[x]",
-            "'q'",
-            "\"q\"",
-            "two\nlines",
-            "tab\there",
-            "ünïcode",
-            "15090",
-            "10m",
-            "http://127.0.0.1:15001/openai/v1",
-            "OPENAI_BASE_URL=http://127.0.0.1:15001/v1,OPENAI_API_KEY=credproxy",
+    /// Which strings go bare and which are quoted; that every string reads back the same, in YAML
+    /// 1.2 and in YAML 1.1, is tests/inject.rs's `the_yaml_writer_reads_back_the_same_…`.
+    fn plain_strings_go_bare_and_ambiguous_ones_are_quoted() {
+        let strings = [
             "credproxy.dev/inject",
             "/etc/credproxy",
+            "http://127.0.0.1:15001/openai/v1",
             "--config",
             "-m",
-            "-1",
-            "-.5",
-            "--",
-            "-_x",
-            "---",
-            "- -",
-            "a\u{85}b",
-            "a\u{2028}b",
-            "a\u{2029}b",
-            "a\u{7f}b",
-            "a\u{80}b",
-            "\u{feff}x",
-            "\u{fffe}",
-            "\u{ffff}",
-            "<<",
-            "=",
+            "no",
+            "1_000",
+            "0644",
+            "12:30",
+            "15090",
         ];
         let mut doc = serde_yaml::Mapping::new();
-        for (i, t) in tricky.iter().enumerate() {
+        for (i, t) in strings.iter().enumerate() {
             doc.insert(Value::from(*t), Value::from(*t));
             doc.insert(Value::from(format!("list{i}")), Value::Sequence(vec![Value::from(*t), Value::Null]));
         }
         let v = Value::Mapping(doc);
         let text = to_string(&v).unwrap();
-        let back: Value = serde_yaml::from_str(&text).unwrap();
-        assert_eq!(back, v, "{text}");
+        assert_eq!(serde_yaml::from_str::<Value>(&text).unwrap(), v, "{text}");
         for bare in [
             "credproxy.dev/inject: credproxy.dev/inject",
             "/etc/credproxy: /etc/credproxy",

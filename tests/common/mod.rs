@@ -4,6 +4,7 @@
 pub mod authority;
 pub mod bao;
 pub mod captured;
+pub mod injector;
 pub mod oidc;
 pub mod pg;
 pub mod testca;
