@@ -69,6 +69,10 @@ pub struct Metrics {
     pub tls_leaf_certs_cached: IntGauge,
     /// `credproxy_ca_expiration_timestamp_seconds`: when the first pod CA without a successor expires.
     pub ca_expiration: Gauge,
+    /// `credproxy_route_requests_total{tool,route}`: requests each route allowed (route = its index).
+    pub route_requests: IntCounterVec,
+    /// `credproxy_route_last_used_timestamp_seconds{tool,route}` (0: not used since start).
+    pub route_last_used: GaugeVec,
 }
 
 /// One tool's request metrics, resolved once per policy load so the request path only touches atomics.
@@ -86,6 +90,25 @@ pub struct ToolMetrics {
     pub upstream_error: IntCounter,
     /// Request duration.
     pub duration: Histogram,
+    /// Per route of the tool, in the policy's order.
+    pub routes: Box<[RouteMetrics]>,
+}
+
+/// One route's use, counted when the route allows a request.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    /// Requests the route allowed.
+    pub requests: IntCounter,
+    /// When it last allowed one (Unix seconds).
+    pub last_used: Gauge,
+}
+
+impl RouteMetrics {
+    /// Count one request allowed by this route at `now`.
+    pub fn used(&self, now: std::time::SystemTime) {
+        self.requests.inc();
+        self.last_used.set(crate::clock::unix(now).as_secs_f64());
+    }
 }
 
 /// The outcome label of `credproxy_requests_total`.
@@ -308,6 +331,22 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
+            route_requests: counter_vec(
+                "credproxy_route_requests_total",
+                "Requests each policy route allowed; route is the route's index in the tool.",
+                &["tool", "route"],
+            ),
+            route_last_used: reg(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        "credproxy_route_last_used_timestamp_seconds",
+                        "When the route last allowed a request (0: not since start).",
+                    ),
+                    &["tool", "route"],
+                )
+                .unwrap(),
+            ),
             registry: r,
         };
         let build = reg(
@@ -322,9 +361,19 @@ impl Metrics {
         m
     }
 
-    /// Resolve one tool's request metrics (`""` for traffic that matched no tool).
-    pub fn tool(&self, tool: &str) -> ToolMetrics {
+    /// Resolve one tool's request metrics and those of its `routes` routes (`""` and 0 for
+    /// traffic that matched no tool).
+    pub fn tool(&self, tool: &str, routes: usize) -> ToolMetrics {
         let c = |o: &str| self.requests.with_label_values(&[tool, o]);
+        let routes = (0..routes)
+            .map(|r| {
+                let labels = [tool, &r.to_string()];
+                RouteMetrics {
+                    requests: self.route_requests.with_label_values(&labels),
+                    last_used: self.route_last_used.with_label_values(&labels),
+                }
+            })
+            .collect();
         ToolMetrics {
             injected: c("injected"),
             passthrough: c("passthrough"),
@@ -332,6 +381,16 @@ impl Metrics {
             credential_unavailable: c("credential_unavailable"),
             upstream_error: c("upstream_error"),
             duration: self.request_duration.with_label_values(&[tool]),
+            routes,
+        }
+    }
+
+    /// Forget the route series of `tool` from index `from` on: a reload removed those routes.
+    pub fn forget_routes(&self, tool: &str, from: usize, to: usize) {
+        for r in from..to {
+            let labels = [tool, &r.to_string()];
+            let _ = self.route_requests.remove_label_values(&labels);
+            let _ = self.route_last_used.remove_label_values(&labels);
         }
     }
 

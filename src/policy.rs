@@ -132,6 +132,8 @@ pub enum ConnectDecision {
     Tunnel {
         /// The tool of the first matching route (for metrics).
         tool: usize,
+        /// That route's index in the tool.
+        route: usize,
         /// Whether the tunnel may reach a private or loopback address.
         allow_private: bool,
     },
@@ -275,7 +277,7 @@ impl Policy {
             if route.port != port {
                 continue;
             }
-            first.get_or_insert(t);
+            first.get_or_insert((t, r));
             if needs_interception(tool, route) {
                 // Inside the tunnel requests are https: an http route's checks can never pass there.
                 return match (&self.interception, route.scheme) {
@@ -286,7 +288,7 @@ impl Policy {
             allow_private &= route.allow_private;
         }
         match first {
-            Some(tool) => ConnectDecision::Tunnel { tool, allow_private },
+            Some((tool, route)) => ConnectDecision::Tunnel { tool, route, allow_private },
             None => ConnectDecision::Deny(ConnectDenial::UnknownHost),
         }
     }

@@ -133,7 +133,7 @@ impl Shared {
         clock: Clock,
     ) -> Arc<Self> {
         let audit = Audit::start(policy.audit.file.clone(), &policy.instance_id, metrics.clone());
-        let no_tool = metrics.tool("");
+        let no_tool = metrics.tool("", 0);
         let upstreams = Arc::new(Upstreams::new());
         let watch = FsWatch::new();
         let logins = Logins::new(LoginEnv {
@@ -230,7 +230,7 @@ impl Shared {
             tools.push(ToolRt {
                 name: name.clone(),
                 slot,
-                metrics: self.metrics.tool(&name),
+                metrics: self.metrics.tool(&name, tool.routes.len()),
                 clients,
                 strip: strip.into(),
                 client_cert,
@@ -253,7 +253,12 @@ impl Shared {
             })
             .collect();
         self.logins.retain(&logins);
-        self.live.store(Arc::new(Live { policy, tools }));
+        let old = self.live.swap(Arc::new(Live { policy: policy.clone(), tools }));
+        // Route series stay bounded by the policy in force.
+        for t in &old.tools {
+            let kept = policy.tool_index(&t.name).map_or(0, |i| policy.tools[i].routes.len());
+            self.metrics.forget_routes(&t.name, kept, t.metrics.routes.len());
+        }
     }
 
     /// Validate new policy text: install it if valid, else keep the running one. Returns success.

@@ -43,7 +43,10 @@ pub async fn handle(
     let policy = &live.policy;
     let target = Target::https(host, port, String::new(), None);
     let (tool, allow_private) = match policy.decide_connect(&target.host, port) {
-        ConnectDecision::Tunnel { tool, allow_private } => (tool, allow_private),
+        ConnectDecision::Tunnel { tool, route, allow_private } => {
+            live.tools[tool].metrics.routes[route].used(shared.clock.now());
+            (tool, allow_private)
+        }
         ConnectDecision::Intercept => return intercept(shared, live, peer, guard, req, target).await,
         ConnectDecision::Deny(why) => {
             audit_request(shared, live, RequestEvent::Denied(why.code()), req.method(), &target, None);

@@ -255,6 +255,7 @@ async fn forward(
     let credential = rt.slot.as_deref().map(|slot| (slot, &spec.inject));
     let max = policy.limits.max_header_bytes;
     let now = shared.clock.now();
+    rt.metrics.routes[route].used(now);
     // A tool with a client certificate goes out only with one (never anonymously in between).
     if rt.client_cert.as_ref().is_some_and(|c| c.usable(now).is_none()) {
         return Err(ProxyError::CredentialUnavailable);
