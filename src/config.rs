@@ -4,6 +4,7 @@
 //! README's policy reference is kept in step with it. Values are checked, `${VAR}`-expanded and
 //! turned into a [`crate::policy::Policy`] by [`validate`].
 
+pub mod lint;
 pub mod validate;
 pub mod watch;
 

@@ -56,6 +56,12 @@ enum Command {
         /// The policy file.
         #[arg(long)]
         config: PathBuf,
+        /// Also warn (on stderr) about grants broader than a tool needs, each with its path and line.
+        #[arg(long)]
+        lint: bool,
+        /// With --lint: exit 2 when there is any warning.
+        #[arg(long, requires = "lint")]
+        strict: bool,
     },
     /// Print one row per credential: source, state, age, expiry, next refresh, failures, last error.
     Status {
@@ -149,10 +155,21 @@ fn main() -> ExitCode {
             let overrides = credproxy::config::Overrides { ca_dir, proxy_listen, admin_listen, control };
             run(config, overrides, shutdown_timeout)
         }
-        Command::Check { config } => match credproxy::config::load_file(&config) {
-            Ok(policy) => {
+        Command::Check { config, lint, strict } => match credproxy::config::load_text(&config, &Default::default()) {
+            Ok((text, policy)) => {
                 print!("{}", route_table(&policy));
-                ExitCode::SUCCESS
+                let warnings = if lint { credproxy::config::lint::lint(&text, &policy) } else { Vec::new() };
+                for w in &warnings {
+                    eprintln!("warning: {}: {w}", config.display());
+                }
+                if lint {
+                    eprintln!("{} lint warning(s)", warnings.len());
+                }
+                if strict && !warnings.is_empty() {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::SUCCESS
+                }
             }
             Err(e) => {
                 eprint!("{}: {e}", config.display());

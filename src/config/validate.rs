@@ -11,6 +11,7 @@ use crate::policy::Policy;
 mod locate;
 mod semantic;
 
+pub(crate) use locate::line_of;
 pub(crate) use semantic::trim_newline;
 
 /// Largest policy file accepted.
