@@ -21,7 +21,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::audit::timestamp;
 use crate::body::{full, Body};
 use crate::creds::Command;
-use crate::policy::{Inject, Policy};
+use crate::policy::{Inject, Mode, Policy};
 use crate::state::Shared;
 use control::{ControlListener, Refusal};
 
@@ -145,11 +145,15 @@ fn route(shared: &Shared, kind: &Kind, req: Request<Incoming>) -> Response<Body>
         (Kind::Admin, "/live") => respond(StatusCode::OK, "text/plain", "ok\n"),
         (Kind::Admin, "/ready") => {
             let waiting = shared.not_ready();
-            if waiting.is_empty() {
-                respond(StatusCode::OK, "text/plain", "ready\n")
-            } else {
-                let names: Vec<&str> = waiting.iter().map(|n| &**n).collect();
-                json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"ready": false, "waiting_for": names}))
+            let mode = shared.live.load().policy.mode;
+            match (waiting.is_empty(), mode) {
+                (true, Mode::Enforce) => respond(StatusCode::OK, "text/plain", "ready\n"),
+                (true, Mode::Report) => respond(StatusCode::OK, "text/plain", REPORT_READY),
+                (false, _) => {
+                    let names: Vec<&str> = waiting.iter().map(|n| &**n).collect();
+                    let body = json!({"ready": false, "waiting_for": names, "mode": mode.as_str()});
+                    json_response(StatusCode::SERVICE_UNAVAILABLE, body)
+                }
             }
         }
         (Kind::Control { .. }, "/v1/credentials") => json_response(StatusCode::OK, credentials(shared)),
@@ -199,6 +203,10 @@ fn command(shared: &Shared, path: &str) -> Response<Body> {
     }
     json_response(StatusCode::ACCEPTED, json!({"tool": tool, "action": action, "accepted": true}))
 }
+
+/// `/ready`'s body in report mode: ready, and loud about what is not enforced.
+const REPORT_READY: &str = "ready (REPORT MODE: the policy is not enforced; requests no route allows \
+                            are forwarded with the agent's own credentials and audited as request.would_deny)\n";
 
 /// The control API's credential list.
 pub fn credentials(shared: &Shared) -> Value {
@@ -264,7 +272,7 @@ pub fn credentials(shared: &Shared) -> Value {
             }))
         })
         .collect();
-    json!({"instance": live.policy.instance_id, "credentials": list, "logins": logins, "client_certificates": certs})
+    json!({"instance": live.policy.instance_id, "mode": live.policy.mode.as_str(), "credentials": list, "logins": logins, "client_certificates": certs})
 }
 
 fn uses(t: &crate::policy::Tool, login: &crate::policy::VaultLogin) -> bool {
@@ -308,6 +316,7 @@ pub fn describe_policy(p: &Policy) -> Value {
     let l = &p.limits;
     json!({
         "instance": p.instance_id,
+        "mode": p.mode.as_str(),
         "listen": {"proxy": p.listen.proxy.to_string(), "admin": p.listen.admin.to_string(), "control": p.listen.control.to_string(),
                    "proxy_auth": p.listen.proxy_auth.is_some(), "control_auth": p.listen.control_auth.is_some()},
         "limits": {

@@ -20,6 +20,10 @@ pub use validate::{load_file, load_text, parse, parse_with, ConfigError, ConfigE
 pub struct RawPolicy {
     /// Format version; must be `1`.
     pub version: u32,
+    /// `enforce` (the default): requests no route allows are refused. `report`: they are forwarded
+    /// with the agent's own credentials, untouched, and recorded as `request.would_deny` (for
+    /// adopting credproxy in front of a running agent). Changeable by reload.
+    pub mode: Option<String>,
     /// Listener addresses.
     #[serde(default)]
     pub listen: RawListen,

@@ -69,6 +69,8 @@ pub struct Metrics {
     pub tls_leaf_certs_cached: IntGauge,
     /// `credproxy_ca_expiration_timestamp_seconds`: when the first pod CA without a successor expires.
     pub ca_expiration: Gauge,
+    /// `credproxy_mode{mode}`: 1 for the mode in force (`enforce` or `report`), 0 for the other.
+    pub mode: IntGaugeVec,
     /// `credproxy_route_requests_total{tool,route}`: requests each route allowed (route = its index).
     pub route_requests: IntCounterVec,
     /// `credproxy_route_last_used_timestamp_seconds{tool,route}` (0: not used since start).
@@ -88,6 +90,8 @@ pub struct ToolMetrics {
     pub credential_unavailable: IntCounter,
     /// outcome="upstream_error".
     pub upstream_error: IntCounter,
+    /// outcome="would_deny" (report mode: forwarded untouched, though no route allows it).
+    pub would_deny: IntCounter,
     /// Request duration.
     pub duration: Histogram,
     /// Per route of the tool, in the policy's order.
@@ -124,6 +128,8 @@ pub enum Outcome {
     CredentialUnavailable,
     /// The upstream failed.
     UpstreamError,
+    /// Report mode: no route allows it, forwarded untouched anyway.
+    WouldDeny,
 }
 
 impl ToolMetrics {
@@ -135,6 +141,7 @@ impl ToolMetrics {
             Outcome::Denied => &self.denied,
             Outcome::CredentialUnavailable => &self.credential_unavailable,
             Outcome::UpstreamError => &self.upstream_error,
+            Outcome::WouldDeny => &self.would_deny,
         }
         .inc();
         self.duration.observe(seconds);
@@ -331,6 +338,14 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
+            mode: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("credproxy_mode", "1 for the policy mode in force: enforce, or report (nothing denied)."),
+                    &["mode"],
+                )
+                .unwrap(),
+            ),
             route_requests: counter_vec(
                 "credproxy_route_requests_total",
                 "Requests each policy route allowed; route is the route's index in the tool.",
@@ -380,6 +395,7 @@ impl Metrics {
             denied: c("denied"),
             credential_unavailable: c("credential_unavailable"),
             upstream_error: c("upstream_error"),
+            would_deny: c("would_deny"),
             duration: self.request_duration.with_label_values(&[tool]),
             routes,
         }

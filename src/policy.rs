@@ -293,6 +293,24 @@ impl Policy {
         }
     }
 
+    /// Whether report mode may connect a request no route allows to a private address: only
+    /// when routes name this host and port (and scheme, if given) and every one of them says
+    /// `allow_private`. A host no route names never reaches inward.
+    pub fn private_allowed(&self, scheme: Option<Scheme>, host: &str, port: u16) -> bool {
+        let mut named = false;
+        for (t, r) in self.index.candidates(host) {
+            let route = &self.tools[t].routes[r];
+            if route.port != port || scheme.is_some_and(|s| s != route.scheme) {
+                continue;
+            }
+            if !route.allow_private {
+                return false;
+            }
+            named = true;
+        }
+        named
+    }
+
     /// The host patterns whose CONNECTs are intercepted (on some port): what the pod CA's name
     /// constraints must permit. Sorted, without duplicates.
     pub fn intercepted_hosts(&self) -> Vec<HostPattern> {

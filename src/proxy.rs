@@ -6,6 +6,7 @@ pub mod hop;
 pub mod inject;
 pub mod intercept;
 pub mod relay;
+mod report;
 pub mod request;
 pub mod stack;
 pub mod target;

@@ -119,6 +119,9 @@ pub async fn start_with(config_path: PathBuf, overrides: Overrides, clock: Clock
     tokio::spawn(crate::admin::serve_control(control, shared.clone(), rx));
     shared.spawn_reloader(text);
     tracing::info!(proxy = %own[0], admin = %own[1], control = %control_addr, "credproxy listening");
+    if shared.live.load().policy.mode == crate::policy::Mode::Report {
+        crate::state::announce_mode(crate::policy::Mode::Report);
+    }
     Ok(Running { proxy_addr: own[0], admin_addr: own[1], control: control_addr, shared, shutdown, hard_stop, open })
 }
 

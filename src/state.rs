@@ -23,7 +23,7 @@ use crate::creds::Slot;
 use crate::fields;
 use crate::metrics::{Metrics, ToolMetrics};
 use crate::outbound::{Client, ClientCert, ClientOpts, ConnectSettings, Upstreams};
-use crate::policy::{CredentialSpec, Inject, Policy, Tool, VaultLogin};
+use crate::policy::{CredentialSpec, Inject, Mode, Policy, Scheme, Tool, VaultLogin};
 use crate::tls::Interceptor;
 
 mod credentials;
@@ -47,6 +47,32 @@ pub struct Live {
     pub policy: Arc<Policy>,
     /// Per tool, in the policy's order.
     pub tools: Vec<ToolRt>,
+    /// Report mode's clients for requests no route allows, by TLS and `allow_private`, built on
+    /// first use.
+    unlisted: [RouteClients; 4],
+}
+
+impl Live {
+    fn new(policy: Arc<Policy>, tools: Vec<ToolRt>) -> Self {
+        Live { policy, tools, unlisted: Default::default() }
+    }
+
+    /// The client report mode forwards a request no route allows with: no tool's pool (its own,
+    /// under the name `""` no tool can have), system roots only, private addresses refused
+    /// unless `target.1` (see [`Policy::private_allowed`]).
+    pub fn unlisted_client(
+        &self,
+        upstreams: &Upstreams,
+        target: (Scheme, bool),
+        upgrade: bool,
+        idle: Duration,
+    ) -> &Client {
+        let (tls, allow_private) = (target.0 == Scheme::Https, target.1);
+        let rc = &self.unlisted[usize::from(tls) * 2 + usize::from(allow_private)];
+        let cell = if upgrade { &rc.upgrade } else { &rc.plain };
+        let opts = ClientOpts { tls, allow_private, http1_only: upgrade, idle };
+        cell.get_or_init(|| upstreams.client(&Arc::from(""), &[], None, opts))
+    }
 }
 
 /// A tool's request-time handles.
@@ -79,12 +105,8 @@ impl ToolRt {
         let rc = &self.clients[route];
         let cell = if upgrade { &rc.upgrade } else { &rc.plain };
         let r = &tool.routes[route];
-        let opts = ClientOpts {
-            tls: r.scheme == crate::policy::Scheme::Https,
-            allow_private: r.allow_private,
-            http1_only: upgrade,
-            idle,
-        };
+        let opts =
+            ClientOpts { tls: r.scheme == Scheme::Https, allow_private: r.allow_private, http1_only: upgrade, idle };
         cell.get_or_init(|| {
             let cert = self.client_cert.clone().map(|c| c as ClientCert);
             upstreams.client(&self.name, &tool.ca_certs, cert.as_ref(), opts)
@@ -146,7 +168,7 @@ impl Shared {
         let creds = Mutex::new(HashMap::new());
         let policy = Arc::new(policy);
         // Tool handles are filled in by `install` below, before any listener serves.
-        let first = Live { policy: policy.clone(), tools: Vec::new() };
+        let first = Live::new(policy.clone(), Vec::new());
         let shared = Arc::new(Shared {
             live: ArcSwap::from_pointee(first),
             metrics,
@@ -253,7 +275,10 @@ impl Shared {
             })
             .collect();
         self.logins.retain(&logins);
-        let old = self.live.swap(Arc::new(Live { policy: policy.clone(), tools }));
+        for m in [Mode::Enforce, Mode::Report] {
+            self.metrics.mode.with_label_values(&[m.as_str()]).set(i64::from(m == policy.mode));
+        }
+        let old = self.live.swap(Arc::new(Live::new(policy.clone(), tools)));
         // Route series stay bounded by the policy in force.
         for t in &old.tools {
             let kept = policy.tool_index(&t.name).map_or(0, |i| policy.tools[i].routes.len());
@@ -283,7 +308,12 @@ impl Shared {
                 }
                 if fields.is_empty() {
                     let tools = policy.tools.len();
+                    let (from, to) = (self.live.load().policy.mode, policy.mode);
                     self.install(Arc::new(policy));
+                    if from != to {
+                        self.audit.emit("config.mode_changed", fields! {"from" => from.as_str(), "to" => to.as_str()});
+                        announce_mode(to);
+                    }
                     self.metrics.config_reloads.with_label_values(&["ok"]).inc();
                     self.metrics.config_last_reload_success.set(1);
                     self.audit.emit(
@@ -370,6 +400,20 @@ impl Shared {
                     .map(|l| Arc::from(format!("vault login {}", l.label))),
             )
             .collect()
+    }
+}
+
+/// Say loudly, in the operational log, which mode is now in force.
+pub fn announce_mode(mode: Mode) {
+    match mode {
+        Mode::Report => tracing::warn!(
+            mode = "report",
+            "REPORT MODE: the policy is NOT enforced. Requests no route allows are forwarded with the \
+             agent's own credentials and audited as request.would_deny; set mode: enforce to deny them"
+        ),
+        Mode::Enforce => {
+            tracing::info!(mode = "enforce", "the policy is enforced: requests no route allows are denied")
+        }
     }
 }
 

@@ -73,6 +73,12 @@ fn short(d: Duration) -> String {
 /// The table: TOOL SOURCE STATE AGE EXPIRES NEXT-REFRESH FAILURES LAST-ERROR.
 pub fn table(v: &Value, now: SystemTime) -> String {
     let mut out = format!("instance {}\n", v["instance"].as_str().unwrap_or("?"));
+    if v["mode"] == "report" {
+        out.push_str(
+            "REPORT MODE: the policy is not enforced; requests no route allows pass with the agent's own \
+             credentials (audited as request.would_deny)\n",
+        );
+    }
     out.push_str(&format!(
         "{:<20} {:<26} {:<8} {:>6} {:>8} {:>8} {:>8}  {}\n",
         "TOOL", "SOURCE", "STATE", "AGE", "EXPIRES", "REFRESH", "FAILURES", "LAST ERROR"

@@ -320,3 +320,24 @@ async fn another_process_of_the_same_user_cannot_read_its_memory_or_environment(
     assert!(ordinary, "the same user reads an ordinary process's environ (the check can tell)");
     assert!(!ours, "but not credproxy's");
 }
+
+/// Report mode is loud: the start-up log, `/ready`'s body and `credproxy status` all say so.
+#[tokio::test]
+async fn report_mode_says_so_at_start_in_ready_and_in_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p, a, c) = (free_port(), free_port(), free_port());
+    let file = policy_file(&dir, (p, a, c), "  pypi:\n    routes: [{ host: pypi.org }]\n");
+    let text = std::fs::read_to_string(&file).unwrap().replace("version: 1\n", "version: 1\nmode: report\n");
+    std::fs::write(&file, text).unwrap();
+    let mut run = Captured::run(&file, &[]);
+    assert!(run.logged(&["credproxy listening", "REPORT MODE"]).await, "{}", run.stderr());
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{a}").parse().unwrap();
+    let ready = get(admin, "/ready").await;
+    assert!(status(&ready) == 200 && ready.contains("REPORT MODE"), "{ready}");
+    let out = bin().args(["status", "--control", &format!("127.0.0.1:{c}")]).output().unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && table.lines().nth(1).is_some_and(|l| l.starts_with("REPORT MODE")), "{table}");
+    let killed = Command::new("kill").args(["-TERM", &run.child.id().expect("running").to_string()]).status().unwrap();
+    assert!(killed.success());
+    assert_eq!(exit_code(&mut run.child).await, Some(0));
+}

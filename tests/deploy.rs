@@ -256,7 +256,7 @@ fn prometheus_manifests_render_and_their_rules_pass_promtool() {
         );
         assert!(r["labels"]["severity"].is_string(), "{name}");
     }
-    assert_eq!(alerts, 8);
+    assert_eq!(alerts, 9);
     assert!(promtool(&["test", "rules"], &root().join("deploy/prometheus/rules_test.yaml")).contains("SUCCESS"));
 }
 

@@ -58,3 +58,152 @@ async fn route_metrics_count_each_route_and_forget_removed_ones() {
     assert!(!m.contains(r#"credproxy_route_last_used_timestamp_seconds{route="1""#), "{m}");
     proxy.shutdown().await;
 }
+
+/// Mode `mode`; tool `api` (credential `{dir}/token`) may GET `/allowed/**` on the upstream.
+fn report_policy(up: u16, mode: &str) -> String {
+    format!(
+        r#"version: 1
+mode: {mode}
+audit: {{ output: "{{dir}}/audit.log" }}
+tools:
+  api:
+    credential: {{ source: file, path: "{{dir}}/token" }}
+    routes: [{{ scheme: http, host: 127.0.0.1, port: {up}, allow_private: true, methods: [GET], paths: ["/allowed/**"] }}]
+"#
+    )
+}
+
+fn agent_get(host: &str, path: &str, key: &str) -> Vec<u8> {
+    format!(
+        "GET http://{host}{path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\nX-Api-Key: {key}-x\r\n\
+         Proxy-Authorization: Basic c3RyYXk=\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// The audit events named `event`, parsed.
+fn events(audit: &str, event: &str) -> Vec<serde_json::Value> {
+    audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["event"] == event)
+        .collect()
+}
+
+#[tokio::test]
+async fn report_mode_forwards_unlisted_requests_untouched_and_enforce_by_reload_denies_them() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_file(&dir, "token", "tool-token");
+    let proxy = Proxy::start_in(dir, &report_policy(up.port(), "report")).await;
+    let host = format!("127.0.0.1:{}", up.port());
+    let ready = get(proxy.admin, "/ready").await;
+    assert!(status(&ready) == 200 && ready.contains("REPORT MODE"), "{ready}");
+    assert_eq!(proxy.credentials().await["mode"], "report");
+
+    // Allowed: handled as in enforce mode (the agent's key replaced by the tool's).
+    assert_eq!(status(&raw(proxy.addr, &agent_get(&host, "/allowed/1", "agent-key")).await), 200);
+    let seen = up.last();
+    assert_eq!(seen.headers["authorization"], "Bearer tool-token");
+    assert!(seen.headers.get("x-api-key").is_none());
+
+    // Unlisted path: forwarded with the agent's own credentials as sent.
+    let resp = raw(proxy.addr, &agent_get(&host, "/unlisted/2?q=1", "agent-key")).await;
+    assert_eq!(status(&resp), 200, "{resp}");
+    assert_eq!(header(&resp, "credproxy-error"), None);
+    let seen = up.last();
+    assert_eq!((seen.method.as_str(), seen.uri.as_str()), ("GET", "/unlisted/2?q=1"));
+    assert_eq!(seen.headers["authorization"], "Bearer agent-key");
+    assert_eq!(seen.headers["x-api-key"], "agent-key-x");
+    assert!(seen.headers.get("proxy-authorization").is_none(), "{:?}", seen.headers);
+    assert_eq!(up.requests().len(), 2);
+
+    // A host no route names stays out of reach on a private address, in report mode too.
+    let other = format!("127.0.0.2:{}", up.port());
+    assert_error(&raw(proxy.addr, &agent_get(&other, "/x", "agent-key")).await, 403, "route_denied");
+    assert_eq!(up.requests().len(), 2);
+
+    let audit = proxy.audit().await;
+    let would = events(&audit, "request.would_deny");
+    assert_eq!(would.len(), 1, "{audit}");
+    assert_eq!(would[0]["reason"], "method_or_path_not_allowed");
+    assert_eq!(would[0]["message"], "routes name this host, but none allows this method and path");
+    assert_eq!((would[0]["path"].as_str(), would[0]["port"].as_u64()), (Some("/unlisted/2"), Some(up.port().into())));
+    let denied = events(&audit, "request.denied");
+    assert_eq!(denied.len(), 1, "{audit}");
+    assert_eq!(
+        (denied[0]["reason"].as_str(), denied[0]["host"].as_str()),
+        (Some("private_address"), Some("127.0.0.2"))
+    );
+    // Report mode audits every request, as audit.requests: all.
+    assert_eq!(events(&audit, "request.forwarded").len(), 1, "{audit}");
+    let m = proxy.metrics().await;
+    assert_eq!(metric(&m, r#"credproxy_requests_total{outcome="would_deny",tool=""}"#), Some(1.0), "{m}");
+    assert_eq!(metric(&m, r#"credproxy_requests_total{outcome="injected",tool="api"}"#), Some(1.0), "{m}");
+    assert_eq!(metric(&m, r#"credproxy_mode{mode="report"}"#), Some(1.0), "{m}");
+    assert_eq!(metric(&m, r#"credproxy_mode{mode="enforce"}"#), Some(0.0), "{m}");
+
+    // Enforce by reload: the same request is denied and never reaches the upstream.
+    proxy.rewrite(&report_policy(up.port(), "enforce"));
+    eventually(
+        async || metric(&proxy.metrics().await, r#"credproxy_mode{mode="enforce"}"#) == Some(1.0),
+        "enforce mode",
+    )
+    .await;
+    assert_error(&raw(proxy.addr, &agent_get(&host, "/unlisted/2", "agent-key")).await, 403, "route_denied");
+    assert_error(&raw(proxy.addr, &agent_get(&other, "/x", "agent-key")).await, 403, "route_denied");
+    assert_eq!(up.requests().len(), 2);
+    assert_eq!(get(proxy.admin, "/ready").await.split("\r\n\r\n").nth(1), Some("ready\n"));
+    let audit = proxy.audit().await;
+    let changed = events(&audit, "config.mode_changed");
+    assert_eq!(changed.len(), 1, "{audit}");
+    assert_eq!((changed[0]["from"].as_str(), changed[0]["to"].as_str()), (Some("report"), Some("enforce")));
+    assert_eq!(events(&audit, "request.would_deny").len(), 1, "no new would_deny after enforce");
+    let m = proxy.metrics().await;
+    // The private address refused in report mode, then both requests in enforce mode.
+    assert_eq!(metric(&m, r#"credproxy_requests_total{outcome="denied",tool=""}"#), Some(3.0), "{m}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn report_mode_tunnels_a_connect_it_would_deny_and_records_host_and_port_only() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_file(&dir, "token", "tool-token");
+    // Without interception, a CONNECT to a credentialed host is denied in enforce mode.
+    let policy = format!(
+        "version: 1\nmode: report\naudit: {{ output: \"{{dir}}/audit.log\" }}\ntools:\n  api:\n    credential: {{ source: file, path: \"{{dir}}/token\" }}\n    routes: [{{ scheme: http, host: 127.0.0.1, port: {}, allow_private: true }}]\n",
+        up.port()
+    );
+    let proxy = Proxy::start_in(dir, &policy).await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    use tokio::io::AsyncWriteExt;
+    let connect = format!("CONNECT 127.0.0.1:{0} HTTP/1.1\r\nHost: 127.0.0.1:{0}\r\n\r\n", up.port());
+    s.write_all(connect.as_bytes()).await.unwrap();
+    let head = String::from_utf8(read_head(&mut s).await).unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s.write_all(
+        b"GET /inside HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer agent-key\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let inner = String::from_utf8(read_head(&mut s).await).unwrap();
+    assert!(inner.starts_with("HTTP/1.1 200"), "{inner}");
+    assert_eq!(up.last().headers["authorization"], "Bearer agent-key", "bytes relayed untouched");
+    drop(s);
+    let audit = proxy.audit().await;
+    let would = events(&audit, "request.would_deny");
+    assert_eq!(would.len(), 1, "{audit}");
+    assert_eq!(would[0]["method"], "CONNECT");
+    assert_eq!(would[0]["reason"], "connect_needs_interception");
+    assert_eq!((would[0]["host"].as_str(), would[0]["port"].as_u64()), (Some("127.0.0.1"), Some(up.port().into())));
+    assert!(would[0].get("path").is_none(), "{}", would[0]);
+    // A CONNECT to a host no route names, on a private address: refused in report mode too.
+    let refused =
+        raw(proxy.addr, format!("CONNECT 127.0.0.3:{0} HTTP/1.1\r\nHost: 127.0.0.3:{0}\r\n\r\n", up.port()).as_bytes())
+            .await;
+    assert_error(&refused, 403, "route_denied");
+    let m = proxy.metrics().await;
+    assert_eq!(metric(&m, r#"credproxy_requests_total{outcome="would_deny",tool=""}"#), Some(1.0), "{m}");
+    proxy.shutdown().await;
+}

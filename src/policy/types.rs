@@ -14,6 +14,8 @@ use super::RouteIndex;
 /// A validated policy (version 1). Built only by [`crate::config::validate`].
 #[derive(Debug)]
 pub struct Policy {
+    /// Enforce the routes, or only report what they would deny.
+    pub mode: Mode,
     /// Listener addresses and proxy authentication.
     pub listen: Listen,
     /// This instance's identity in audit events and the control API.
@@ -29,6 +31,26 @@ pub struct Policy {
     /// Tools in name order.
     pub tools: Vec<Tool>,
     pub(crate) index: RouteIndex,
+}
+
+/// Whether the policy is enforced (`mode:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Requests no route allows are refused (the default).
+    Enforce,
+    /// Requests no route allows are forwarded untouched with the agent's own credentials and
+    /// recorded as `request.would_deny`; allowed requests are handled as in enforce mode.
+    Report,
+}
+
+impl Mode {
+    /// `enforce` or `report`, as written in the policy.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Report => "report",
+        }
+    }
 }
 
 /// The pod-local CA's settings (`interception:`, or `run --ca-dir`).

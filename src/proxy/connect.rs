@@ -16,7 +16,7 @@ use crate::body::full;
 use crate::error::ProxyError;
 use crate::metrics::Outcome;
 use crate::outbound::{connect_guarded, ConnectError};
-use crate::policy::{normalize_host, ConnectDecision};
+use crate::policy::{normalize_host, ConnectDecision, ConnectDenial, Mode};
 use crate::state::{Live, Shared};
 
 /// Serve a CONNECT request.
@@ -42,40 +42,66 @@ pub async fn handle(
     }
     let policy = &live.policy;
     let target = Target::https(host, port, String::new(), None);
-    let (tool, allow_private) = match policy.decide_connect(&target.host, port) {
+    match policy.decide_connect(&target.host, port) {
         ConnectDecision::Tunnel { tool, route, allow_private } => {
             live.tools[tool].metrics.routes[route].used(shared.clock.now());
-            (tool, allow_private)
+            tunnel(shared, live, guard, req, target, Some(tool), allow_private, RequestEvent::Forwarded(None)).await
         }
-        ConnectDecision::Intercept => return intercept(shared, live, peer, guard, req, target).await,
+        ConnectDecision::Intercept => intercept(shared, live, peer, guard, req, target).await,
         ConnectDecision::Deny(why) => {
-            audit_request(shared, live, RequestEvent::Denied(why.code()), req.method(), &target, None);
             let msg = match why {
-                crate::policy::ConnectDenial::UnknownHost => "no route names this host and port (deny by default)",
-                crate::policy::ConnectDenial::NeedsInterception => {
+                ConnectDenial::UnknownHost => "no route names this host and port (deny by default)",
+                ConnectDenial::NeedsInterception => {
                     "this host's routes need a credential or a method/path check, which a blind tunnel cannot give"
                 }
             };
-            return (None, Err(ProxyError::RouteDenied(msg)));
+            if policy.mode == Mode::Report {
+                // Its paths and keys stay inside the agent's TLS: host and port are all there is to record.
+                let event = RequestEvent::WouldDeny((why.code(), msg));
+                let private = policy.private_allowed(None, &target.host, target.port);
+                return tunnel(shared, live, guard, req, target, None, private, event).await;
+            }
+            audit_request(shared, live, RequestEvent::Denied(why.code()), req.method(), &target, None);
+            (None, Err(ProxyError::RouteDenied(msg)))
         }
-    };
+    }
+}
+
+/// Connect to the CONNECT target (through the address check), answer 200 and relay bytes.
+#[allow(clippy::too_many_arguments)]
+async fn tunnel(
+    shared: &Arc<Shared>,
+    live: &Live,
+    guard: &Arc<ConnGuard>,
+    req: Request<Incoming>,
+    target: Target,
+    tool: Option<usize>,
+    allow_private: bool,
+    event: RequestEvent<'_>,
+) -> Served {
     let settings = shared.upstreams.settings();
-    let connected =
-        tokio::time::timeout(settings.connect_timeout, connect_guarded(&settings, &target.host, port, allow_private))
-            .await;
-    let name = Some(policy.tools[tool].name.as_str());
+    let connected = tokio::time::timeout(
+        settings.connect_timeout,
+        connect_guarded(&settings, &target.host, target.port, allow_private),
+    )
+    .await;
+    let name = tool.map(|t| live.policy.tools[t].name.as_str());
     let upstream = match connected {
-        Err(_) => return (Some(tool), Err(ProxyError::UpstreamTimeout)),
+        Err(_) => return (tool, Err(ProxyError::UpstreamTimeout)),
         Ok(Err(e)) => {
             if matches!(e, ConnectError::Private) {
                 audit_request(shared, live, RequestEvent::Denied("private_address"), req.method(), &target, name);
             }
-            return (Some(tool), Err((&e).into()));
+            return (tool, Err((&e).into()));
         }
         Ok(Ok(s)) => s,
     };
-    audit_request(shared, live, RequestEvent::Forwarded(None), req.method(), &target, name);
-    let (guard, idle) = (guard.clone(), policy.limits.idle_timeout);
+    let outcome = match event {
+        RequestEvent::WouldDeny(_) => Outcome::WouldDeny,
+        _ => Outcome::Passthrough,
+    };
+    audit_request(shared, live, event, req.method(), &target, name);
+    let (guard, idle) = (guard.clone(), live.policy.limits.idle_timeout);
     tokio::spawn(async move {
         match hyper::upgrade::on(req).await {
             Ok(agent) => relay(TokioIo::new(agent), upstream, idle, guard).await,
@@ -84,7 +110,7 @@ pub async fn handle(
     });
     let mut resp = Response::new(full(bytes::Bytes::new()));
     *resp.status_mut() = StatusCode::OK;
-    (Some(tool), Ok((resp, Some(Outcome::Passthrough))))
+    (tool, Ok((resp, Some(outcome))))
 }
 
 /// Mint (or find) the host's leaf, answer 200, and serve the tunnel's requests behind TLS.

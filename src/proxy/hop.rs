@@ -1,6 +1,84 @@
-//! Hop-by-hop header handling, the same in both directions.
+//! What crosses the hop: hop-by-hop fields removed in both directions, the agent's request head
+//! made ready for an upstream, and the upstream's answer made ready for the agent.
 
-use http::header::{HeaderMap, HeaderName, CONNECTION};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, UPGRADE};
+use http::request::Parts;
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+
+use super::relay::{relay, ConnGuard};
+use crate::error::CREDPROXY_ERROR;
+
+/// An agent's request on its way out: hop-by-hop fields, `Host` and any `credproxy-error`
+/// removed; a WebSocket upgrade kept (and the agent's side of it held).
+pub struct Outgoing {
+    /// The head, still with the agent's URI and end-to-end fields.
+    pub parts: Parts,
+    /// The agent's body.
+    pub body: Incoming,
+    /// The agent asked for a WebSocket upgrade.
+    pub websocket: bool,
+    /// The agent's side of that upgrade.
+    pub agent_upgrade: Option<OnUpgrade>,
+    /// The HTTP version the agent spoke (its answer goes back in it).
+    pub agent_version: Version,
+}
+
+impl Outgoing {
+    /// Take the agent's request apart for forwarding.
+    pub fn from_agent(mut req: Request<Incoming>) -> Outgoing {
+        let websocket = is_websocket(req.headers());
+        let agent_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        let agent_version = parts.version;
+        let upgrade_value = parts.headers.get(UPGRADE).cloned();
+        remove_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(HOST);
+        parts.headers.remove(&CREDPROXY_ERROR);
+        if let (true, Some(v)) = (websocket, upgrade_value) {
+            parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(UPGRADE, v);
+        }
+        // The upstream hop is HTTP/1.1 (or h2, negotiated by the client).
+        parts.version = Version::HTTP_11;
+        Outgoing { parts, body, websocket, agent_upgrade, agent_version }
+    }
+}
+
+fn is_websocket(h: &HeaderMap) -> bool {
+    connection_tokens(h).any(|t| t.eq_ignore_ascii_case("upgrade"))
+        && h.get(UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+}
+
+/// Make an upstream's answer the agent's: relay an accepted upgrade, else drop hop-by-hop
+/// fields; never pass on a `credproxy-error` the upstream set; answer in the agent's version.
+pub fn to_agent(
+    resp: &mut Response<Incoming>,
+    agent_upgrade: Option<OnUpgrade>,
+    agent_version: Version,
+    guard: &Arc<ConnGuard>,
+    idle: Duration,
+) {
+    if let (Some(agent), StatusCode::SWITCHING_PROTOCOLS) = (agent_upgrade, resp.status()) {
+        let upstream = hyper::upgrade::on(&mut *resp);
+        let guard = guard.clone();
+        tokio::spawn(async move {
+            if let (Ok(a), Ok(u)) = (agent.await, upstream.await) {
+                relay(TokioIo::new(a), TokioIo::new(u), idle, guard).await;
+            }
+        });
+    } else {
+        remove_hop_by_hop(resp.headers_mut());
+    }
+    resp.headers_mut().remove(&CREDPROXY_ERROR);
+    // The agent speaks HTTP/1.x with us, whatever the upstream spoke (h2, or 1.0).
+    *resp.version_mut() = agent_version;
+}
 
 /// Hop-by-hop fields (RFC 9110 §7.6.1) plus the proxy's own, removed in both directions.
 /// `Trailer` is end-to-end (it announces the trailer fields; hyper sends only those announced).

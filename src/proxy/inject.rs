@@ -98,7 +98,12 @@ pub(super) fn upstream_uri(target: &Target, inject: &Inject, token: Option<&Toke
         }
         _ => target.query.clone(),
     };
-    let pq = match &query {
+    target_uri(target, query.as_deref())
+}
+
+/// The target's URL with this query.
+pub(super) fn target_uri(target: &Target, query: Option<&str>) -> Result<Uri, ProxyError> {
+    let pq = match query {
         Some(q) => format!("{}?{q}", target.path),
         None => target.path.clone(),
     };

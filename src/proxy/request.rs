@@ -4,27 +4,26 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{HeaderMap, HeaderValue, CONNECTION, HOST, UPGRADE};
-use http::{Method, Request, Response, StatusCode, Version};
+use http::header::{HeaderMap, HeaderValue, CONNECTION};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use secrecy::ExposeSecret;
 
-use super::hop::{connection_tokens, remove_hop_by_hop};
+use super::hop::{to_agent, Outgoing};
 use super::inject::{after_401, is_idempotent, scrub_response, strip_and_inject, upstream_uri};
-use super::relay::{relay, ConnGuard};
+use super::relay::ConnGuard;
 use super::target::{Pinned, Target};
 use crate::body::{Body, UpstreamBody};
-use crate::error::{ProxyError, CREDPROXY_ERROR};
+use crate::error::ProxyError;
 use crate::fields;
 use crate::metrics::Outcome;
-use crate::policy::{Action, AuditRequests, Destination, Inject};
+use crate::policy::{Action, AuditRequests, Destination, Inject, Mode};
 use crate::state::{Live, Shared};
 
 /// Longest request target accepted.
 const MAX_URI_BYTES: usize = 16 * 1024;
 
-static TOOL_HEADER: http::HeaderName = http::HeaderName::from_static("credproxy-tool");
+pub(super) static TOOL_HEADER: http::HeaderName = http::HeaderName::from_static("credproxy-tool");
 
 /// The tool (for metrics), and the response with its outcome (`None`: not counted, as for the
 /// CONNECT that opens an intercepted tunnel, whose inner requests are counted one by one).
@@ -113,6 +112,10 @@ async fn serve(
     };
     let tool_hint = match (target.base_tool, named) {
         (Some(b), Some(n)) if policy.tools[b].name != n => {
+            if policy.mode == Mode::Report {
+                let why = ("not_tools_route", "Credproxy-Tool names another tool than the base path");
+                return Box::pin(super::report::forward(shared, live, guard, req, target, None, why)).await;
+            }
             return deny(
                 shared,
                 live,
@@ -138,6 +141,10 @@ async fn serve(
     let decision = policy.decide(&dest);
     let Action::Allow { tool, route } = decision.action else {
         let t = target.base_tool.or_else(|| tool_hint.and_then(|n| policy.tool_index(n)));
+        if policy.mode == Mode::Report {
+            let why = (decision.reason.code(), decision.reason.message());
+            return Box::pin(super::report::forward(shared, live, guard, req, target, t, why)).await;
+        }
         return deny(shared, live, &req, &target, t, decision.reason.code(), decision.reason.message());
     };
     // Boxed: the forwarding future is large, and hyper moves the request future into place.
@@ -184,6 +191,9 @@ pub(super) enum RequestEvent<'a> {
     Denied(&'a str),
     /// `request.forwarded`, with the credential fingerprint: audited with `audit.requests: all`.
     Forwarded(Option<&'a str>),
+    /// `request.would_deny` (report mode), with the reason (code, sentence) enforce mode would
+    /// deny it for, as `explain` gives it.
+    WouldDeny((&'a str, &'a str)),
 }
 
 /// Emit a request audit event if the policy's `audit.requests` level asks for it.
@@ -195,16 +205,24 @@ pub(super) fn audit_request(
     t: &Target,
     tool: Option<&str>,
 ) {
-    let level = live.policy.audit.requests;
+    // Report mode records every request: what it would deny is the point of it.
+    let level = match live.policy.mode {
+        Mode::Report => AuditRequests::All,
+        Mode::Enforce => live.policy.audit.requests,
+    };
     let wanted = match event {
         RequestEvent::Denied(_) => level != AuditRequests::None,
-        RequestEvent::Forwarded(_) => level == AuditRequests::All,
+        RequestEvent::Forwarded(_) | RequestEvent::WouldDeny(_) => level == AuditRequests::All,
     };
     if !wanted {
         return;
     }
     let mut f = fields! {"method" => method.as_str(), "scheme" => t.scheme.as_str(), "host" => &t.host,
-    "port" => t.port, "path" => &t.path, "tool" => tool};
+    "port" => t.port, "tool" => tool};
+    // A CONNECT has a host and port only (a tunnel's paths stay inside its TLS).
+    if method != Method::CONNECT {
+        f.insert("path".into(), t.path.as_str().into());
+    }
     let name = match event {
         RequestEvent::Denied(reason) => {
             f.insert("reason".into(), reason.into());
@@ -216,13 +234,13 @@ pub(super) fn audit_request(
             }
             "request.forwarded"
         }
+        RequestEvent::WouldDeny((code, message)) => {
+            f.insert("reason".into(), code.into());
+            f.insert("message".into(), message.into());
+            "request.would_deny"
+        }
     };
     shared.audit.emit(name, f);
-}
-
-fn is_websocket(h: &HeaderMap) -> bool {
-    connection_tokens(h).any(|t| t.eq_ignore_ascii_case("upgrade"))
-        && h.get(UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -231,7 +249,7 @@ async fn forward(
     live: &Live,
     peer: SocketAddr,
     guard: &Arc<ConnGuard>,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     target: Target,
     tool: usize,
     route: usize,
@@ -239,19 +257,8 @@ async fn forward(
     let policy = &live.policy;
     let spec = &policy.tools[tool];
     let rt = &live.tools[tool];
-    let websocket = is_websocket(req.headers());
-    let agent_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
-    let (mut parts, body) = req.into_parts();
+    let Outgoing { mut parts, body, websocket, agent_upgrade, agent_version } = Outgoing::from_agent(req);
     let method = parts.method.clone();
-    let agent_version = parts.version;
-    let upgrade_value = parts.headers.get(UPGRADE).cloned();
-    remove_hop_by_hop(&mut parts.headers);
-    parts.headers.remove(HOST);
-    parts.headers.remove(&CREDPROXY_ERROR);
-    if let (true, Some(v)) = (websocket, upgrade_value) {
-        parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-        parts.headers.insert(UPGRADE, v);
-    }
     let credential = rt.slot.as_deref().map(|slot| (slot, &spec.inject));
     let max = policy.limits.max_header_bytes;
     let now = shared.clock.now();
@@ -262,7 +269,6 @@ async fn forward(
     }
     let token = strip_and_inject(&mut parts.headers, &rt.strip, credential, max, now)?;
     parts.uri = upstream_uri(&target, &spec.inject, token.as_deref())?;
-    parts.version = Version::HTTP_11;
     // A rotating token that meets a 401 is refreshed at once; a bodiless idempotent request is
     // then retried once with the new token, so keep its headers to send it again.
     let retry = (token.is_some()
@@ -306,23 +312,10 @@ async fn forward(
             return Err(err);
         }
     };
-    if let (Some(agent), StatusCode::SWITCHING_PROTOCOLS) = (agent_upgrade, resp.status()) {
-        let upstream = hyper::upgrade::on(&mut resp);
-        let (guard, idle) = (guard.clone(), policy.limits.idle_timeout);
-        tokio::spawn(async move {
-            if let (Ok(a), Ok(u)) = (agent.await, upstream.await) {
-                relay(TokioIo::new(a), TokioIo::new(u), idle, guard).await;
-            }
-        });
-    } else {
-        remove_hop_by_hop(resp.headers_mut());
-    }
-    resp.headers_mut().remove(&CREDPROXY_ERROR);
+    to_agent(&mut resp, agent_upgrade, agent_version, guard, policy.limits.idle_timeout);
     if let (Inject::Query { param }, Some(t)) = (&spec.inject, &token) {
         scrub_response(resp.headers_mut(), param, t);
     }
-    // The agent speaks HTTP/1.x with us, whatever the upstream spoke (h2, or 1.0).
-    *resp.version_mut() = agent_version;
     let credential_id = token.as_ref().map(|t| t.fingerprint.as_str());
     audit_request(shared, live, RequestEvent::Forwarded(credential_id), &method, &target, Some(&spec.name));
     tracing::trace!(%peer, tool = %spec.name, status = resp.status().as_u16(), "forwarded");

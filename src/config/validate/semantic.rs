@@ -104,6 +104,14 @@ pub(super) fn check(
         cx.err("version", "unsupported version (this credproxy reads version 1)");
     }
     let listen = listen(&mut cx, &raw);
+    let mode = match raw.mode.as_deref() {
+        None | Some("enforce") => Mode::Enforce,
+        Some("report") => Mode::Report,
+        Some(_) => {
+            cx.err("mode", "must be enforce or report");
+            Mode::Enforce
+        }
+    };
     let instance_id = match &raw.instance_id {
         Some(s) => cx.expand("instance_id", s).unwrap_or_default(),
         None => default_instance_id().to_string(),
@@ -150,7 +158,7 @@ pub(super) fn check(
         return Err(ConfigErrors(cx.errors));
     }
     let index = crate::policy::RouteIndex::build(&tools);
-    Ok(Policy { listen, instance_id, audit, resolve, limits, interception, tools, index })
+    Ok(Policy { mode, listen, instance_id, audit, resolve, limits, interception, tools, index })
 }
 
 fn listen(cx: &mut Ctx<'_>, raw: &RawPolicy) -> Listen {

@@ -1,0 +1,74 @@
+//! Report mode's one difference: a request no route allows is forwarded anyway, untouched —
+//! the agent's own credentials as it sent them, nothing injected — and audited as
+//! `request.would_deny` with the reason enforce mode would give. Everything else stays:
+//! proxy authentication, the removal of `Proxy-Authorization`, `Credproxy-Tool` and hop-by-hop
+//! fields, and the private-address and own-listener checks on the address connected to (a
+//! private address only for a host and port whose routes all say `allow_private`).
+
+use std::sync::Arc;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use super::hop::{to_agent, Outgoing};
+use super::relay::ConnGuard;
+use super::request::{audit_request, RequestEvent, Served, TOOL_HEADER};
+use super::target::Target;
+use crate::body::{Body, UpstreamBody};
+use crate::error::ProxyError;
+use crate::metrics::Outcome;
+use crate::state::{Live, Shared};
+
+/// Forward `req`, which no route allows (`reason`), to its target without touching its
+/// credentials. `tool` is the tool the agent named, if any (for metrics and the audit event).
+pub(super) async fn forward(
+    shared: &Shared,
+    live: &Live,
+    guard: &Arc<ConnGuard>,
+    req: Request<Incoming>,
+    target: Target,
+    tool: Option<usize>,
+    reason: (&'static str, &'static str),
+) -> Served {
+    let name = tool.map(|t| live.policy.tools[t].name.as_str());
+    let Outgoing { mut parts, body, websocket, agent_upgrade, agent_version } = Outgoing::from_agent(req);
+    parts.headers.remove(&TOOL_HEADER);
+    let method = parts.method.clone();
+    parts.uri = match super::inject::target_uri(&target, target.query.as_deref()) {
+        Ok(u) => u,
+        Err(e) => return (tool, Err(e)),
+    };
+    let limits = &live.policy.limits;
+    let private = live.policy.private_allowed(Some(target.scheme), &target.host, target.port);
+    let client = live.unlisted_client(&shared.upstreams, (target.scheme, private), websocket, limits.idle_timeout);
+    let sent = tokio::time::timeout(
+        limits.response_header_timeout,
+        client.request(Request::from_parts(parts, UpstreamBody::new(body, None))),
+    )
+    .await;
+    let mut resp: Response<Incoming> = match sent {
+        Err(_) => return (tool, Err(ProxyError::UpstreamTimeout)),
+        Ok(Err(e)) => {
+            let err = crate::outbound::client_error(&e);
+            let refused = match err {
+                ProxyError::LoopDetected => Some("loop_detected"),
+                ProxyError::RouteDenied(_) => Some("private_address"),
+                _ => None,
+            };
+            if let Some(why) = refused {
+                audit_request(shared, live, RequestEvent::Denied(why), &method, &target, name);
+            }
+            return (tool, Err(err));
+        }
+        Ok(Ok(r)) => r,
+    };
+    to_agent(&mut resp, agent_upgrade, agent_version, guard, limits.idle_timeout);
+    audit_request(shared, live, RequestEvent::WouldDeny(reason), &method, &target, name);
+    tracing::debug!(
+        tool = name,
+        reason = reason.0,
+        status = resp.status().as_u16(),
+        "report mode: forwarded a request no route allows"
+    );
+    (tool, Ok((resp.map(Body::Upstream), Some(Outcome::WouldDeny))))
+}
