@@ -92,6 +92,17 @@ pub struct RawAudit {
     pub output: Option<String>,
     /// Which requests are audited: `all`, `denied` (the default) or `none`.
     pub requests: Option<String>,
+    /// A file holding the key (at least 16 bytes) of the HMAC-SHA256 fingerprints given to the
+    /// credentials agents send; share it across a fleet so fingerprints match between pods.
+    /// Default: a random key per process (fingerprints then match only within one run).
+    pub fingerprint_key_file: Option<String>,
+    /// Query parameters that carry agent credentials (`api_key`, `key`), fingerprinted in
+    /// request events by name.
+    #[serde(default)]
+    pub credential_query_params: Vec<String>,
+    /// Cookies that carry agent credentials (`session`), fingerprinted in request events by name.
+    #[serde(default)]
+    pub credential_cookies: Vec<String>,
 }
 
 /// `limits:` — durations are humantime strings (`10s`, `5m`).

@@ -5,6 +5,7 @@ pub mod connect;
 pub mod hop;
 pub mod inject;
 pub mod intercept;
+mod record;
 pub mod relay;
 mod report;
 pub mod request;

@@ -20,6 +20,7 @@ use crate::config::Overrides;
 use crate::creds::vault::login::{LoginEnv, Logins};
 use crate::creds::vault::pki::CertSlot;
 use crate::creds::Slot;
+use crate::digest::Keyed;
 use crate::fields;
 use crate::metrics::{Metrics, ToolMetrics};
 use crate::outbound::{Client, ClientCert, ClientOpts, ConnectSettings, Upstreams};
@@ -47,14 +48,16 @@ pub struct Live {
     pub policy: Arc<Policy>,
     /// Per tool, in the policy's order.
     pub tools: Vec<ToolRt>,
+    /// The key of the fingerprints given to the credentials agents send.
+    pub fingerprints: Arc<Keyed>,
     /// Report mode's clients for requests no route allows, by TLS and `allow_private`, built on
     /// first use.
     unlisted: [RouteClients; 4],
 }
 
 impl Live {
-    fn new(policy: Arc<Policy>, tools: Vec<ToolRt>) -> Self {
-        Live { policy, tools, unlisted: Default::default() }
+    fn new(policy: Arc<Policy>, tools: Vec<ToolRt>, fingerprints: Arc<Keyed>) -> Self {
+        Live { policy, tools, fingerprints, unlisted: Default::default() }
     }
 
     /// The client report mode forwards a request no route allows with: no tool's pool (its own,
@@ -140,6 +143,8 @@ pub struct Shared {
     pub tls: OnceLock<Arc<Interceptor>>,
     /// Vault logins, shared by the tools whose login settings are equal.
     pub logins: Arc<Logins>,
+    /// This process's fingerprint key, used while the policy names no `audit.fingerprint_key_file`.
+    random_key: Arc<Keyed>,
     creds: Mutex<HashMap<String, CredEntry>>,
     certs: Mutex<HashMap<String, CertEntry>>,
 }
@@ -168,7 +173,8 @@ impl Shared {
         let creds = Mutex::new(HashMap::new());
         let policy = Arc::new(policy);
         // Tool handles are filled in by `install` below, before any listener serves.
-        let first = Live::new(policy.clone(), Vec::new());
+        let random_key = Arc::new(Keyed::random());
+        let first = Live::new(policy.clone(), Vec::new(), random_key.clone());
         let shared = Arc::new(Shared {
             live: ArcSwap::from_pointee(first),
             metrics,
@@ -181,6 +187,7 @@ impl Shared {
             own,
             overrides,
             tls: OnceLock::new(),
+            random_key,
             logins,
             creds,
             certs: Mutex::default(),
@@ -278,7 +285,19 @@ impl Shared {
         for m in [Mode::Enforce, Mode::Report] {
             self.metrics.mode.with_label_values(&[m.as_str()]).set(i64::from(m == policy.mode));
         }
-        let old = self.live.swap(Arc::new(Live::new(policy.clone(), tools)));
+        let fingerprints = match &policy.audit.fingerprint_key {
+            Some(k) => Arc::new(Keyed::new(secrecy::ExposeSecret::expose_secret(k).as_bytes())),
+            None => self.random_key.clone(),
+        };
+        let audited = policy.mode == Mode::Report || policy.audit.requests != crate::policy::AuditRequests::None;
+        let keyless = audited && policy.audit.fingerprint_key.is_none();
+        let old = self.live.swap(Arc::new(Live::new(policy.clone(), tools, fingerprints)));
+        if keyless && (Arc::ptr_eq(&old.policy, &policy) || old.policy.audit.fingerprint_key.is_some()) {
+            tracing::warn!(
+                "audit.fingerprint_key_file is not set: the fingerprints of agents' credentials in audit \
+                 events use a random key of this process and match only within this run"
+            );
+        }
         // Route series stay bounded by the policy in force.
         for t in &old.tools {
             let kept = policy.tool_index(&t.name).map_or(0, |i| policy.tools[i].routes.len());

@@ -207,3 +207,116 @@ async fn report_mode_tunnels_a_connect_it_would_deny_and_records_host_and_port_o
     assert_eq!(metric(&m, r#"credproxy_requests_total{outcome="would_deny",tool=""}"#), Some(1.0), "{m}");
     proxy.shutdown().await;
 }
+
+/// Tool `api` may GET `/allowed/**`; every request is audited; `key` names the fingerprint key
+/// file line (or nothing).
+fn fingerprint_policy(up: u16, mode: &str, key: &str) -> String {
+    format!(
+        r#"version: 1
+mode: {mode}
+audit: {{ output: "{{dir}}/audit.log", requests: all, credential_query_params: [api_key], credential_cookies: [session]{key} }}
+tools:
+  api:
+    credential: {{ source: file, path: "{{dir}}/token" }}
+    routes: [{{ scheme: http, host: 127.0.0.1, port: {up}, allow_private: true, methods: [GET], paths: ["/allowed/**"] }}]
+"#
+    )
+}
+
+fn with_creds(up: u16, method: &str, path: &str, headers: &str) -> Vec<u8> {
+    format!(
+        "{method} http://127.0.0.1:{up}{path} HTTP/1.1\r\nHost: 127.0.0.1:{up}\r\n{headers}Connection: close\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// (event, [(in, name, fingerprint)]) of every request event.
+fn agent_credentials(audit: &str) -> Vec<(String, Vec<(String, String, String)>)> {
+    audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["event"].as_str().unwrap().starts_with("request."))
+        .map(|v| {
+            let creds = v["agent_credentials"].as_array().unwrap_or_else(|| panic!("no agent_credentials: {v}"));
+            let s = |c: &serde_json::Value, k: &str| c[k].as_str().unwrap().to_string();
+            (s(&v, "event"), creds.iter().map(|c| (s(c, "in"), s(c, "name"), s(c, "fingerprint"))).collect())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn agent_credentials_are_named_by_keyed_fingerprint_in_every_request_event() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_file(&dir, "token", "tool-token");
+    write_file(&dir, "fp.key", "a-fleet-wide-fingerprint-key-0001\n");
+    let key = r#", fingerprint_key_file: "{dir}/fp.key""#;
+    let proxy = Proxy::start_in(dir, &fingerprint_policy(up.port(), "report", key)).await;
+    let p = up.port();
+    let (a, b) = ("Authorization: Bearer sk-agent-AAAA\r\n", "Authorization: Bearer sk-agent-BBBB\r\n");
+    // Allowed (forwarded), would-deny, the same key as X-Api-Key, key B, a query key and a cookie.
+    assert_eq!(status(&raw(proxy.addr, &with_creds(p, "GET", "/allowed/1", a)).await), 200);
+    assert_eq!(status(&raw(proxy.addr, &with_creds(p, "POST", "/other", a)).await), 200);
+    assert_eq!(status(&raw(proxy.addr, &with_creds(p, "GET", "/other", "X-Api-Key: sk-agent-AAAA\r\n")).await), 200);
+    assert_eq!(status(&raw(proxy.addr, &with_creds(p, "GET", "/allowed/2", b)).await), 200);
+    let q = with_creds(p, "GET", "/other?api_key=sk-agent-BBBB&x=1", "Cookie: theme=dark; session=sess-CCCC\r\n");
+    assert_eq!(status(&raw(proxy.addr, &q).await), 200);
+    // Enforce: a denied request's event names the key too.
+    proxy.rewrite(&fingerprint_policy(p, "enforce", key));
+    eventually(async || metric(&proxy.metrics().await, r#"credproxy_mode{mode="enforce"}"#) == Some(1.0), "enforce")
+        .await;
+    assert_error(&raw(proxy.addr, &with_creds(p, "DELETE", "/allowed/1", b)).await, 403, "route_denied");
+
+    let audit = proxy.audit().await;
+    for secret in ["sk-agent-AAAA", "sk-agent-BBBB", "sess-CCCC", "tool-token"] {
+        assert!(!audit.contains(secret), "{secret} in the audit log");
+    }
+    let events = agent_credentials(&audit);
+    let kinds: Vec<&str> = events.iter().map(|(e, _)| e.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "request.forwarded",
+            "request.would_deny",
+            "request.would_deny",
+            "request.forwarded",
+            "request.would_deny",
+            "request.denied"
+        ]
+    );
+    let fp = |i: usize, j: usize| events[i].1[j].2.clone();
+    let fa = fp(0, 0);
+    let fb = fp(3, 0);
+    assert!(fa.starts_with("hmac:") && fa.len() == 17, "{fa}");
+    assert_ne!(fa, fb, "two keys, two fingerprints");
+    assert_eq!(events[0].1, vec![("header".into(), "authorization".into(), fa.clone())]);
+    assert_eq!(events[1].1, vec![("header".into(), "authorization".into(), fa.clone())]);
+    assert_eq!(events[2].1, vec![("header".into(), "x-api-key".into(), fa.clone())], "same key, any field");
+    assert_eq!(events[4].1[0], ("query".into(), "api_key".into(), fb.clone()));
+    assert_eq!(events[4].1[1].0, "cookie");
+    assert_eq!(events[4].1[1].1, "session");
+    assert_eq!(events[4].1.len(), 2, "theme is not a credential cookie");
+    assert_eq!(events[5].1, vec![("header".into(), "authorization".into(), fb.clone())]);
+    // Tool and route on every event: the route index where a route allowed it.
+    let parsed: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["event"].as_str().unwrap().starts_with("request."))
+        .collect();
+    assert_eq!((parsed[0]["tool"].as_str(), parsed[0]["route"].as_u64()), (Some("api"), Some(0)));
+    assert!(parsed[1]["route"].is_null() && parsed[1].get("route").is_some(), "{}", parsed[1]);
+    proxy.shutdown().await;
+
+    // A second pod with the same key file gives key A the same fingerprint; a pod without
+    // one (a random key) gives another.
+    for (key_line, same) in [(key, true), ("", false)] {
+        let dir = tempfile::tempdir().unwrap();
+        write_file(&dir, "token", "tool-token");
+        write_file(&dir, "fp.key", "a-fleet-wide-fingerprint-key-0001\n");
+        let other = Proxy::start_in(dir, &fingerprint_policy(p, "enforce", key_line)).await;
+        assert_eq!(status(&raw(other.addr, &with_creds(p, "GET", "/allowed/3", a)).await), 200);
+        let events = agent_credentials(&other.audit().await);
+        assert_eq!(events[0].1[0].2 == fa, same, "{events:?}");
+        other.shutdown().await;
+    }
+}

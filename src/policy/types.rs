@@ -129,12 +129,18 @@ impl std::fmt::Display for ControlAddr {
 }
 
 /// Audit settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct AuditSettings {
     /// `None` for stdout, else a file appended to.
     pub file: Option<PathBuf>,
     /// Which requests produce audit events.
     pub requests: AuditRequests,
+    /// The key of agent-credential fingerprints (`None`: a random key per process).
+    pub fingerprint_key: Option<SecretString>,
+    /// Query parameters whose values are agent credentials (decoded names).
+    pub credential_query_params: Vec<String>,
+    /// Cookies whose values are agent credentials.
+    pub credential_cookies: Vec<String>,
 }
 
 /// Which requests are audited.

@@ -9,8 +9,9 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
+use super::record::{audit_request, AgentCreds, Audited, RequestEvent};
 use super::relay::{relay, ConnGuard};
-use super::request::{audit_request, RequestEvent, Served};
+use super::request::Served;
 use super::target::{Pinned, Target};
 use crate::body::full;
 use crate::error::ProxyError;
@@ -45,7 +46,8 @@ pub async fn handle(
     match policy.decide_connect(&target.host, port) {
         ConnectDecision::Tunnel { tool, route, allow_private } => {
             live.tools[tool].metrics.routes[route].used(shared.clock.now());
-            tunnel(shared, live, guard, req, target, Some(tool), allow_private, RequestEvent::Forwarded(None)).await
+            let used = Some((tool, route));
+            tunnel(shared, live, guard, req, target, used, allow_private, RequestEvent::Forwarded(None)).await
         }
         ConnectDecision::Intercept => intercept(shared, live, peer, guard, req, target).await,
         ConnectDecision::Deny(why) => {
@@ -61,7 +63,9 @@ pub async fn handle(
                 let private = policy.private_allowed(None, &target.host, target.port);
                 return tunnel(shared, live, guard, req, target, None, private, event).await;
             }
-            audit_request(shared, live, RequestEvent::Denied(why.code()), req.method(), &target, None);
+            let agent = AgentCreds::capture(req.headers());
+            let a = Audited { method: req.method(), target: &target, tool: None, route: None, agent: &agent };
+            audit_request(shared, live, RequestEvent::Denied(why.code()), a);
             (None, Err(ProxyError::RouteDenied(msg)))
         }
     }
@@ -75,10 +79,12 @@ async fn tunnel(
     guard: &Arc<ConnGuard>,
     req: Request<Incoming>,
     target: Target,
-    tool: Option<usize>,
+    used: Option<(usize, usize)>,
     allow_private: bool,
     event: RequestEvent<'_>,
 ) -> Served {
+    let (tool, route) = (used.map(|u| u.0), used.map(|u| u.1));
+    let agent = AgentCreds::capture(req.headers());
     let settings = shared.upstreams.settings();
     let connected = tokio::time::timeout(
         settings.connect_timeout,
@@ -90,7 +96,8 @@ async fn tunnel(
         Err(_) => return (tool, Err(ProxyError::UpstreamTimeout)),
         Ok(Err(e)) => {
             if matches!(e, ConnectError::Private) {
-                audit_request(shared, live, RequestEvent::Denied("private_address"), req.method(), &target, name);
+                let a = Audited { method: req.method(), target: &target, tool: name, route, agent: &agent };
+                audit_request(shared, live, RequestEvent::Denied("private_address"), a);
             }
             return (tool, Err((&e).into()));
         }
@@ -100,7 +107,8 @@ async fn tunnel(
         RequestEvent::WouldDeny(_) => Outcome::WouldDeny,
         _ => Outcome::Passthrough,
     };
-    audit_request(shared, live, event, req.method(), &target, name);
+    let a = Audited { method: req.method(), target: &target, tool: name, route, agent: &agent };
+    audit_request(shared, live, event, a);
     let (guard, idle) = (guard.clone(), live.policy.limits.idle_timeout);
     tokio::spawn(async move {
         match hyper::upgrade::on(req).await {
@@ -131,11 +139,15 @@ async fn intercept(
         Err(e) => {
             shared.metrics.tls_interceptions.with_label_values(&["mint_error"]).inc();
             tracing::error!(host = %target.host, error = %e, "no leaf certificate for an intercepted host");
-            audit_request(shared, live, RequestEvent::Denied("no_certificate"), req.method(), &target, None);
+            let agent = AgentCreds::capture(req.headers());
+            let a = Audited { method: req.method(), target: &target, tool: None, route: None, agent: &agent };
+            audit_request(shared, live, RequestEvent::Denied("no_certificate"), a);
             return (None, Err(ProxyError::RouteDenied("no certificate can be made for this host")));
         }
     };
-    audit_request(shared, live, RequestEvent::Forwarded(None), req.method(), &target, None);
+    let agent = AgentCreds::capture(req.headers());
+    let a = Audited { method: req.method(), target: &target, tool: None, route: None, agent: &agent };
+    audit_request(shared, live, RequestEvent::Forwarded(None), a);
     let pinned = Arc::new(Pinned { host: target.host, port: target.port });
     let (shared, guard) = (shared.clone(), guard.clone());
     tokio::spawn(async move {

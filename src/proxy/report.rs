@@ -11,8 +11,9 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 use super::hop::{to_agent, Outgoing};
+use super::record::{audit_request, AgentCreds, Audited, RequestEvent};
 use super::relay::ConnGuard;
-use super::request::{audit_request, RequestEvent, Served, TOOL_HEADER};
+use super::request::{Served, TOOL_HEADER};
 use super::target::Target;
 use crate::body::{Body, UpstreamBody};
 use crate::error::ProxyError;
@@ -31,6 +32,7 @@ pub(super) async fn forward(
     reason: (&'static str, &'static str),
 ) -> Served {
     let name = tool.map(|t| live.policy.tools[t].name.as_str());
+    let agent = AgentCreds::capture(req.headers());
     let Outgoing { mut parts, body, websocket, agent_upgrade, agent_version } = Outgoing::from_agent(req);
     parts.headers.remove(&TOOL_HEADER);
     let method = parts.method.clone();
@@ -56,14 +58,16 @@ pub(super) async fn forward(
                 _ => None,
             };
             if let Some(why) = refused {
-                audit_request(shared, live, RequestEvent::Denied(why), &method, &target, name);
+                let a = Audited { method: &method, target: &target, tool: name, route: None, agent: &agent };
+                audit_request(shared, live, RequestEvent::Denied(why), a);
             }
             return (tool, Err(err));
         }
         Ok(Ok(r)) => r,
     };
     to_agent(&mut resp, agent_upgrade, agent_version, guard, limits.idle_timeout);
-    audit_request(shared, live, RequestEvent::WouldDeny(reason), &method, &target, name);
+    let a = Audited { method: &method, target: &target, tool: name, route: None, agent: &agent };
+    audit_request(shared, live, RequestEvent::WouldDeny(reason), a);
     tracing::debug!(
         tool = name,
         reason = reason.0,

@@ -11,13 +11,13 @@ use secrecy::ExposeSecret;
 
 use super::hop::{to_agent, Outgoing};
 use super::inject::{after_401, is_idempotent, scrub_response, strip_and_inject, upstream_uri};
+use super::record::{audit_request, AgentCreds, Audited, RequestEvent};
 use super::relay::ConnGuard;
 use super::target::{Pinned, Target};
 use crate::body::{Body, UpstreamBody};
 use crate::error::ProxyError;
-use crate::fields;
 use crate::metrics::Outcome;
-use crate::policy::{Action, AuditRequests, Destination, Inject, Mode};
+use crate::policy::{Action, Destination, Inject, Mode};
 use crate::state::{Live, Shared};
 
 /// Longest request target accepted.
@@ -100,7 +100,9 @@ async fn serve(
             if let (ProxyError::Misdirected, Some(pin)) = (&e, pinned) {
                 // Probing other hosts through a tunnel leaves a record, as a denial does.
                 let t = Target::https(pin.host.clone(), pin.port, req.uri().path().to_string(), None);
-                audit_request(shared, live, RequestEvent::Denied("misdirected"), req.method(), &t, None);
+                let agent = AgentCreds::capture(req.headers());
+                let a = Audited { method: req.method(), target: &t, tool: None, route: None, agent: &agent };
+                audit_request(shared, live, RequestEvent::Denied("misdirected"), a);
             }
             return (None, Err(e));
         }
@@ -181,66 +183,10 @@ fn deny(
     message: &'static str,
 ) -> Served {
     let name = tool.map(|t| live.policy.tools[t].name.as_str());
-    audit_request(shared, live, RequestEvent::Denied(code), req.method(), target, name);
+    let agent = AgentCreds::capture(req.headers());
+    let a = Audited { method: req.method(), target, tool: name, route: None, agent: &agent };
+    audit_request(shared, live, RequestEvent::Denied(code), a);
     (tool, Err(ProxyError::RouteDenied(message)))
-}
-
-/// A request audit event, with what only that kind carries.
-pub(super) enum RequestEvent<'a> {
-    /// `request.denied`, with its reason code: audited unless `audit.requests: none`.
-    Denied(&'a str),
-    /// `request.forwarded`, with the credential fingerprint: audited with `audit.requests: all`.
-    Forwarded(Option<&'a str>),
-    /// `request.would_deny` (report mode), with the reason (code, sentence) enforce mode would
-    /// deny it for, as `explain` gives it.
-    WouldDeny((&'a str, &'a str)),
-}
-
-/// Emit a request audit event if the policy's `audit.requests` level asks for it.
-pub(super) fn audit_request(
-    shared: &Shared,
-    live: &Live,
-    event: RequestEvent<'_>,
-    method: &Method,
-    t: &Target,
-    tool: Option<&str>,
-) {
-    // Report mode records every request: what it would deny is the point of it.
-    let level = match live.policy.mode {
-        Mode::Report => AuditRequests::All,
-        Mode::Enforce => live.policy.audit.requests,
-    };
-    let wanted = match event {
-        RequestEvent::Denied(_) => level != AuditRequests::None,
-        RequestEvent::Forwarded(_) | RequestEvent::WouldDeny(_) => level == AuditRequests::All,
-    };
-    if !wanted {
-        return;
-    }
-    let mut f = fields! {"method" => method.as_str(), "scheme" => t.scheme.as_str(), "host" => &t.host,
-    "port" => t.port, "tool" => tool};
-    // A CONNECT has a host and port only (a tunnel's paths stay inside its TLS).
-    if method != Method::CONNECT {
-        f.insert("path".into(), t.path.as_str().into());
-    }
-    let name = match event {
-        RequestEvent::Denied(reason) => {
-            f.insert("reason".into(), reason.into());
-            "request.denied"
-        }
-        RequestEvent::Forwarded(credential_id) => {
-            if let Some(c) = credential_id {
-                f.insert("credential_id".into(), c.into());
-            }
-            "request.forwarded"
-        }
-        RequestEvent::WouldDeny((code, message)) => {
-            f.insert("reason".into(), code.into());
-            f.insert("message".into(), message.into());
-            "request.would_deny"
-        }
-    };
-    shared.audit.emit(name, f);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -257,6 +203,8 @@ async fn forward(
     let policy = &live.policy;
     let spec = &policy.tools[tool];
     let rt = &live.tools[tool];
+    // Held (without a copy) for the audit event, which names what the agent sent.
+    let agent = AgentCreds::capture(req.headers());
     let Outgoing { mut parts, body, websocket, agent_upgrade, agent_version } = Outgoing::from_agent(req);
     let method = parts.method.clone();
     let credential = rt.slot.as_deref().map(|slot| (slot, &spec.inject));
@@ -307,7 +255,14 @@ async fn forward(
                 _ => None,
             };
             if let Some(reason) = reason {
-                audit_request(shared, live, RequestEvent::Denied(reason), &method, &target, Some(&spec.name));
+                let a = Audited {
+                    method: &method,
+                    target: &target,
+                    tool: Some(&spec.name),
+                    route: Some(route),
+                    agent: &agent,
+                };
+                audit_request(shared, live, RequestEvent::Denied(reason), a);
             }
             return Err(err);
         }
@@ -317,7 +272,8 @@ async fn forward(
         scrub_response(resp.headers_mut(), param, t);
     }
     let credential_id = token.as_ref().map(|t| t.fingerprint.as_str());
-    audit_request(shared, live, RequestEvent::Forwarded(credential_id), &method, &target, Some(&spec.name));
+    let a = Audited { method: &method, target: &target, tool: Some(&spec.name), route: Some(route), agent: &agent };
+    audit_request(shared, live, RequestEvent::Forwarded(credential_id), a);
     tracing::trace!(%peer, tool = %spec.name, status = resp.status().as_u16(), "forwarded");
     let outcome = if rt.slot.is_some() { Outcome::Injected } else { Outcome::Passthrough };
     Ok((resp.map(Body::Upstream), outcome))

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 use super::{ConfigError, ConfigErrors};
 use crate::config::{RawInterception, RawLimits, RawPolicy};
@@ -130,7 +130,13 @@ pub(super) fn check(
                 AuditRequests::Denied
             }
         },
+        fingerprint_key: secret_file(&mut cx, "audit.fingerprint_key_file", &raw.audit.fingerprint_key_file),
+        credential_query_params: names(&mut cx, "audit.credential_query_params", &raw.audit.credential_query_params),
+        credential_cookies: names(&mut cx, "audit.credential_cookies", &raw.audit.credential_cookies),
     };
+    if audit.fingerprint_key.as_ref().is_some_and(|k| k.expose_secret().len() < crate::digest::Keyed::MIN_KEY_BYTES) {
+        cx.err("audit.fingerprint_key_file", "the key must be at least 16 bytes (32 random bytes are best)");
+    }
     let mut resolve = Resolve::default();
     for (name, addr) in &raw.resolve {
         let path = format!("resolve.{name}");
@@ -201,6 +207,20 @@ fn secret_file(cx: &mut Ctx<'_>, path: &str, file: &Option<String>) -> Option<Se
             None
         }
     }
+}
+
+/// Names of query parameters or cookies: non-empty, printable ASCII without `=`, `;`, `&` or spaces.
+fn names(cx: &mut Ctx<'_>, path: &str, list: &[String]) -> Vec<String> {
+    let mut out = Vec::with_capacity(list.len());
+    for (i, raw) in list.iter().enumerate() {
+        let Some(name) = cx.expand(&format!("{path}[{i}]"), raw) else { continue };
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic() && !b"=;&".contains(&b)) {
+            cx.err(format!("{path}[{i}]"), "not a parameter or cookie name (printable ASCII without = ; &)");
+            continue;
+        }
+        out.push(name);
+    }
+    out
 }
 
 /// Strip one trailing newline (`\n` or `\r\n`), as a Secret file usually ends.

@@ -133,3 +133,21 @@ fn a_localhost_name_is_trusted_for_cleartext_only_when_resolve_pins_it() {
     ));
     assert_eq!(e[0].path, "tools.t.routes[0].scheme");
 }
+
+#[test]
+fn a_short_fingerprint_key_is_refused_and_a_long_one_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short.key");
+    let long = dir.path().join("long.key");
+    std::fs::write(&short, "too-short\n").unwrap();
+    std::fs::write(&long, "0123456789abcdef0123\n").unwrap();
+    let policy = |p: &std::path::Path| {
+        format!("version: 1\naudit:\n  fingerprint_key_file: \"{}\"\ntools: {{}}\n", p.display())
+    };
+    let e = errors(&policy(&short));
+    assert_eq!((e[0].path.as_str(), e[0].line), ("audit.fingerprint_key_file", Some(3)));
+    assert!(e[0].message.contains("at least 16 bytes") && !e[0].message.contains("too-short"), "{}", e[0].message);
+    let p = parse(&policy(&long), &|_| None, SystemTime::now()).unwrap();
+    use secrecy::ExposeSecret;
+    assert_eq!(p.audit.fingerprint_key.as_ref().map(|k| k.expose_secret().len()), Some(20));
+}
