@@ -13,6 +13,7 @@ pub mod demo;
 pub mod digest;
 pub mod error;
 pub mod inject;
+pub mod inventory;
 pub mod metrics;
 pub mod outbound;
 pub mod policy;

@@ -1,4 +1,5 @@
-//! The `credproxy` command line: run the proxy, check a policy, explain a decision.
+//! The `credproxy` command line: run the proxy, check a policy, explain a decision, draw an
+//! inventory, inject the sidecar.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -122,6 +123,21 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
     },
+    /// What agents called and with which keys, read from audit logs; a policy drafted from it.
+    Inventory {
+        /// Audit logs (JSON lines; rotated and gzip-compressed files too); `-` is stdin.
+        #[arg(long = "audit", value_name = "FILE", required = true, num_args = 1..)]
+        audit: Vec<PathBuf>,
+        /// The policy the events were recorded under: each route's use is counted.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// One JSON document instead of tables.
+        #[arg(long)]
+        json: bool,
+        /// Print a draft policy: one tool per host, routes narrowed to what was observed.
+        #[arg(long)]
+        suggest: bool,
+    },
     /// Say which tool and route would take a request, and why (or why it is denied).
     Explain {
         /// The policy file.
@@ -203,6 +219,18 @@ fn main() -> ExitCode {
                     serve_webhook(opts, shutdown_delay)
                 }
                 _ => inject_files(&file.unwrap_or_else(|| "-".into()), inject),
+            }
+        }
+        Command::Inventory { audit, config, json, suggest } => {
+            match credproxy::inventory::run(&credproxy::inventory::Options { audit, config, json, suggest }) {
+                Ok(out) => {
+                    print!("{out}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("credproxy inventory: {e}");
+                    ExitCode::FAILURE
+                }
             }
         }
         Command::Explain { config, tool, method, url } => explain(&config, tool.as_deref(), &method, &url),

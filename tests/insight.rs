@@ -230,8 +230,11 @@ fn with_creds(up: u16, method: &str, path: &str, headers: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// (event, [(in, name, fingerprint)]) of every request event.
-fn agent_credentials(audit: &str) -> Vec<(String, Vec<(String, String, String)>)> {
+/// (in, name, fingerprint) of one credential an agent sent.
+type Sent = (String, String, String);
+
+/// (event, what the agent sent) of every request event.
+fn agent_credentials(audit: &str) -> Vec<(String, Vec<Sent>)> {
     audit
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())

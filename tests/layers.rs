@@ -10,8 +10,28 @@ use syn::visit::Visit;
 /// Top to bottom. `demo` and `status` use the library as a user would (`demo` starts the proxy),
 /// so they sit above start-up; the floor everyone stands on is last.
 const LAYERS: &[&str] = &[
-    "demo", "status", "inject", "serve", "admin", "proxy", "state", "creds", "outbound", "tls", "config", "policy",
-    "error", "audit", "body", "certs", "replace", "metrics", "digest", "clock", "accept",
+    "demo",
+    "status",
+    "inventory",
+    "inject",
+    "serve",
+    "admin",
+    "proxy",
+    "state",
+    "creds",
+    "outbound",
+    "tls",
+    "config",
+    "policy",
+    "error",
+    "audit",
+    "body",
+    "certs",
+    "replace",
+    "metrics",
+    "digest",
+    "clock",
+    "accept",
 ];
 
 /// Macros exported at the crate root, and the room that defines each.

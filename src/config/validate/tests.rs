@@ -141,9 +141,8 @@ fn a_short_fingerprint_key_is_refused_and_a_long_one_read() {
     let long = dir.path().join("long.key");
     std::fs::write(&short, "too-short\n").unwrap();
     std::fs::write(&long, "0123456789abcdef0123\n").unwrap();
-    let policy = |p: &std::path::Path| {
-        format!("version: 1\naudit:\n  fingerprint_key_file: \"{}\"\ntools: {{}}\n", p.display())
-    };
+    let policy =
+        |p: &std::path::Path| format!("version: 1\naudit:\n  fingerprint_key_file: \"{}\"\ntools: {{}}\n", p.display());
     let e = errors(&policy(&short));
     assert_eq!((e[0].path.as_str(), e[0].line), ("audit.fingerprint_key_file", Some(3)));
     assert!(e[0].message.contains("at least 16 bytes") && !e[0].message.contains("too-short"), "{}", e[0].message);
