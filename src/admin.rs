@@ -232,6 +232,9 @@ pub fn credentials(shared: &Shared) -> Value {
                 "consecutive_failures": slot.consecutive_failures(),
                 "last_error": slot.last_error(),
                 "lease_id": token.as_ref().and_then(|t| t.lease_id.clone()),
+                "scopes": token.as_ref().and_then(|t| t.scopes.as_ref()).map(|s| json!({
+                    "requested": s.requested, "granted": s.granted, "excess": s.excess(), "stated_by": s.stated_by,
+                })),
                 "required": tool.required,
             }))
         })

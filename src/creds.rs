@@ -13,6 +13,7 @@ pub mod lifecycle;
 pub mod oauth;
 pub mod refresher;
 pub mod schedule;
+pub mod scopes;
 mod slot;
 pub mod source;
 pub mod vault;
@@ -42,6 +43,8 @@ pub struct Token {
     pub valid_until: Option<SystemTime>,
     /// A Vault lease id.
     pub lease_id: Option<String>,
+    /// Requested and granted scopes (OAuth sources).
+    pub scopes: Option<std::sync::Arc<scopes::Scopes>>,
     /// The header value to inject, marked sensitive (header and basic injection).
     header: Option<HeaderValue>,
     /// The percent-encoded token (query injection).
@@ -123,7 +126,17 @@ impl Token {
             Inject::Query { .. } => (None, Some(percent_encode(raw))),
         };
         let fingerprint = fingerprint(raw);
-        Ok(Token { fingerprint, secret, issued_at, expires_at, valid_until: expires_at, lease_id: None, header, query })
+        Ok(Token {
+            fingerprint,
+            secret,
+            issued_at,
+            expires_at,
+            valid_until: expires_at,
+            lease_id: None,
+            scopes: None,
+            header,
+            query,
+        })
     }
 
     /// Stop injecting `margin` before expiry.

@@ -73,6 +73,9 @@ enum Command {
         /// A file holding the control API's bearer token (`listen.control_auth_file`).
         #[arg(long, env = "CREDPROXY_CONTROL_AUTH_FILE")]
         control_auth_file: Option<PathBuf>,
+        /// Also show each OAuth credential's granted scopes (`+` marks those not requested).
+        #[arg(long)]
+        wide: bool,
     },
     /// The whole thing on loopback, nothing to install: the proxy, a token authority issuing
     /// 10-second JWTs, a tool API verifying them, steady traffic, and rotations shown live.
@@ -234,7 +237,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Explain { config, tool, method, url } => explain(&config, tool.as_deref(), &method, &url),
-        Command::Status { control, control_auth_file } => runtime().block_on(async move {
+        Command::Status { control, control_auth_file, wide } => runtime().block_on(async move {
             let token = match control_auth_file.map(std::fs::read_to_string).transpose() {
                 Ok(t) => t.map(|t| t.trim_end_matches(['\r', '\n']).to_string()),
                 Err(e) => {
@@ -244,7 +247,7 @@ fn main() -> ExitCode {
             };
             match credproxy::status::fetch(&control, token.as_deref()).await {
                 Ok(v) => {
-                    print!("{}", credproxy::status::table(&v, std::time::SystemTime::now()));
+                    print!("{}", credproxy::status::table(&v, std::time::SystemTime::now(), wide));
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

@@ -69,6 +69,10 @@ pub struct Metrics {
     pub tls_leaf_certs_cached: IntGauge,
     /// `credproxy_ca_expiration_timestamp_seconds`: when the first pod CA without a successor expires.
     pub ca_expiration: Gauge,
+    /// `credproxy_credential_scope_excess{tool}`: granted scopes that were not requested (OAuth).
+    pub credential_scope_excess: IntGaugeVec,
+    /// `credproxy_credential_lifetime_seconds{tool}`: the current token's lifetime, issue to expiry.
+    pub credential_lifetime: GaugeVec,
     /// `credproxy_mode{mode}`: 1 for the mode in force (`enforce` or `report`), 0 for the other.
     pub mode: IntGaugeVec,
     /// `credproxy_route_requests_total{tool,route}`: requests each route allowed (route = its index).
@@ -337,6 +341,21 @@ impl Metrics {
                     &["tool", "source"],
                 )
                 .unwrap(),
+            ),
+            credential_scope_excess: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "credproxy_credential_scope_excess",
+                        "Scopes the authority granted that were not requested (OAuth sources).",
+                    ),
+                    &["tool"],
+                )
+                .unwrap(),
+            ),
+            credential_lifetime: gauge_vec(
+                "credproxy_credential_lifetime_seconds",
+                "The current token's lifetime from issue to expiry (after max_ttl).",
             ),
             mode: reg(
                 &r,

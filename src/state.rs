@@ -215,7 +215,10 @@ impl Shared {
             .collect();
         for name in removed {
             if let Some(e) = creds.remove(&name) {
-                let _ = self.metrics.credential_required.remove_label_values(&[&name]);
+                for gauge in [&self.metrics.credential_required, &self.metrics.credential_scope_excess] {
+                    let _ = gauge.remove_label_values(&[&name]);
+                }
+                let _ = self.metrics.credential_lifetime.remove_label_values(&[&name]);
                 self.revoke_lease(&name, &e);
             }
         }

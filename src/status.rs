@@ -70,8 +70,27 @@ fn short(d: Duration) -> String {
     }
 }
 
-/// The table: TOOL SOURCE STATE AGE EXPIRES NEXT-REFRESH FAILURES LAST-ERROR.
-pub fn table(v: &Value, now: SystemTime) -> String {
+/// The granted scopes, those not requested marked `+`; `-` when the source has none.
+fn scopes(v: &Value) -> String {
+    let names = |k: &str| -> Vec<&str> {
+        v[k].as_array().map(Vec::as_slice).unwrap_or_default().iter().filter_map(Value::as_str).collect()
+    };
+    if v.is_null() {
+        return "-".into();
+    }
+    let excess = names("excess");
+    let granted: Vec<String> =
+        names("granted").iter().map(|g| if excess.contains(g) { format!("+{g}") } else { g.to_string() }).collect();
+    if granted.is_empty() {
+        "(none)".into()
+    } else {
+        granted.join(" ")
+    }
+}
+
+/// The table: TOOL SOURCE STATE AGE EXPIRES NEXT-REFRESH FAILURES LAST-ERROR (and, `wide`,
+/// SCOPES before LAST-ERROR).
+pub fn table(v: &Value, now: SystemTime, wide: bool) -> String {
     let mut out = format!("instance {}\n", v["instance"].as_str().unwrap_or("?"));
     if v["mode"] == "report" {
         out.push_str(
@@ -79,14 +98,16 @@ pub fn table(v: &Value, now: SystemTime) -> String {
              credentials (audited as request.would_deny)\n",
         );
     }
+    let scopes_head = if wide { format!("{:<32} ", "SCOPES (+ not requested)") } else { String::new() };
     out.push_str(&format!(
-        "{:<20} {:<26} {:<8} {:>6} {:>8} {:>8} {:>8}  {}\n",
+        "{:<20} {:<26} {:<8} {:>6} {:>8} {:>8} {:>8}  {scopes_head}{}\n",
         "TOOL", "SOURCE", "STATE", "AGE", "EXPIRES", "REFRESH", "FAILURES", "LAST ERROR"
     ));
     for c in v["credentials"].as_array().map(Vec::as_slice).unwrap_or_default() {
         let s = |k: &str| c[k].as_str();
+        let scopes = if wide { format!("{:<32} ", scopes(&c["scopes"])) } else { String::new() };
         out.push_str(&format!(
-            "{:<20} {:<26} {:<8} {:>6} {:>8} {:>8} {:>8}  {}\n",
+            "{:<20} {:<26} {:<8} {:>6} {:>8} {:>8} {:>8}  {scopes}{}\n",
             s("tool").unwrap_or("?"),
             s("source").unwrap_or("?"),
             s("state").unwrap_or("?"),
@@ -154,7 +175,7 @@ mod tests {
              "next_refresh_at": "2026-11-26T10:02:00Z", "consecutive_failures": 0, "last_error": null},
             {"tool": "search", "source": "jwt", "state": "failing", "issued_at": null, "expires_at": null,
              "next_refresh_at": "2026-11-26T10:00:07Z", "consecutive_failures": 3, "last_error": "local_error: key.pem is empty"}]});
-        let t = table(&v, now);
+        let t = table(&v, now, false);
         let rows: Vec<&str> = t.lines().collect();
         assert_eq!(rows.len(), 4);
         assert!(
@@ -174,7 +195,7 @@ mod tests {
              "next_renewal_at": "2026-11-26T10:00:30Z", "consecutive_failures": 2,
              "last_error": "vault_invalid_request: Vault answered 400 (refused): invalid audience",
              "tools": ["github", "search"], "required": true}]});
-        let t = table(&v, now);
+        let t = table(&v, now, false);
         let rows: Vec<&str> = t.lines().collect();
         assert_eq!(rows.len(), 5, "{t}");
         assert!(rows[3].starts_with("VAULT LOGIN"), "{t}");
@@ -188,7 +209,7 @@ mod tests {
         let v = serde_json::json!({"instance": "pod-1", "credentials": [], "client_certificates": [
             {"tool": "ledger", "state": "valid", "serial": "4e:c3", "expires_at": "2026-11-26T11:00:00Z",
              "consecutive_failures": 1, "last_error": "vault_unavailable: Vault answered 503"}]});
-        let t = table(&v, now);
+        let t = table(&v, now, false);
         let rows: Vec<&str> = t.lines().collect();
         assert_eq!(rows.len(), 5, "{t}");
         assert!(rows[3].starts_with("CLIENT CERTIFICATE"), "{t}");

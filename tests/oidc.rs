@@ -1,7 +1,8 @@
 //! Against a real, certified OAuth 2.0 server (oidc-provider on loopback): rotation under load
 //! with 4-second tokens verified by the upstream against the server's JWKS, an authority outage
 //! and recovery, resource indicators, an opaque token checked by introspection, RFC 7009
-//! revocation, RFC 8693 token exchange, and a wrong client secret.
+//! revocation, RFC 8693 token exchange, a wrong client secret, and scopes granted beyond the
+//! request.
 
 mod common;
 
@@ -316,5 +317,79 @@ async fn every_client_authentication_method_against_the_real_server() {
     }
     assert_eq!(seen.rejected.load(Ordering::SeqCst), 0);
     assert_eq!(seen.tokens.lock().unwrap().len(), 3);
+    p.shutdown().await;
+}
+
+/// Scope creep against the real server: a client it grants more than asked (its whole
+/// registration) raises `credproxy_credential_scope_excess` and one `credential.scope_excess`
+/// event naming the extra scopes; a client granted exactly its request does neither. Both
+/// export their granted lifetime, and `status --wide` shows the scopes.
+#[tokio::test]
+async fn scopes_granted_beyond_the_request_are_counted_and_named() {
+    let dir = tempfile::tempdir().unwrap();
+    write_file(&dir, "secret", CLIENT_SECRET);
+    let oidc = Oidc::start(dir.path(), 600).await;
+    let (port, seen) = verifying_upstream(&oidc, "https://api.test/").await;
+    let cred = |client: &str| {
+        format!(
+            "{{ source: oauth2_client_credentials, token_url: \"{}\", client_id: {client}, client_secret_file: \"{{dir}}/secret\", scopes: [api:read], resource: [\"https://api.test/\"] }}",
+            oidc.url("/token")
+        )
+    };
+    let policy = format!(
+        "version: 1\naudit: {{ output: \"{{dir}}/audit.log\" }}\ntools:\n{}{}",
+        tool("broad", port, &cred("credproxy-broad")),
+        tool("exact", port, &cred(CLIENT_ID)),
+    );
+    let p = Proxy::start_in(dir, &policy).await;
+    // The exact token passes the upstream's check (`scope == "api:read"`), which the broad one,
+    // carrying more, would fail: it is not sent.
+    assert_eq!(call(&p, "/exact/v1/items").await, (200, None));
+    assert_eq!((seen.accepted.load(Ordering::SeqCst), seen.rejected.load(Ordering::SeqCst)), (1, 0));
+    let m = p.metrics().await;
+    assert_eq!(metric(&m, r#"credproxy_credential_scope_excess{tool="broad"}"#), Some(2.0), "{m}");
+    assert_eq!(metric(&m, r#"credproxy_credential_scope_excess{tool="exact"}"#), Some(0.0), "{m}");
+    for t in ["broad", "exact"] {
+        let life = metric(&m, &format!(r#"credproxy_credential_lifetime_seconds{{tool="{t}"}}"#)).unwrap();
+        assert!((598.0..=601.0).contains(&life), "{t}: {life}");
+    }
+    let events = |audit: &str| -> Vec<serde_json::Value> {
+        audit
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["event"] == "credential.scope_excess")
+            .collect()
+    };
+    let e = events(&p.audit().await);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(e[0]["tool"], "broad");
+    assert_eq!(e[0]["excess"], serde_json::json!(["api:write", "admin"]));
+    assert_eq!(e[0]["requested"], serde_json::json!(["api:read"]));
+    assert_eq!(e[0]["stated_by"], "response");
+    let broad = p.credential("broad").await;
+    assert_eq!(broad["scopes"]["granted"], serde_json::json!(["api:read", "api:write", "admin"]));
+    assert!(p.credential("exact").await["scopes"]["excess"].as_array().is_some_and(Vec::is_empty));
+
+    // status --wide marks what was not requested.
+    // (Async: the control API is served by this test's runtime.)
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_credproxy"))
+        .args(["status", "--wide", "--control", &p.control.to_string()])
+        .output()
+        .await
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let row = |t: &str| {
+        table.lines().find(|l| l.starts_with(&format!("{t} "))).unwrap_or_else(|| panic!("{table}")).to_string()
+    };
+    assert!(row("broad").contains("api:read +api:write +admin"), "{table}");
+    assert!(row("exact").contains(" api:read ") && !row("exact").contains('+'), "{table}");
+
+    // A refresh with the same excess says nothing new.
+    let before = p.credential("broad").await["credential_id"].clone();
+    assert!(p.control_post("/v1/credentials/broad/rotate").await.starts_with("HTTP/1.1 202"));
+    eventually(async || p.credential("broad").await["credential_id"] != before, "the rotated token").await;
+    assert_eq!(events(&p.audit().await).len(), 1);
+    assert_eq!(metric(&p.metrics().await, r#"credproxy_credential_scope_excess{tool="broad"}"#), Some(2.0));
     p.shutdown().await;
 }

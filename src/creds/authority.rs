@@ -129,6 +129,8 @@ pub struct Issued {
     pub refresh_token: Option<SecretString>,
     /// RFC 8693 `issued_token_type`.
     pub issued_token_type: Option<String>,
+    /// The granted `scope`, when the answer states it.
+    pub scope: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -137,6 +139,7 @@ struct Body {
     expires_in: Option<serde_json::Value>,
     refresh_token: Option<String>,
     issued_token_type: Option<String>,
+    scope: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -200,6 +203,8 @@ pub fn issued(a: &Answer, now: SystemTime) -> Result<Issued, FetchError> {
         expiry,
         refresh_token: b.refresh_token.filter(|r| !r.is_empty()).map(SecretString::from),
         issued_token_type: b.issued_token_type,
+        // A string (RFC 6749 §5.1); anything else is treated as not stated.
+        scope: b.scope.and_then(|v| v.as_str().map(str::to_owned)),
     })
 }
 

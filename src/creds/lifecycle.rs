@@ -152,6 +152,7 @@ pub async fn run<S: Source>(
                 .map_err(|e| FetchError::new("invalid_response", e.to_string()))?
                 .with_margin(margin);
             token.lease_id = f.lease_id;
+            token.scopes = f.scopes.map(std::sync::Arc::new);
             Ok((token, ttl, margin, f.kind))
         });
         match built {

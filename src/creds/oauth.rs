@@ -8,6 +8,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::authority::{issued, post_form};
 use super::refresher::CredCtx;
+use super::scopes::Scopes;
 use super::source::{FetchError, Fetched, Source};
 use crate::clock::Clock;
 use crate::outbound::TokenClient;
@@ -142,6 +143,7 @@ impl Source for OAuth {
         }
         let answer = self.post(&s.token_url, form).await?;
         let got = issued(&answer, self.clock.now())?;
+        let scopes = Scopes::of(&s.scopes, got.scope.as_deref(), got.access_token.expose_secret());
         // Cloned: the refresh arm needs `self` mutably (rotation time, not the request path).
         match &self.spec.grant.clone() {
             Grant::TokenExchange { requested_token_type, .. } => {
@@ -160,7 +162,7 @@ impl Source for OAuth {
             }
             Grant::ClientCredentials => {}
         }
-        Ok(Fetched::new(got.access_token, got.expiry))
+        Ok(Fetched { scopes: Some(scopes), ..Fetched::new(got.access_token, got.expiry) })
     }
 
     async fn revoke(&mut self, token: &super::Token) -> Result<(), FetchError> {

@@ -76,6 +76,7 @@ impl CredCtx {
         let source = self.slot.source;
         let (fp, exp, issued_at, lease) =
             (token.fingerprint.clone(), token.expires_at, token.issued_at, token.lease_id.clone());
+        let scopes = token.scopes.clone();
         let previous = self.install(token);
         let m = &self.metrics;
         let tool: &str = &self.tool;
@@ -83,9 +84,28 @@ impl CredCtx {
         m.credential_last_success.with_label_values(&[tool]).set(secs(self.clock.now()));
         m.credential_refreshes.with_label_values(&[tool, source, "ok"]).inc();
         match exp {
-            Some(e) => m.credential_expiration.with_label_values(&[tool]).set(secs(e)),
+            Some(e) => {
+                m.credential_expiration.with_label_values(&[tool]).set(secs(e));
+                let life = e.duration_since(issued_at).unwrap_or_default();
+                m.credential_lifetime.with_label_values(&[tool]).set(life.as_secs_f64());
+            }
             None => {
                 let _ = m.credential_expiration.remove_label_values(&[tool]);
+                let _ = m.credential_lifetime.remove_label_values(&[tool]);
+            }
+        }
+        if let Some(s) = &scopes {
+            let excess = s.excess();
+            m.credential_scope_excess.with_label_values(&[tool]).set(excess.len() as i64);
+            // Said once per change, not at every refresh.
+            let before = previous.as_ref().and_then(|p| p.scopes.clone());
+            if !excess.is_empty() && before.as_ref().is_none_or(|b| b.excess() != excess) {
+                self.audit.emit(
+                    "credential.scope_excess",
+                    fields! {"tool" => tool, "source" => source, "credential_id" => &fp,
+                    "requested" => &s.requested, "granted" => &s.granted, "excess" => &excess, "stated_by" => s.stated_by},
+                );
+                tracing::warn!(tool, excess = %excess.join(" "), "the authority granted scopes that were not requested");
             }
         }
         let event = if previous.is_some() { "credential.refreshed" } else { "credential.issued" };
@@ -100,12 +120,15 @@ impl CredCtx {
     /// The current token's lease was renewed: the same secret with a later expiry and its first
     /// issue time; `credential.renewed`, counted as a renewal only.
     pub fn renewed(&self, token: Token) {
-        let (fp, exp, lease) = (token.fingerprint.clone(), token.expires_at, token.lease_id.clone());
+        let (fp, exp, lease, issued_at) =
+            (token.fingerprint.clone(), token.expires_at, token.lease_id.clone(), token.issued_at);
         self.install(token);
         let (m, tool): (_, &str) = (&self.metrics, &self.tool);
         m.credential_renewals.with_label_values(&[tool, "ok"]).inc();
         if let Some(e) = exp {
             m.credential_expiration.with_label_values(&[tool]).set(secs(e));
+            let life = e.duration_since(issued_at).unwrap_or_default();
+            m.credential_lifetime.with_label_values(&[tool]).set(life.as_secs_f64());
         }
         self.audit.emit(
             "credential.renewed",

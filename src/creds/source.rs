@@ -20,12 +20,14 @@ pub struct Fetched {
     pub issued_at: Option<SystemTime>,
     /// A new token, the same one with a longer lease, or the same one unchanged.
     pub kind: FetchKind,
+    /// Requested and granted scopes (OAuth sources).
+    pub scopes: Option<super::scopes::Scopes>,
 }
 
 impl Fetched {
     /// A new token with its stated expiry.
     pub fn new(secret: SecretString, expiry: Expiry) -> Self {
-        Fetched { secret, expiry, lease_id: None, issued_at: None, kind: FetchKind::New }
+        Fetched { secret, expiry, lease_id: None, issued_at: None, kind: FetchKind::New, scopes: None }
     }
 }
 

@@ -9,7 +9,8 @@
 // tokens verify against the same JWKS. Clients authenticate with client_secret_basic,
 // client_secret_post (secrets holding ':', '+' and '%', which RFC 6749 §2.3.1 form-encodes) and
 // private_key_jwt (RFC 7523; the client's P-256 key is written beside FILE as FILE.client.pem).
-// Prints "listening" when ready.
+// The client `credproxy-broad` is granted every scope it is registered for, whatever it asks for
+// (scope creep, for credproxy's scope-excess check). Prints "listening" when ready.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
@@ -50,6 +51,10 @@ function clientKey(file) {
 // Secrets with the characters RFC 6749 §2.3.1's form-encoding changes.
 export const CLIENT_SECRET = 'credproxy:s3cret+with%chars';
 
+// A client this server grants every scope it is registered for, whatever it asks for: the
+// scope creep credproxy reports (a policy some authorization servers have for service clients).
+const BROAD_CLIENT = 'credproxy-broad';
+
 // The stand-in for a projected ServiceAccount token that token exchange accepts.
 export const SUBJECT_TOKEN = 'pod-1-service-account-token';
 const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
@@ -57,7 +62,7 @@ const ACCESS_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:access_token';
 
 function resourceServerInfo(indicator) {
   return {
-    scope: 'api:read',
+    scope: 'api:read api:write admin',
     audience: indicator,
     accessTokenTTL: ttl,
     accessTokenFormat: indicator.startsWith('https://opaque.') ? 'opaque' : 'jwt',
@@ -68,7 +73,7 @@ function resourceServerInfo(indicator) {
 const issuer = `http://127.0.0.1:${port}`;
 const provider = new Provider(issuer, {
   jwks: loadKeys(args.keys),
-  scopes: ['api:read'],
+  scopes: ['api:read', 'api:write', 'admin'],
   clients: [
     {
       client_id: 'credproxy',
@@ -98,6 +103,16 @@ const provider = new Provider(issuer, {
       jwks: { keys: [clientKey(args.keys)] },
       scope: 'api:read',
     },
+    // Registered for more than it asks for, and granted all of it (the middleware below).
+    {
+      client_id: BROAD_CLIENT,
+      client_secret: CLIENT_SECRET,
+      grant_types: ['client_credentials'],
+      redirect_uris: [],
+      response_types: [],
+      token_endpoint_auth_method: 'client_secret_basic',
+      scope: 'api:read api:write admin',
+    },
     // The upstream API checks opaque tokens with introspection.
     { client_id: 'upstream', client_secret: 'upstream-secret', grant_types: [], redirect_uris: [], response_types: [] },
   ],
@@ -116,6 +131,23 @@ const provider = new Provider(issuer, {
   // Exchanged tokens say whose token was exchanged.
   extraTokenClaims: (ctx) =>
     ctx?.oidc?.params?.grant_type === TOKEN_EXCHANGE ? { exchanged_subject: ctx.oidc.params.subject_token } : undefined,
+});
+
+// Before oidc-provider reads the token request: the broad client's `scope` is widened to its
+// registration. oidc-provider then takes the parsed body (ctx.request.body) as the request and
+// runs its own client_credentials grant on it. Only that client's requests (known by their
+// Basic credentials) are touched.
+provider.use(async (ctx, next) => {
+  const auth = ctx.get('authorization');
+  const basic = auth.startsWith('Basic ') ? Buffer.from(auth.slice(6), 'base64').toString() : '';
+  if (ctx.method === 'POST' && ctx.path === '/token' && decodeURIComponent(basic.split(':')[0]) === BROAD_CLIENT) {
+    const chunks = [];
+    for await (const chunk of ctx.req) chunks.push(chunk);
+    const body = Object.fromEntries(new URLSearchParams(Buffer.concat(chunks).toString()));
+    body.scope = 'api:read api:write admin';
+    ctx.request.body = body;
+  }
+  await next();
 });
 
 provider.registerGrantType(
