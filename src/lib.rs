@@ -12,6 +12,7 @@ pub mod creds;
 pub mod demo;
 pub mod digest;
 pub mod error;
+pub mod explain;
 pub mod inject;
 pub mod inventory;
 pub mod metrics;

@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 
 use syn::visit::Visit;
 
-/// Top to bottom. `demo` and `status` use the library as a user would (`demo` starts the proxy),
-/// so they sit above start-up; the floor everyone stands on is last.
+/// Top to bottom. `demo`, `status`, `explain` and `inventory` use the library as a user would
+/// (`demo` starts the proxy), so they sit above start-up; the floor everyone stands on is last.
 const LAYERS: &[&str] = &[
     "demo",
     "status",
+    "explain",
     "inventory",
     "inject",
     "serve",
