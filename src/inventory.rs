@@ -125,6 +125,9 @@ pub struct Inventory {
     pub credentials: BTreeMap<AgentCred, BTreeMap<Dest, usize>>,
     /// The policy's routes with their use, when `--config` was given.
     pub routes: Option<Vec<RouteUse>>,
+    /// Whether the log holds `request.forwarded` events: without them (`audit.requests: denied`)
+    /// route use is unknown, not zero.
+    pub forwarded_seen: bool,
     /// The events, for `--suggest`.
     pub raw: Vec<Event>,
 }
@@ -146,6 +149,7 @@ impl Inventory {
             None => (e.ts.clone(), e.ts.clone()),
             Some((a, b)) => (a.min(e.ts.clone()), b.max(e.ts.clone())),
         });
+        self.forwarded_seen |= e.kind == Kind::Forwarded;
         let d = self.destinations.entry(e.dest.clone()).or_default();
         *d.kinds.entry(e.kind).or_default() += 1;
         let outcome = match (e.kind, &e.tool, &e.reason) {
@@ -195,7 +199,9 @@ pub fn policy_routes(text: &str) -> Result<Vec<RouteUse>, String> {
     Ok(out)
 }
 
-/// A path with the segments that look like ids folded to `*`: numbers, UUIDs, long hex.
+/// A path with the segments that look like ids or keys folded to `*`: numbers, UUIDs, long hex,
+/// long mixes of letters and (at least three) digits, anything with a `:` (a key in a path, as some webhook and
+/// bot APIs take it, is folded away with the ids; shorter ones stay as sent).
 pub fn fold_path(path: &str) -> String {
     let mut out = String::with_capacity(path.len());
     for (i, seg) in path.split('/').enumerate() {
@@ -215,7 +221,12 @@ fn looks_like_id(seg: &str) -> bool {
             .enumerate()
             .all(|(i, c)| if [8, 13, 18, 23].contains(&i) { *c == b'-' } else { c.is_ascii_hexdigit() });
     let long_hex = b.len() >= 16 && b.iter().all(u8::is_ascii_hexdigit) && b.iter().any(u8::is_ascii_digit);
-    digits || uuid || long_hex
+    let count = |f: fn(&u8) -> bool| b.iter().filter(|c| f(c)).count();
+    let token_like = b.len() >= 20
+        && count(u8::is_ascii_digit) >= 3
+        && count(u8::is_ascii_alphabetic) >= 3
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.~".contains(c));
+    digits || uuid || long_hex || token_like || b.contains(&b':')
 }
 
 #[cfg(test)]
@@ -231,6 +242,17 @@ mod tests {
         assert_eq!(fold_path("/cafe/deadbeef0deadbeef/x"), "/cafe/*/x", "hex with a digit");
         assert_eq!(fold_path("/"), "/");
         assert_eq!(fold_path("/v2/abcdefabcdefabcdef"), "/v2/abcdefabcdefabcdef", "letters only: a word");
+        assert_eq!(fold_path("/bot123456:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw/sendMessage"), "/*/sendMessage");
+        assert_eq!(
+            fold_path("/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXX1234"),
+            "/services/T00000000/B00000000/*"
+        );
+        assert_eq!(fold_path("/api/webhooks/123/Mk2fS0kE-9x_Q7pZ3vL8wR1t"), "/api/webhooks/*/*");
+        assert_eq!(
+            fold_path("/v1/chat/completions-streaming-v2"),
+            "/v1/chat/completions-streaming-v2",
+            "no digit run: words"
+        );
     }
 }
 

@@ -294,8 +294,9 @@ impl Policy {
     }
 
     /// Whether report mode may connect a request no route allows to a private address: only
-    /// when routes name this host and port (and scheme, if given) and every one of them says
-    /// `allow_private`. A host no route names never reaches inward.
+    /// when routes name this exact host (no wildcard) and port (and scheme, if given) and every
+    /// route that could match it says `allow_private`. A host no route names exactly never
+    /// reaches inward, so report mode opens nothing internal that enforce mode keeps shut by name.
     pub fn private_allowed(&self, scheme: Option<Scheme>, host: &str, port: u16) -> bool {
         let mut named = false;
         for (t, r) in self.index.candidates(host) {
@@ -303,7 +304,7 @@ impl Policy {
             if route.port != port || scheme.is_some_and(|s| s != route.scheme) {
                 continue;
             }
-            if !route.allow_private {
+            if !route.allow_private || !matches!(route.host, HostPattern::Exact(_)) {
                 return false;
             }
             named = true;

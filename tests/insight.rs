@@ -118,15 +118,31 @@ async fn report_mode_forwards_unlisted_requests_untouched_and_enforce_by_reload_
     assert!(seen.headers.get("proxy-authorization").is_none(), "{:?}", seen.headers);
     assert_eq!(up.requests().len(), 2);
 
+    // What credproxy always removes goes in report mode too: its own header, hop-by-hop fields
+    // and the fields Connection names.
+    let hop = format!(
+        "GET http://{host}/unlisted/3 HTTP/1.1\r\nHost: {host}\r\nCredproxy-Tool: api\r\nConnection: close, X-Hop\r\n\
+         X-Hop: secret\r\nKeep-Alive: timeout=5\r\nX-Kept: 1\r\n\r\n"
+    );
+    assert_eq!(status(&raw(proxy.addr, hop.as_bytes()).await), 200);
+    let seen = up.last();
+    assert_eq!(seen.uri, "/unlisted/3");
+    for gone in ["credproxy-tool", "x-hop", "keep-alive", "proxy-authorization"] {
+        assert!(seen.headers.get(gone).is_none(), "{gone} went upstream: {:?}", seen.headers);
+    }
+    assert_eq!(seen.headers["x-kept"], "1");
+    assert_eq!(up.requests().len(), 3);
+
     // A host no route names stays out of reach on a private address, in report mode too.
     let other = format!("127.0.0.2:{}", up.port());
     assert_error(&raw(proxy.addr, &agent_get(&other, "/x", "agent-key")).await, 403, "route_denied");
-    assert_eq!(up.requests().len(), 2);
+    assert_eq!(up.requests().len(), 3);
 
     let audit = proxy.audit().await;
     let would = events(&audit, "request.would_deny");
-    assert_eq!(would.len(), 1, "{audit}");
+    assert_eq!(would.len(), 2, "{audit}");
     assert_eq!(would[0]["reason"], "method_or_path_not_allowed");
+    assert_eq!(would[1]["reason"], "not_tools_route", "Credproxy-Tool named a tool whose route does not match");
     assert_eq!(would[0]["message"], "routes name this host, but none allows this method and path");
     assert_eq!((would[0]["path"].as_str(), would[0]["port"].as_u64()), (Some("/unlisted/2"), Some(up.port().into())));
     let denied = events(&audit, "request.denied");
@@ -139,6 +155,7 @@ async fn report_mode_forwards_unlisted_requests_untouched_and_enforce_by_reload_
     assert_eq!(events(&audit, "request.forwarded").len(), 1, "{audit}");
     let m = proxy.metrics().await;
     assert_eq!(metric(&m, r#"credproxy_requests_total{outcome="would_deny",tool=""}"#), Some(1.0), "{m}");
+    assert_eq!(metric(&m, r#"credproxy_requests_total{outcome="would_deny",tool="api"}"#), Some(1.0), "{m}");
     assert_eq!(metric(&m, r#"credproxy_requests_total{outcome="injected",tool="api"}"#), Some(1.0), "{m}");
     assert_eq!(metric(&m, r#"credproxy_mode{mode="report"}"#), Some(1.0), "{m}");
     assert_eq!(metric(&m, r#"credproxy_mode{mode="enforce"}"#), Some(0.0), "{m}");
@@ -152,13 +169,13 @@ async fn report_mode_forwards_unlisted_requests_untouched_and_enforce_by_reload_
     .await;
     assert_error(&raw(proxy.addr, &agent_get(&host, "/unlisted/2", "agent-key")).await, 403, "route_denied");
     assert_error(&raw(proxy.addr, &agent_get(&other, "/x", "agent-key")).await, 403, "route_denied");
-    assert_eq!(up.requests().len(), 2);
+    assert_eq!(up.requests().len(), 3);
     assert_eq!(get(proxy.admin, "/ready").await.split("\r\n\r\n").nth(1), Some("ready\n"));
     let audit = proxy.audit().await;
     let changed = events(&audit, "config.mode_changed");
     assert_eq!(changed.len(), 1, "{audit}");
     assert_eq!((changed[0]["from"].as_str(), changed[0]["to"].as_str()), (Some("report"), Some("enforce")));
-    assert_eq!(events(&audit, "request.would_deny").len(), 1, "no new would_deny after enforce");
+    assert_eq!(events(&audit, "request.would_deny").len(), 2, "no new would_deny after enforce");
     let m = proxy.metrics().await;
     // The private address refused in report mode, then both requests in enforce mode.
     assert_eq!(metric(&m, r#"credproxy_requests_total{outcome="denied",tool=""}"#), Some(3.0), "{m}");
@@ -295,9 +312,10 @@ async fn agent_credentials_are_named_by_keyed_fingerprint_in_every_request_event
     assert_eq!(events[0].1, vec![("header".into(), "authorization".into(), fa.clone())]);
     assert_eq!(events[1].1, vec![("header".into(), "authorization".into(), fa.clone())]);
     assert_eq!(events[2].1, vec![("header".into(), "x-api-key".into(), fa.clone())], "same key, any field");
-    assert_eq!(events[4].1[0], ("query".into(), "api_key".into(), fb.clone()));
-    assert_eq!(events[4].1[1].0, "cookie");
-    assert_eq!(events[4].1[1].1, "session");
+    assert_eq!(events[4].1[1], ("query".into(), "api_key".into(), fb.clone()));
+    let keyed = credproxy::digest::Keyed::new(b"a-fleet-wide-fingerprint-key-0001");
+    assert_eq!(fa, keyed.fingerprint(b"sk-agent-AAAA"), "keyed by the file's key (its newline aside)");
+    assert_eq!(events[4].1[0], ("cookie".into(), "session".into(), keyed.fingerprint(b"sess-CCCC")));
     assert_eq!(events[4].1.len(), 2, "theme is not a credential cookie");
     assert_eq!(events[5].1, vec![("header".into(), "authorization".into(), fb.clone())]);
     // Tool and route on every event: the route index where a route allowed it.
@@ -322,4 +340,47 @@ async fn agent_credentials_are_named_by_keyed_fingerprint_in_every_request_event
         assert_eq!(events[0].1[0].2 == fa, same, "{events:?}");
         other.shutdown().await;
     }
+}
+
+/// A would-deny request whose upstream reads it and hangs up is still recorded, with the error:
+/// it went out, body and all.
+#[tokio::test]
+async fn report_mode_records_a_would_deny_request_whose_upstream_fails() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let p = listener.local_addr().unwrap().port();
+    let (got_tx, got_rx) = tokio::sync::oneshot::channel::<Vec<u8>>();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        // Read the head and the 4-byte body, then close without answering.
+        while !buf.ends_with(b"data") {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the request ended early: {}", String::from_utf8_lossy(&buf));
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let _ = got_tx.send(buf);
+        let _ = s.shutdown().await;
+    });
+    let dir = tempfile::tempdir().unwrap();
+    write_file(&dir, "token", "tool-token");
+    let proxy = Proxy::start_in(dir, &report_policy(p, "report")).await;
+    let req = format!(
+        "POST http://127.0.0.1:{p}/upload HTTP/1.1\r\nHost: 127.0.0.1:{p}\r\nAuthorization: Bearer agent-key\r\nContent-Length: 4\r\nConnection: close\r\n\r\ndata"
+    );
+    let resp = raw(proxy.addr, req.as_bytes()).await;
+    assert_eq!(status(&resp), 502, "{resp}");
+    let code = error_code(&resp).expect("credproxy's own error");
+    let sent = String::from_utf8(got_rx.await.unwrap()).unwrap();
+    assert!(
+        sent.starts_with("POST /upload HTTP/1.1\r\n") && sent.contains("authorization: Bearer agent-key"),
+        "{sent}"
+    );
+    let audit = proxy.audit().await;
+    let would = events(&audit, "request.would_deny");
+    assert_eq!(would.len(), 1, "{audit}");
+    assert_eq!((would[0]["path"].as_str(), would[0]["error"].as_str()), (Some("/upload"), Some(code.as_str())));
+    assert!(events(&audit, "request.denied").is_empty(), "{audit}");
+    proxy.shutdown().await;
 }

@@ -389,6 +389,9 @@ async fn scopes_granted_beyond_the_request_are_counted_and_named() {
     let before = p.credential("broad").await["credential_id"].clone();
     assert!(p.control_post("/v1/credentials/broad/rotate").await.starts_with("HTTP/1.1 202"));
     eventually(async || p.credential("broad").await["credential_id"] != before, "the rotated token").await;
+    // publish writes any scope_excess event before credential.refreshed: once that is in the
+    // log, a second scope_excess would be too.
+    eventually(async || p.audit().await.contains(r#""event":"credential.refreshed""#), "credential.refreshed").await;
     assert_eq!(events(&p.audit().await).len(), 1);
     assert_eq!(metric(&p.metrics().await, r#"credproxy_credential_scope_excess{tool="broad"}"#), Some(2.0));
     p.shutdown().await;

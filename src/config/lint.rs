@@ -57,8 +57,12 @@ pub fn lint(text: &str, policy: &Policy) -> Vec<Warning> {
         }
         for block in ["credential", "client_certificate"] {
             for field in ["ttl", "default_ttl", "max_ttl"] {
-                let written = raw["tools"][t.as_str()][block][field].as_str();
-                let Some(d) = written.and_then(|s| humantime::parse_duration(s).ok()) else { continue };
+                // Written in the file (a default is not a choice the file made); the value is the
+                // validated one, so `${TTL}` counts as what it expanded to.
+                if raw["tools"][t.as_str()][block].get(field).is_none() {
+                    continue;
+                }
+                let Some(d) = lifetime(tool, block, field) else { continue };
                 if d > MAX_QUIET_TTL {
                     warn(
                         format!("tools.{t}.{block}.{field}"),
@@ -78,6 +82,20 @@ pub fn lint(text: &str, policy: &Policy) -> Vec<Warning> {
     }
     overlaps(&policy.tools, &mut warn);
     out
+}
+
+/// The validated value of a lifetime field.
+fn lifetime(tool: &Tool, block: &str, field: &str) -> Option<Duration> {
+    match (block, field) {
+        ("client_certificate", "ttl") => tool.client_cert.as_ref().map(|c| c.ttl),
+        ("credential", "ttl") => match &tool.credential {
+            Some(CredentialSpec::Jwt(j)) => Some(j.ttl),
+            _ => None,
+        },
+        ("credential", "default_ttl") => tool.credential.as_ref()?.lifetime().map(|l| l.default_ttl),
+        ("credential", "max_ttl") => tool.credential.as_ref()?.lifetime().map(|l| l.max_ttl),
+        _ => None,
+    }
 }
 
 fn route(tool: &Tool, i: usize, r: &Route, warn: &mut impl FnMut(String, &'static str, String)) {
@@ -191,6 +209,15 @@ mod tests {
     fn a_narrow_rotating_policy_is_quiet() {
         let text = "version: 1\ntools:\n  a:\n    credential: { source: exec, command: [/bin/echo], max_ttl: 30m }\n    routes: [{ host: a.example, methods: [GET], paths: [\"/v1/**\"] }]\n  b:\n    routes: [{ host: a.example, methods: [POST], paths: [\"/v1/**\"] }]\n";
         assert_eq!(kinds(text), vec![]);
+    }
+
+    #[test]
+    fn a_lifetime_written_as_a_variable_is_judged_by_its_value_and_a_default_never() {
+        let text = "version: 1\ntools:\n  a:\n    credential: { source: exec, command: [/bin/echo], max_ttl: \"${TTL}\" }\n    routes: [{ host: a.example, methods: [GET], paths: [\"/v1/**\"] }]\n  b:\n    credential: { source: exec, command: [/bin/echo] }\n    routes: [{ host: b.example, methods: [GET], paths: [\"/v1/**\"] }]\n";
+        let p = crate::config::parse(text, &|_| Some("2h".into()), std::time::SystemTime::now()).unwrap();
+        let got: Vec<(String, &str)> = lint(text, &p).into_iter().map(|w| (w.path, w.kind)).collect();
+        // b's max_ttl defaults to 24h: not a choice its author wrote down.
+        assert_eq!(got, vec![("tools.a.credential.max_ttl".to_string(), "long_lifetime")]);
     }
 
     #[test]

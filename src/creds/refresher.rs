@@ -94,12 +94,17 @@ impl CredCtx {
                 let _ = m.credential_lifetime.remove_label_values(&[tool]);
             }
         }
+        if scopes.is_none() {
+            // Not an OAuth source (any more): no scope to compare.
+            let _ = m.credential_scope_excess.remove_label_values(&[tool]);
+        }
         if let Some(s) = &scopes {
             let excess = s.excess();
             m.credential_scope_excess.with_label_values(&[tool]).set(excess.len() as i64);
-            // Said once per change, not at every refresh.
-            let before = previous.as_ref().and_then(|p| p.scopes.clone());
-            if !excess.is_empty() && before.as_ref().is_none_or(|b| b.excess() != excess) {
+            // Said once per change (as a set), not at every refresh.
+            let set = |v: Vec<&str>| v.into_iter().map(str::to_owned).collect::<std::collections::BTreeSet<_>>();
+            let before = previous.as_ref().and_then(|p| p.scopes.as_ref().map(|b| set(b.excess())));
+            if !excess.is_empty() && before != Some(set(excess.clone())) {
                 self.audit.emit(
                     "credential.scope_excess",
                     fields! {"tool" => tool, "source" => source, "credential_id" => &fp,

@@ -47,10 +47,24 @@ pub fn read_all(paths: &[PathBuf]) -> Result<(Vec<Event>, usize), ReadError> {
                 break;
             }
             if line.len() > MAX_LINE && !line.ends_with(b"\n") {
-                // Drain the rest of the overlong line.
+                // Skip the rest of the overlong line without keeping it.
                 input.set_limit(u64::MAX);
-                let mut rest = Vec::new();
-                while !rest.ends_with(b"\n") && input.read_until(b'\n', &mut rest).map_err(err)? > 0 {}
+                loop {
+                    let buf = input.fill_buf().map_err(err)?;
+                    if buf.is_empty() {
+                        break;
+                    }
+                    match buf.iter().position(|&b| b == b'\n') {
+                        Some(i) => {
+                            input.consume(i + 1);
+                            break;
+                        }
+                        None => {
+                            let n = buf.len();
+                            input.consume(n);
+                        }
+                    }
+                }
                 skipped += 1;
                 continue;
             }

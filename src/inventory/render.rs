@@ -16,16 +16,16 @@ fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
     let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate().take(n - 1) {
-            width[i] = width[i].max(c.len());
+            width[i] = width[i].max(super::suggest::printable(c).len());
         }
     }
     for r in std::iter::once(&header.iter().map(|h| h.to_string()).collect::<Vec<_>>()).chain(rows) {
         let mut line = String::new();
-        for (i, c) in r.iter().enumerate() {
+        for (i, c) in r.iter().map(|c| super::suggest::printable(c)).enumerate() {
             if i + 1 < n {
                 let _ = write!(line, "{c:<w$}  ", w = width[i]);
             } else {
-                line.push_str(c);
+                line.push_str(&c);
             }
         }
         out.push_str(line.trim_end());
@@ -86,7 +86,14 @@ pub fn text(inv: &Inventory) -> String {
         .collect();
     table(&mut out, &["FINGERPRINT", "FIELD", "REQUESTS", "SENT TO"], &rows);
 
-    if let Some(routes) = &inv.routes {
+    if let (Some(routes), false) = (&inv.routes, inv.forwarded_seen) {
+        let _ = writeln!(
+            out,
+            "\nPOLICY ROUTES: {} routes; their use is unknown, the log has no request.forwarded events \
+             (record with audit.requests: all, or in report mode)",
+            routes.len()
+        );
+    } else if let Some(routes) = &inv.routes {
         out.push_str("\nPOLICY ROUTES\n");
         let rows: Vec<Vec<String>> = routes
             .iter()
@@ -137,7 +144,13 @@ pub fn json(inv: &Inventory) -> Value {
         .collect();
     let routes = inv.routes.as_ref().map(|rs| {
         rs.iter()
-            .map(|r| json!({"tool": r.tool, "route": r.index, "matches": r.describe, "requests": r.requests, "unused": r.requests == 0}))
+            .map(|r| {
+                let (requests, unused) = match inv.forwarded_seen {
+                    true => (json!(r.requests), json!(r.requests == 0)),
+                    false => (Value::Null, Value::Null),
+                };
+                json!({"tool": r.tool, "route": r.index, "matches": r.describe, "requests": requests, "unused": unused})
+            })
             .collect::<Vec<_>>()
     });
     json!({

@@ -10,18 +10,22 @@ use std::net::IpAddr;
 use super::{Inventory, Kind};
 use crate::policy::PathGlob;
 
-/// Folded path (`None`: a CONNECT tunnel) -> the methods seen on it.
-type Paths<'a> = BTreeMap<Option<String>, BTreeSet<&'a str>>;
+/// Folded path -> the methods seen on it.
+type Paths<'a> = BTreeMap<String, BTreeSet<&'a str>>;
 
 /// What one host's tool is drafted from.
 #[derive(Default)]
 struct Host<'a> {
     /// (scheme, port) -> paths and their methods.
     seen: BTreeMap<(&'a str, u16), Paths<'a>>,
+    /// Ports CONNECT tunnels went to (their paths unseen unless intercepted).
+    tunnels: BTreeSet<u16>,
     /// Agent credential fields -> their fingerprints.
     creds: BTreeMap<&'a str, BTreeSet<&'a str>>,
-    /// Denied requests: (method, path, reason) -> count.
-    denied: BTreeMap<(&'a str, String, &'a str), usize>,
+    /// Denied requests: (method, path as sent, reason) -> count.
+    denied: BTreeMap<(&'a str, &'a str, &'a str), usize>,
+    /// Paths that cannot be written literally as a glob (a `*`, a character outside printable ASCII).
+    unwritable: BTreeSet<&'a str>,
 }
 
 /// The draft policy, YAML with comments.
@@ -29,33 +33,45 @@ pub fn suggest(inv: &Inventory) -> String {
     let mut hosts: BTreeMap<&str, Host<'_>> = BTreeMap::new();
     for e in &inv.raw {
         let h = hosts.entry(e.dest.host.as_str()).or_default();
+        let path = e.path.as_deref();
         if e.kind == Kind::Denied {
-            let path = e.path.as_deref().map_or("(tunnel)".into(), super::fold_path);
-            *h.denied.entry((e.method.as_str(), path, e.reason.as_deref().unwrap_or("?"))).or_default() += 1;
+            let key = (e.method.as_str(), path.unwrap_or("(tunnel)"), e.reason.as_deref().unwrap_or("?"));
+            *h.denied.entry(key).or_default() += 1;
             continue;
         }
-        let path = e.path.as_deref().map(glob);
-        let methods = h.seen.entry((e.dest.scheme.as_str(), e.dest.port)).or_default().entry(path).or_default();
-        methods.insert(e.method.as_str());
+        match path {
+            None => {
+                h.tunnels.insert(e.dest.port);
+            }
+            Some(p) if p.contains('*') || !p.bytes().all(|b| (0x21..0x7f).contains(&b)) => {
+                h.unwritable.insert(p);
+            }
+            Some(p) => {
+                let methods = h.seen.entry((e.dest.scheme.as_str(), e.dest.port)).or_default();
+                methods.entry(super::fold_path(p)).or_default().insert(e.method.as_str());
+            }
+        }
         for c in &e.creds {
             h.creds.entry(c.field.as_str()).or_default().insert(c.fingerprint.as_str());
         }
     }
     let window = inv.window.as_ref().map_or("no events".into(), |(a, b)| format!("{a} to {b}"));
     let mut out = format!(
-        "# Drafted by `credproxy inventory --suggest` from {} request events ({window}).\n\
+        "# Drafted by `credproxy inventory --suggest` from {} request events ({}).\n\
          # One tool per destination host; routes allow only the methods and paths observed (ids\n\
          # folded to *). Fill in every ${{CREDPROXY_FILL_IN_...}} placeholder, then run\n\
          # `credproxy check --lint --config THIS_FILE`. Requests an enforced policy denied are\n\
-         # listed in comments, never granted.\n\
+         # listed in comments, never granted on purpose: a WARNING marks one a folded path covers.\n\
          version: 1\ntools:\n",
-        inv.events
+        inv.events,
+        printable(&window)
     );
     let mut names = BTreeSet::new();
     for (host, h) in &hosts {
-        if h.seen.is_empty() {
-            let _ = writeln!(out, "  # {host}: only denied requests, no tool drafted");
-            denied_comments(&mut out, h, "  ");
+        if h.seen.is_empty() && h.tunnels.is_empty() {
+            let _ =
+                writeln!(out, "  # {}: no tool drafted (nothing but denied or unwritable requests)", printable(host));
+            notes(&mut out, h, "  ");
             continue;
         }
         let name = tool_name(host, &mut names);
@@ -64,24 +80,74 @@ pub fn suggest(inv: &Inventory) -> String {
         out.push_str("    routes:\n");
         let private = private_host(host, inv);
         for ((scheme, port), paths) in &h.seen {
-            // Paths with the same methods share a route; a CONNECT tunnel gets a route of its own.
+            // Paths with the same methods share a route.
             let mut by_methods: BTreeMap<&BTreeSet<&str>, Vec<&str>> = BTreeMap::new();
             for (path, methods) in paths {
-                match path {
-                    Some(p) => by_methods.entry(methods).or_default().push(p),
-                    None => {
-                        let _ = writeln!(out, "      # CONNECT tunnels: the paths stay inside the agent's TLS");
-                        route(&mut out, host, scheme, *port, None, private);
-                    }
-                }
+                by_methods.entry(methods).or_default().push(path);
             }
             for (methods, paths) in by_methods {
                 route(&mut out, host, scheme, *port, Some((methods, &paths)), private);
             }
         }
-        denied_comments(&mut out, h, "    ");
+        for port in &h.tunnels {
+            if h.seen.contains_key(&("https", *port)) {
+                let _ =
+                    writeln!(out, "      # CONNECT to port {port} was intercepted: its requests are the routes above");
+            } else if !h.creds.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "      # CONNECT tunnels to port {port}: what went inside is unseen, so no route is drafted\n      \
+                     # for a credential; record again with interception on to see the requests"
+                );
+            } else {
+                let _ = writeln!(out, "      # CONNECT tunnels to port {port}, relayed untouched (paths unseen)");
+                route(&mut out, host, "https", *port, None, private);
+            }
+        }
+        notes(&mut out, h, "    ");
     }
     out
+}
+
+/// Denied requests (with a WARNING when a drafted route covers one) and unwritable paths.
+fn notes(out: &mut String, h: &Host<'_>, indent: &str) {
+    for ((method, path, reason), n) in &h.denied {
+        let covered = h.seen.values().any(|paths| {
+            paths
+                .iter()
+                .any(|(glob, methods)| methods.contains(method) && PathGlob::parse(glob).is_ok_and(|g| g.matches(path)))
+        });
+        let (method, path, reason) = (printable(method), printable(path), printable(reason));
+        if covered {
+            let _ = writeln!(
+                out,
+                "{indent}# WARNING: a route above also allows {method} {path}, which the recording policy denied \
+                 ({reason}, {n}x): narrow it before use"
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "{indent}# not granted, denied by the recording policy: {method} {path} ({reason}, {n}x)"
+            );
+        }
+    }
+    for path in &h.unwritable {
+        let _ = writeln!(
+            out,
+            "{indent}# not drafted: {} (a path with `*` or a character outside printable ASCII cannot be written literally)",
+            printable(path)
+        );
+    }
+}
+
+/// Printable ASCII only (anything else shown as `?`): what goes into a comment or a table cell
+/// can never end the line or carry a terminal escape.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        std::borrow::Cow::Borrowed(s)
+    } else {
+        std::borrow::Cow::Owned(s.chars().map(|c| if (' '..='~').contains(&c) { c } else { '?' }).collect())
+    }
 }
 
 fn credential(out: &mut String, name: &str, h: &Host<'_>, host: &str) {
@@ -90,8 +156,12 @@ fn credential(out: &mut String, name: &str, h: &Host<'_>, host: &str) {
         return;
     }
     for (field, keys) in &h.creds {
-        let _ =
-            writeln!(out, "    # The agents sent their own key as {field}: {} distinct ({}).", keys.len(), join(keys));
+        let (field, keys) = (printable(field), printable(&join(keys)).into_owned());
+        let _ = writeln!(
+            out,
+            "    # The agents sent their own key as {field}: {} distinct ({keys}).",
+            keys.split(", ").count()
+        );
     }
     let var = format!("CREDPROXY_FILL_IN_{}", name.to_ascii_uppercase().replace('-', "_"));
     out.push_str(
@@ -106,7 +176,12 @@ fn credential(out: &mut String, name: &str, h: &Host<'_>, host: &str) {
     let top = h.creds.iter().max_by_key(|(_, k)| k.len()).map(|(f, _)| *f).unwrap_or("");
     let mut parts = top.split(' ');
     let inject = match (parts.next(), parts.next(), parts.next()) {
-        (Some("header"), Some("authorization"), Some(s)) if !s.eq_ignore_ascii_case("bearer") => {
+        // A scheme as the audit names it (a word of letters, digits and dashes), Bearer aside.
+        (Some("header"), Some("authorization"), Some(s))
+            if !s.eq_ignore_ascii_case("bearer")
+                && s != "other"
+                && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') =>
+        {
             format!("{{ header: Authorization, value: \"{s} {{token}}\" }}")
         }
         (Some("header"), Some("x-api-key"), _) => "{ header: X-Api-Key, value: \"{token}\" }".into(),
@@ -122,8 +197,11 @@ fn credential(out: &mut String, name: &str, h: &Host<'_>, host: &str) {
     }
     let loopback = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
     if !loopback && h.seen.keys().any(|(s, _)| *s == "http") {
-        out.push_str("    # The agents sent keys over cleartext http; move the upstream to https if it can.\n");
-        out.push_str("    allow_insecure_upstream: true\n");
+        out.push_str(
+            "    # The agents sent keys over cleartext http. credproxy refuses a credential there unless\n\
+             \x20   # you uncomment this (better: move the upstream to https):\n\
+             \x20   # allow_insecure_upstream: true\n",
+        );
     }
 }
 
@@ -152,23 +230,6 @@ fn route(
     if private {
         out.push_str("        allow_private: true\n");
     }
-}
-
-fn denied_comments(out: &mut String, h: &Host<'_>, indent: &str) {
-    for ((method, path, reason), n) in &h.denied {
-        let _ =
-            writeln!(out, "{indent}# not granted, denied by the recording policy: {method} {path} ({reason}, {n}x)");
-    }
-}
-
-/// A folded path as a glob that matches it: a segment the glob syntax would misread is folded.
-fn glob(path: &str) -> String {
-    let folded = super::fold_path(path);
-    if PathGlob::parse(&folded).is_ok() {
-        return folded;
-    }
-    let segs: Vec<&str> = folded.split('/').map(|s| if s.contains('*') { "*" } else { s }).collect();
-    segs.join("/")
 }
 
 /// A private or loopback IP literal, or a host the recording policy let reach private addresses.
@@ -211,6 +272,81 @@ fn join(set: &BTreeSet<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::inventory::{AgentCred, Dest, Event};
+
+    fn ev(kind: Kind, method: &str, host: &str, port: u16, path: Option<&str>, key: bool) -> Event {
+        Event {
+            kind,
+            ts: "2026-12-03T10:00:00.000Z".into(),
+            method: method.into(),
+            dest: Dest { scheme: "https".into(), host: host.into(), port },
+            path: path.map(str::to_owned),
+            tool: None,
+            route: None,
+            reason: (kind != Kind::Forwarded).then(|| "method_or_path_not_allowed".into()),
+            creds: key
+                .then(|| AgentCred {
+                    fingerprint: "hmac:0123456789ab".into(),
+                    field: "header authorization Bearer".into(),
+                })
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    /// The draft's non-comment lines.
+    fn draft(events: Vec<Event>) -> (String, String) {
+        let out = suggest(&Inventory::build(events, 0, None));
+        let yaml = out.lines().filter(|l| !l.trim_start().starts_with('#')).collect::<Vec<_>>().join("\n");
+        (out, yaml)
+    }
+
+    #[test]
+    fn an_intercepted_connect_drafts_its_requests_never_an_open_route() {
+        let (out, yaml) = draft(vec![
+            ev(Kind::Forwarded, "CONNECT", "api.example", 443, None, false),
+            ev(Kind::WouldDeny, "GET", "api.example", 443, Some("/v1/x"), true),
+            // A tunnel to a host that gets a credential: no open route for it either.
+            ev(Kind::Forwarded, "CONNECT", "api.example", 8443, None, false),
+            // A plain tunnel elsewhere is drafted as one.
+            ev(Kind::Forwarded, "CONNECT", "pypi.org", 443, None, false),
+        ]);
+        let v: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
+        let routes = v["tools"]["api-example"]["routes"].as_sequence().unwrap();
+        assert_eq!(routes.len(), 1, "{out}");
+        assert_eq!(routes[0]["paths"][0], "/v1/x");
+        assert_eq!(routes[0]["methods"][0], "GET");
+        let pypi = v["tools"]["pypi-org"]["routes"].as_sequence().unwrap();
+        assert!(pypi.len() == 1 && pypi[0].get("paths").is_none(), "{out}");
+        assert!(v["tools"]["pypi-org"].get("credential").is_none());
+    }
+
+    #[test]
+    fn recorded_wildcards_and_odd_characters_are_never_drafted() {
+        let (out, yaml) = draft(vec![
+            ev(Kind::WouldDeny, "GET", "api.example", 443, Some("/repos/**"), true),
+            ev(Kind::WouldDeny, "GET", "api.example", 443, Some("/a/x*y"), true),
+            ev(Kind::WouldDeny, "GET", "api.example", 443, Some("/v1/ok"), true),
+            ev(Kind::Denied, "GET", "api.example", 443, Some("/b\u{2028}tools:\n  evil: {}"), true),
+        ]);
+        assert!(!yaml.contains('*'), "{out}");
+        let v: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
+        assert_eq!(v["tools"].as_mapping().unwrap().len(), 1, "{out}");
+        assert!(out.contains("# not drafted: /repos/**"), "{out}");
+        assert!(out.lines().all(|l| l.is_ascii()), "{out}");
+    }
+
+    #[test]
+    fn a_denied_request_a_folded_path_covers_is_flagged() {
+        let (out, _) = draft(vec![
+            ev(Kind::WouldDeny, "GET", "api.example", 443, Some("/v1/items/123"), true),
+            ev(Kind::Denied, "GET", "api.example", 443, Some("/v1/items/456"), true),
+            ev(Kind::Denied, "DELETE", "api.example", 443, Some("/v1/items/123"), true),
+        ]);
+        assert!(out.contains("# WARNING: a route above also allows GET /v1/items/456"), "{out}");
+        assert!(out.contains("# not granted, denied by the recording policy: DELETE /v1/items/123"), "{out}");
+    }
 
     #[test]
     fn tool_names_are_valid_and_unique() {

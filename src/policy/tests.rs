@@ -253,3 +253,17 @@ fn double_encoded_dots_never_match_a_path_glob() {
     // A route without paths forwards the bytes as they are.
     assert_eq!(allowed_tool(&p, decide(&p, "GET", "https://b.example/x/%252e%252e/y", None)), Some("open"));
 }
+
+#[test]
+fn report_mode_reaches_private_addresses_only_at_exact_hosts_whose_routes_all_allow_it() {
+    let p = policy(
+        "version: 1\ntools:\n  a:\n    routes:\n      - { scheme: http, host: db.internal, port: 80, allow_private: true, paths: [\"/x\"] }\n      - { scheme: http, host: \"*.svc.cluster.local\", port: 80, allow_private: true }\n      - { scheme: http, host: mixed.internal, port: 80, allow_private: true }\n  b:\n    routes: [{ scheme: http, host: mixed.internal, port: 80, paths: [\"/y\"] }]\n",
+    );
+    assert!(p.private_allowed(Some(Scheme::Http), "db.internal", 80));
+    assert!(p.private_allowed(None, "db.internal", 80));
+    assert!(!p.private_allowed(Some(Scheme::Https), "db.internal", 80), "scheme");
+    assert!(!p.private_allowed(Some(Scheme::Http), "db.internal", 8080), "port");
+    assert!(!p.private_allowed(Some(Scheme::Http), "api.svc.cluster.local", 80), "a wildcard names no host");
+    assert!(!p.private_allowed(Some(Scheme::Http), "mixed.internal", 80), "one route without allow_private");
+    assert!(!p.private_allowed(Some(Scheme::Http), "other.internal", 80), "unnamed");
+}

@@ -59,7 +59,7 @@ pub async fn handle(
             };
             if policy.mode == Mode::Report {
                 // Its paths and keys stay inside the agent's TLS: host and port are all there is to record.
-                let event = RequestEvent::WouldDeny((why.code(), msg));
+                let event = RequestEvent::WouldDeny((why.code(), msg), None);
                 let private = policy.private_allowed(None, &target.host, target.port);
                 return tunnel(shared, live, guard, req, target, None, private, event).await;
             }
@@ -104,7 +104,7 @@ async fn tunnel(
         Ok(Ok(s)) => s,
     };
     let outcome = match event {
-        RequestEvent::WouldDeny(_) => Outcome::WouldDeny,
+        RequestEvent::WouldDeny(..) => Outcome::WouldDeny,
         _ => Outcome::Passthrough,
     };
     let a = Audited { method: req.method(), target: &target, tool: name, route, agent: &agent };

@@ -17,50 +17,89 @@ use crate::state::{Live, Shared};
 static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 static API_KEY: HeaderName = HeaderName::from_static("api-key");
 
-/// The credential-bearing header fields of a request, held (cheap `Bytes` clones, no heap
-/// allocation) from before the strip until its audit event is written.
+/// Most credentials one event lists; past it the event says `agent_credentials_truncated`.
+pub const MAX_LISTED: usize = 16;
+
+/// Authorization schemes named in events; any other first word (which may be a key sent
+/// without a scheme) is named `other`.
+const SCHEMES: [&str; 14] = [
+    "Basic",
+    "Bearer",
+    "Digest",
+    "Token",
+    "Negotiate",
+    "NTLM",
+    "DPoP",
+    "Bot",
+    "ApiKey",
+    "Key",
+    "OAuth",
+    "MAC",
+    "HOBA",
+    "AWS4-HMAC-SHA256",
+];
+
+/// The fields that carry an agent's credentials, in the order events list them.
+const FIELDS: [(&str, &HeaderName); 4] =
+    [("authorization", &AUTHORIZATION), ("x-api-key", &X_API_KEY), ("api-key", &API_KEY), ("cookie", &COOKIE)];
+
+/// The credential-bearing header fields of a request (every copy of each), held from before the
+/// strip until its audit event is written: cheap `Bytes` clones, with no heap allocation unless
+/// a field comes more than once.
 #[derive(Default)]
 pub struct AgentCreds {
-    authorization: Option<HeaderValue>,
-    x_api_key: Option<HeaderValue>,
-    api_key: Option<HeaderValue>,
-    cookie: Option<HeaderValue>,
+    first: [Option<HeaderValue>; 4],
+    more: Vec<(usize, HeaderValue)>,
 }
 
 impl AgentCreds {
-    /// Hold the fields as the agent sent them (the first of each).
+    /// Hold the fields as the agent sent them.
     pub fn capture(h: &HeaderMap) -> Self {
-        AgentCreds {
-            authorization: h.get(AUTHORIZATION).cloned(),
-            x_api_key: h.get(&X_API_KEY).cloned(),
-            api_key: h.get(&API_KEY).cloned(),
-            cookie: h.get(COOKIE).cloned(),
+        let mut c = AgentCreds::default();
+        for (i, (_, name)) in FIELDS.iter().enumerate() {
+            let mut values = h.get_all(*name).iter();
+            c.first[i] = values.next().cloned();
+            c.more.extend(values.map(|v| (i, v.clone())));
         }
+        c
     }
 
-    /// One entry per credential seen: `{"in", "name", "scheme"?, "fingerprint"}`; the query is
-    /// the agent's (for `audit.credential_query_params`).
-    pub fn describe(&self, query: Option<&str>, audit: &AuditSettings, keyed: &Keyed) -> Vec<Value> {
-        let mut out = Vec::new();
-        if let Some(v) = &self.authorization {
-            // The scheme is named; the credential after it is what is fingerprinted, so the same
-            // key sent as a Bearer token and as X-Api-Key has one fingerprint.
-            let b = v.as_bytes();
-            let (scheme, cred) = match b.iter().position(|&c| c == b' ') {
-                Some(i) => (String::from_utf8_lossy(&b[..i]).into_owned(), trim(&b[i + 1..])),
-                None => (String::new(), b),
-            };
-            let scheme = if scheme.len() <= 20 && scheme.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-') {
-                scheme
-            } else {
-                "?".into()
-            };
-            out.push(json!({"in": "header", "name": "authorization", "scheme": scheme,
-                "fingerprint": keyed.fingerprint(cred)}));
-        }
-        for (name, v) in [("x-api-key", &self.x_api_key), ("api-key", &self.api_key)] {
-            if let Some(v) = v {
-                out.push(json!({"in": "header", "name": name, "fingerprint": keyed.fingerprint(trim(v.as_bytes()))}));
+    /// One entry per distinct credential seen (`{"in", "name", "scheme"?, "fingerprint"}`), at
+    /// most [`MAX_LISTED`], and whether there were more. `query` is the agent's.
+    pub fn describe(&self, query: Option<&str>, audit: &AuditSettings, keyed: &Keyed) -> (Vec<Value>, bool) {
+        let mut list = Listed::default();
+        // Field by field, each in the order its copies came.
+        let copies = |i: usize| self.first[i].iter().chain(self.more.iter().filter(move |m| m.0 == i).map(|m| &m.1));
+        for (i, v) in (0..FIELDS.len()).flat_map(|i| copies(i).map(move |v| (i, v))) {
+            match FIELDS[i].0 {
+                "authorization" => {
+                    // The scheme is named; the credential after it is what is fingerprinted, so
+                    // one key sent as a Bearer token and as X-Api-Key has one fingerprint.
+                    let b = v.as_bytes();
+                    let (scheme, cred) = match b.iter().position(|&c| c == b' ') {
+                        Some(i) => (&b[..i], trim(&b[i + 1..])),
+                        None => (&b[..0], b),
+                    };
+                    let named = SCHEMES.iter().find(|s| s.as_bytes().eq_ignore_ascii_case(scheme));
+                    let scheme = named.copied().unwrap_or(if scheme.is_empty() { "" } else { "other" });
+                    list.add(json!({"in": "header", "name": "authorization", "scheme": scheme,
+                        "fingerprint": keyed.fingerprint(cred)}));
+                }
+                "cookie" => {
+                    for pair in v.as_bytes().split(|&b| b == b';') {
+                        let pair = trim(pair);
+                        let Some(eq) = pair.iter().position(|&b| b == b'=') else { continue };
+                        if let Some(name) = audit.credential_cookies.iter().find(|n| n.as_bytes() == &pair[..eq]) {
+                            if list.full() {
+                                list.truncated = true;
+                                break;
+                            }
+                            list.add(json!({"in": "cookie", "name": name, "fingerprint": keyed.fingerprint(&pair[eq + 1..])}));
+                        }
+                    }
+                }
+                name => list
+                    .add(json!({"in": "header", "name": name, "fingerprint": keyed.fingerprint(trim(v.as_bytes()))})),
             }
         }
         if !audit.credential_query_params.is_empty() {
@@ -68,24 +107,41 @@ impl AgentCreds {
                 let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
                 let k = percent_decode(k.replace('+', " ").as_bytes());
                 if let Some(name) = audit.credential_query_params.iter().find(|n| n.as_bytes() == k) {
+                    if list.full() {
+                        // No more work for a query stuffed with keys.
+                        list.truncated = true;
+                        break;
+                    }
                     let value = percent_decode(v.replace('+', " ").as_bytes());
-                    out.push(json!({"in": "query", "name": name, "fingerprint": keyed.fingerprint(&value)}));
+                    list.add(json!({"in": "query", "name": name, "fingerprint": keyed.fingerprint(&value)}));
                 }
             }
         }
-        if let (Some(c), false) = (&self.cookie, audit.credential_cookies.is_empty()) {
-            for pair in c.as_bytes().split(|&b| b == b';') {
-                let pair = trim(pair);
-                let (k, v) = match pair.iter().position(|&b| b == b'=') {
-                    Some(i) => (&pair[..i], &pair[i + 1..]),
-                    None => continue,
-                };
-                if let Some(name) = audit.credential_cookies.iter().find(|n| n.as_bytes() == k) {
-                    out.push(json!({"in": "cookie", "name": name, "fingerprint": keyed.fingerprint(v)}));
-                }
-            }
+        (list.out, list.truncated)
+    }
+}
+
+/// The entries of one event: distinct, at most [`MAX_LISTED`].
+#[derive(Default)]
+struct Listed {
+    out: Vec<Value>,
+    truncated: bool,
+}
+
+impl Listed {
+    fn full(&self) -> bool {
+        self.out.len() >= MAX_LISTED
+    }
+
+    fn add(&mut self, v: Value) {
+        if self.out.contains(&v) {
+            return;
         }
-        out
+        if self.full() {
+            self.truncated = true;
+        } else {
+            self.out.push(v);
+        }
     }
 }
 
@@ -96,8 +152,9 @@ pub(super) enum RequestEvent<'a> {
     /// `request.forwarded`, with the credential fingerprint: audited with `audit.requests: all`.
     Forwarded(Option<&'a str>),
     /// `request.would_deny` (report mode), with the reason (code, sentence) enforce mode would
-    /// deny it for, as `explain` gives it.
-    WouldDeny((&'a str, &'a str)),
+    /// deny it for, as `explain` gives it, and the error code when the upstream then failed
+    /// (the request went out all the same).
+    WouldDeny((&'a str, &'a str), Option<&'a str>),
 }
 
 /// What every request event says about the request.
@@ -124,7 +181,7 @@ pub(super) fn audit_request(shared: &Shared, live: &Live, event: RequestEvent<'_
     };
     let wanted = match event {
         RequestEvent::Denied(_) => level != AuditRequests::None,
-        RequestEvent::Forwarded(_) | RequestEvent::WouldDeny(_) => level == AuditRequests::All,
+        RequestEvent::Forwarded(_) | RequestEvent::WouldDeny(..) => level == AuditRequests::All,
     };
     if !wanted {
         return;
@@ -146,14 +203,21 @@ pub(super) fn audit_request(shared: &Shared, live: &Live, event: RequestEvent<'_
             }
             "request.forwarded"
         }
-        RequestEvent::WouldDeny((code, message)) => {
+        RequestEvent::WouldDeny((code, message), error) => {
             f.insert("reason".into(), code.into());
             f.insert("message".into(), message.into());
+            if let Some(e) = error {
+                f.insert("error".into(), e.into());
+            }
             "request.would_deny"
         }
     };
     let audit = &live.policy.audit;
-    f.insert("agent_credentials".into(), a.agent.describe(t.query.as_deref(), audit, &live.fingerprints).into());
+    let (creds, truncated) = a.agent.describe(t.query.as_deref(), audit, &live.fingerprints);
+    f.insert("agent_credentials".into(), creds.into());
+    if truncated {
+        f.insert("agent_credentials_truncated".into(), true.into());
+    }
     shared.audit.emit(name, f);
 }
 
@@ -184,7 +248,8 @@ mod tests {
         h.insert(AUTHORIZATION, "Bearer sk-one".parse().unwrap());
         h.insert("x-api-key", "sk-one".parse().unwrap());
         h.insert(COOKIE, "theme=dark; session=sess-1".parse().unwrap());
-        let got = AgentCreds::capture(&h).describe(Some("q=1&api%5Fkey=sk-two&x=y"), &settings(), &keyed);
+        let (got, truncated) = AgentCreds::capture(&h).describe(Some("q=1&api%5Fkey=sk-two&x=y"), &settings(), &keyed);
+        assert!(!truncated);
         let text = serde_json::to_string(&got).unwrap();
         assert!(!text.contains("sk-one") && !text.contains("sk-two") && !text.contains("sess-1"), "{text}");
         let fp = |v: &str| keyed.fingerprint(v.as_bytes());
@@ -193,10 +258,37 @@ mod tests {
             vec![
                 json!({"in": "header", "name": "authorization", "scheme": "Bearer", "fingerprint": fp("sk-one")}),
                 json!({"in": "header", "name": "x-api-key", "fingerprint": fp("sk-one")}),
-                json!({"in": "query", "name": "api_key", "fingerprint": fp("sk-two")}),
                 json!({"in": "cookie", "name": "session", "fingerprint": fp("sess-1")}),
+                json!({"in": "query", "name": "api_key", "fingerprint": fp("sk-two")}),
             ]
         );
-        assert!(AgentCreds::capture(&HeaderMap::new()).describe(Some("a=b"), &settings(), &keyed).is_empty());
+        assert!(AgentCreds::capture(&HeaderMap::new()).describe(Some("a=b"), &settings(), &keyed).0.is_empty());
+    }
+
+    #[test]
+    fn every_copy_counts_repeats_fold_and_the_list_is_capped() {
+        let keyed = Keyed::new(b"0123456789abcdef");
+        let mut h = HeaderMap::new();
+        // A decoy first, the real key second; a bare key where a scheme would be.
+        h.append(AUTHORIZATION, "Bearer decoy".parse().unwrap());
+        h.append(AUTHORIZATION, "Bearer real-key".parse().unwrap());
+        h.append(AUTHORIZATION, "sk-short-key tail".parse().unwrap());
+        h.append(COOKIE, "session=a".parse().unwrap());
+        h.append(COOKIE, "session=b".parse().unwrap());
+        let (got, truncated) = AgentCreds::capture(&h).describe(None, &settings(), &keyed);
+        let text = serde_json::to_string(&got).unwrap();
+        assert!(!truncated && !text.contains("sk-short-key"), "{text}");
+        let fps: Vec<&str> = got.iter().map(|v| v["fingerprint"].as_str().unwrap()).collect();
+        assert!(fps.contains(&keyed.fingerprint(b"real-key").as_str()), "{text}");
+        assert_eq!(got.len(), 5, "{text}");
+        assert_eq!(got[1]["scheme"], "Bearer");
+        assert_eq!(got[2]["scheme"], "other", "an unknown first word is never written");
+        // 1,000 query keys: 16 listed, the rest summarised; the same key twice is listed once.
+        let many: String = (0..1000).map(|i| format!("api_key=k{i}&")).collect();
+        let (got, truncated) = AgentCreds::capture(&HeaderMap::new()).describe(Some(&many), &settings(), &keyed);
+        assert_eq!((got.len(), truncated), (MAX_LISTED, true));
+        let (got, truncated) =
+            AgentCreds::capture(&HeaderMap::new()).describe(Some("api_key=x&api_key=x"), &settings(), &keyed);
+        assert_eq!((got.len(), truncated), (1, false));
     }
 }

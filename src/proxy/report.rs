@@ -48,26 +48,27 @@ pub(super) async fn forward(
         client.request(Request::from_parts(parts, UpstreamBody::new(body, None))),
     )
     .await;
+    let a = || Audited { method: &method, target: &target, tool: name, route: None, agent: &agent };
+    let sent = match sent {
+        Err(_) => Err(ProxyError::UpstreamTimeout),
+        Ok(r) => r.map_err(|e| crate::outbound::client_error(&e)),
+    };
     let mut resp: Response<Incoming> = match sent {
-        Err(_) => return (tool, Err(ProxyError::UpstreamTimeout)),
-        Ok(Err(e)) => {
-            let err = crate::outbound::client_error(&e);
-            let refused = match err {
-                ProxyError::LoopDetected => Some("loop_detected"),
-                ProxyError::RouteDenied(_) => Some("private_address"),
-                _ => None,
+        Ok(r) => r,
+        Err(err) => {
+            // Refused by the address check: a denial. Any other failure is recorded as a
+            // would-deny with its error: the request (its body too) may well have gone out.
+            let event = match err {
+                ProxyError::LoopDetected => RequestEvent::Denied("loop_detected"),
+                ProxyError::RouteDenied(_) => RequestEvent::Denied("private_address"),
+                _ => RequestEvent::WouldDeny(reason, Some(err.parts().1)),
             };
-            if let Some(why) = refused {
-                let a = Audited { method: &method, target: &target, tool: name, route: None, agent: &agent };
-                audit_request(shared, live, RequestEvent::Denied(why), a);
-            }
+            audit_request(shared, live, event, a());
             return (tool, Err(err));
         }
-        Ok(Ok(r)) => r,
     };
     to_agent(&mut resp, agent_upgrade, agent_version, guard, limits.idle_timeout);
-    let a = Audited { method: &method, target: &target, tool: name, route: None, agent: &agent };
-    audit_request(shared, live, RequestEvent::WouldDeny(reason), a);
+    audit_request(shared, live, RequestEvent::WouldDeny(reason, None), a());
     tracing::debug!(
         tool = name,
         reason = reason.0,
