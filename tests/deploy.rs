@@ -256,7 +256,7 @@ fn prometheus_manifests_render_and_their_rules_pass_promtool() {
         );
         assert!(r["labels"]["severity"].is_string(), "{name}");
     }
-    assert_eq!(alerts, 9);
+    assert_eq!(alerts, 10);
     assert!(promtool(&["test", "rules"], &root().join("deploy/prometheus/rules_test.yaml")).contains("SUCCESS"));
 }
 
@@ -297,6 +297,9 @@ fn the_dashboard_parses_and_has_the_panels_the_issue_asks_for() {
         "Consecutive failures per tool",
         "Requests by outcome",
         "Latency to the response head",
+        "Would-deny requests (report mode)",
+        "Scopes granted beyond the request",
+        "Routes unused since their sidecars started",
     ] {
         assert!(titles.contains(&want), "{want} missing from {titles:?}");
     }
