@@ -6,7 +6,7 @@ mod clients;
 mod guard;
 
 pub use clients::{Client, ClientCert, ClientOpts, TokenClient, Upstreams};
-pub use guard::{connect_guarded, is_private, ConnectSettings, Deadline, Guarded};
+pub use guard::{connect_guarded, interface_addresses, is_private, ConnectSettings, Deadline, Guarded};
 
 use crate::error::ProxyError;
 

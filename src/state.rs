@@ -200,6 +200,12 @@ impl Shared {
         self.upstreams.configure(ConnectSettings {
             resolve: crate::policy::Resolve { entries: policy.resolve.entries.clone() },
             own: self.own.clone(),
+            // Read again at each load: a pod's addresses are fixed, a laptop's may move.
+            local: if self.own.iter().any(|o| o.ip().is_unspecified()) {
+                crate::outbound::interface_addresses()
+            } else {
+                Vec::new()
+            },
             connect_timeout: policy.limits.connect_timeout,
         });
         if policy.tools.iter().flat_map(|t| &t.routes).any(|r| r.scheme == crate::policy::Scheme::Https) {

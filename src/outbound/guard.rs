@@ -23,6 +23,9 @@ pub struct ConnectSettings {
     pub resolve: Resolve,
     /// credproxy's own listener addresses.
     pub own: Vec<SocketAddr>,
+    /// This host's interface addresses, read when a listener is bound to a wildcard address: a
+    /// connection to any of them on that port reaches credproxy itself.
+    pub local: Vec<IpAddr>,
     /// Resolve + connect + TLS deadline.
     pub connect_timeout: Duration,
 }
@@ -34,6 +37,7 @@ impl Default for ConnectSettings {
         ConnectSettings {
             resolve: Resolve::default(),
             own: Vec::new(),
+            local: Vec::new(),
             connect_timeout: crate::policy::Limits::default().connect_timeout,
         }
     }
@@ -90,11 +94,24 @@ pub fn is_private(ip: IpAddr) -> bool {
     }
 }
 
-fn is_own(own: &[SocketAddr], addr: SocketAddr) -> bool {
+fn is_own(own: &[SocketAddr], local: &[IpAddr], addr: SocketAddr) -> bool {
     let ip = addr.ip().to_canonical();
+    let wildcard_reaches = |ip: IpAddr| is_private(ip) || local.iter().any(|l| l.to_canonical() == ip);
     own.iter().any(|o| {
-        o.port() == addr.port() && (o.ip().to_canonical() == ip || (o.ip().is_unspecified() && is_private(ip)))
+        o.port() == addr.port() && (o.ip().to_canonical() == ip || (o.ip().is_unspecified() && wildcard_reaches(ip)))
     })
+}
+
+/// This host's interface addresses (for listeners bound to a wildcard address); none when they
+/// cannot be read.
+pub fn interface_addresses() -> Vec<IpAddr> {
+    match if_addrs::get_if_addrs() {
+        Ok(list) => list.into_iter().map(|i| i.ip()).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list this host's addresses: a listener on a wildcard address is recognised on private ones only");
+            Vec::new()
+        }
+    }
 }
 
 /// Resolve `host:port` and connect to the first permitted address.
@@ -115,7 +132,7 @@ pub async fn connect_guarded(
     let mut refused = None;
     let mut last = ConnectError::Resolve(std::io::ErrorKind::NotFound);
     for addr in addrs {
-        if is_own(&settings.own, addr) {
+        if is_own(&settings.own, &settings.local, addr) {
             refused = Some(ConnectError::Loop);
             continue;
         }
@@ -250,10 +267,16 @@ mod tests {
     #[test]
     fn own_listener_check_unmaps_ipv4() {
         let own: Vec<SocketAddr> = vec!["127.0.0.1:15001".parse().unwrap()];
-        assert!(is_own(&own, "[::ffff:127.0.0.1]:15001".parse().unwrap()));
-        assert!(is_own(&own, "127.0.0.1:15001".parse().unwrap()));
-        assert!(!is_own(&own, "[::ffff:127.0.0.1]:15002".parse().unwrap()));
+        assert!(is_own(&own, &[], "[::ffff:127.0.0.1]:15001".parse().unwrap()));
+        assert!(is_own(&own, &[], "127.0.0.1:15001".parse().unwrap()));
+        assert!(!is_own(&own, &[], "[::ffff:127.0.0.1]:15002".parse().unwrap()));
         let any: Vec<SocketAddr> = vec!["0.0.0.0:15001".parse().unwrap()];
-        assert!(is_own(&any, "[::ffff:10.0.0.1]:15001".parse().unwrap()));
+        assert!(is_own(&any, &[], "[::ffff:10.0.0.1]:15001".parse().unwrap()));
+        // A public address of this host on a wildcard listener's port is credproxy too.
+        let public: IpAddr = "2001:db8::7".parse().unwrap();
+        assert!(!is_own(&any, &[], SocketAddr::new(public, 15001)));
+        assert!(is_own(&any, &[public], SocketAddr::new(public, 15001)));
+        assert!(!is_own(&any, &[public], SocketAddr::new(public, 15002)));
+        assert!(!is_own(&own, &[public], SocketAddr::new(public, 15001)), "a loopback listener is not reached there");
     }
 }
