@@ -152,26 +152,17 @@ fn route(tool: &Tool, i: usize, r: &Route, warn: &mut impl FnMut(String, &'stati
 /// Tools whose routes can match the same request: the more specific one serves it, so the other
 /// holds a grant it does not use there (tools that both need `Credproxy-Tool` share by design).
 fn overlaps(tools: &[Tool], warn: &mut impl FnMut(String, &'static str, String)) {
-    for (a, ta) in tools.iter().enumerate() {
-        for tb in &tools[a + 1..] {
-            if ta.selected_by_header && tb.selected_by_header {
-                continue;
-            }
-            for (i, ra) in ta.routes.iter().enumerate() {
-                for (j, rb) in tb.routes.iter().enumerate() {
-                    if routes_overlap(ra, rb) {
-                        warn(
-                            format!("tools.{}.routes[{j}]", tb.name),
-                            "overlapping_tools",
-                            format!(
-                                "can match the same requests as tools.{}.routes[{i}]; split the hosts, \
-                                 methods or paths so each request has one tool",
-                                ta.name
-                            ),
-                        );
-                    }
-                }
-            }
+    for ((ta, i, ra), (tb, j, rb)) in crate::policy::cross_tool_route_pairs(tools) {
+        if routes_overlap(ra, rb) {
+            warn(
+                format!("tools.{}.routes[{j}]", tb.name),
+                "overlapping_tools",
+                format!(
+                    "can match the same requests as tools.{}.routes[{i}]; split the hosts, methods or paths \
+                     so each request has one tool",
+                    ta.name
+                ),
+            );
         }
     }
 }

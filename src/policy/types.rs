@@ -240,6 +240,22 @@ impl Tool {
     }
 }
 
+/// A route of a tool, with its index: `(tool, index, route)`.
+pub type RouteOf<'a> = (&'a Tool, usize, &'a Route);
+
+/// Every pair of routes of two different tools (the earlier tool first), except between two
+/// tools that both need `Credproxy-Tool`: they share routes by design.
+pub fn cross_tool_route_pairs(tools: &[Tool]) -> impl Iterator<Item = (RouteOf<'_>, RouteOf<'_>)> {
+    tools.iter().enumerate().flat_map(move |(a, ta)| {
+        tools[a + 1..].iter().filter(move |tb| !(ta.selected_by_header && tb.selected_by_header)).flat_map(move |tb| {
+            ta.routes
+                .iter()
+                .enumerate()
+                .flat_map(move |(i, ra)| tb.routes.iter().enumerate().map(move |(j, rb)| ((ta, i, ra), (tb, j, rb))))
+        })
+    })
+}
+
 /// How a token is attached to a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inject {

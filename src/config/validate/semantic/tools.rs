@@ -299,25 +299,16 @@ fn upstream(cx: &mut Ctx<'_>, path: &str, raw: &str, routes: &[Route]) -> Option
 
 /// Two tools tie when routes of equal specificity can match the same request.
 pub(super) fn check_ties(cx: &mut Ctx<'_>, tools: &[Tool]) {
-    for (a, ta) in tools.iter().enumerate() {
-        for tb in &tools[a + 1..] {
-            if ta.selected_by_header && tb.selected_by_header {
-                continue;
-            }
-            for (i, ra) in ta.routes.iter().enumerate() {
-                for (j, rb) in tb.routes.iter().enumerate() {
-                    if routes_tie(ra, rb) {
-                        cx.err(
-                            format!("tools.{}.routes[{j}]", tb.name),
-                            format!(
-                                "ties with tools.{}.routes[{i}] (equally specific, can match the same request); \
-                                 make one more specific or set selected_by_header on both",
-                                ta.name
-                            ),
-                        );
-                    }
-                }
-            }
+    for ((ta, i, ra), (tb, j, rb)) in crate::policy::cross_tool_route_pairs(tools) {
+        if routes_tie(ra, rb) {
+            cx.err(
+                format!("tools.{}.routes[{j}]", tb.name),
+                format!(
+                    "ties with tools.{}.routes[{i}] (equally specific, can match the same request); \
+                     make one more specific or set selected_by_header on both",
+                    ta.name
+                ),
+            );
         }
     }
 }
