@@ -3,7 +3,7 @@
 //! `request.would_deny` with the reason enforce mode would give. Everything else stays:
 //! proxy authentication, the removal of `Proxy-Authorization`, `Credproxy-Tool` and hop-by-hop
 //! fields, and the private-address and own-listener checks on the address connected to (a
-//! private address only for a host and port whose routes all say `allow_private`).
+//! private address only for an exact host and port whose routes all say `allow_private`).
 
 use std::sync::Arc;
 
