@@ -90,7 +90,11 @@ fn event(v: &Value) -> Option<Event> {
         _ => return None,
     };
     let s = |k: &str| v[k].as_str().map(str::to_owned);
-    let dest = Dest { scheme: s("scheme")?, host: s("host")?, port: u16::try_from(v["port"].as_u64()?).ok()? };
+    // What the draft policy writes unquoted must be what credproxy writes: a log edited by
+    // hand cannot smuggle YAML in through these.
+    let scheme = s("scheme").filter(|x| x == "http" || x == "https")?;
+    let method = s("method").filter(|m| http::Method::from_bytes(m.as_bytes()).is_ok())?;
+    let dest = Dest { scheme, host: s("host")?, port: u16::try_from(v["port"].as_u64()?).ok()? };
     let creds = v["agent_credentials"]
         .as_array()
         .map(Vec::as_slice)
@@ -108,7 +112,7 @@ fn event(v: &Value) -> Option<Event> {
     Some(Event {
         kind,
         ts: s("ts").unwrap_or_default(),
-        method: s("method")?,
+        method,
         dest,
         path: s("path"),
         tool: s("tool"),
@@ -116,4 +120,24 @@ fn event(v: &Value) -> Option<Event> {
         reason: s("reason"),
         creds,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::event;
+
+    #[test]
+    fn only_what_credproxy_writes_is_read_back() {
+        let ok =
+            r#"{"event":"request.denied","method":"GET","scheme":"https","host":"a.example","port":443,"path":"/x"}"#;
+        assert!(event(&serde_json::from_str(ok).unwrap()).is_some());
+        for bad in [
+            ok.replace(r#""scheme":"https""#, r#""scheme":"http\nevil: {}""#),
+            ok.replace(r#""method":"GET""#, r#""method":"GET X""#),
+            ok.replace(r#""port":443"#, r#""port":70000"#),
+            ok.replace("request.denied", "credential.issued"),
+        ] {
+            assert!(event(&serde_json::from_str(&bad).unwrap()).is_none(), "{bad}");
+        }
+    }
 }
