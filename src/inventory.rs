@@ -199,6 +199,16 @@ pub fn policy_routes(text: &str) -> Result<Vec<RouteUse>, String> {
     Ok(out)
 }
 
+/// Printable ASCII only (anything else shown as `?`): what goes into a comment or a table cell
+/// can never end the line or carry a terminal escape.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        std::borrow::Cow::Borrowed(s)
+    } else {
+        std::borrow::Cow::Owned(s.chars().map(|c| if (' '..='~').contains(&c) { c } else { '?' }).collect())
+    }
+}
+
 /// A path with the segments that look like ids or keys folded to `*`: numbers, UUIDs, long hex,
 /// long mixes of letters and (at least three) digits, anything with a `:` (a key in a path, as some webhook and
 /// bot APIs take it, is folded away with the ids; shorter ones stay as sent).

@@ -326,6 +326,15 @@ impl Policy {
         hosts
     }
 
+    /// Which requests are audited: report mode records every one (what it would deny is the
+    /// point of it), enforce mode what `audit.requests` says.
+    pub fn audited_requests(&self) -> AuditRequests {
+        match self.mode {
+            Mode::Report => AuditRequests::All,
+            Mode::Enforce => self.audit.requests,
+        }
+    }
+
     /// The index of the tool with this name.
     pub fn tool_index(&self, name: &str) -> Option<usize> {
         self.tools.iter().position(|t| t.name == name)

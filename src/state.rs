@@ -21,7 +21,7 @@ use crate::creds::Slot;
 use crate::digest::Keyed;
 use crate::metrics::{Metrics, ToolMetrics};
 use crate::outbound::{Client, ClientCert, ClientOpts, ConnectSettings, Upstreams};
-use crate::policy::{CredentialSpec, Inject, Mode, Policy, Scheme, Tool, VaultLogin};
+use crate::policy::{AuditRequests, CredentialSpec, Inject, Mode, Policy, Scheme, Tool, VaultLogin};
 use crate::tls::Interceptor;
 
 mod credentials;
@@ -297,8 +297,7 @@ impl Shared {
             Some(k) => Arc::new(Keyed::new(secrecy::ExposeSecret::expose_secret(k).as_bytes())),
             None => self.random_key.clone(),
         };
-        let audited = policy.mode == Mode::Report || policy.audit.requests != crate::policy::AuditRequests::None;
-        let keyless = audited && policy.audit.fingerprint_key.is_none();
+        let keyless = policy.audited_requests() != AuditRequests::None && policy.audit.fingerprint_key.is_none();
         let old = self.live.swap(Arc::new(Live::new(policy.clone(), tools, fingerprints)));
         if keyless && (Arc::ptr_eq(&old.policy, &policy) || old.policy.audit.fingerprint_key.is_some()) {
             tracing::warn!(

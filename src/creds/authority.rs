@@ -208,12 +208,18 @@ pub fn issued(a: &Answer, now: SystemTime) -> Result<Issued, FetchError> {
     })
 }
 
-/// The `exp` claim of a JWT, read without verifying (only to schedule the refresh).
-pub fn jwt_exp(token: &str) -> Option<SystemTime> {
+/// The claims of a JWT, read without verifying: they only inform (a refresh schedule, the
+/// scopes granted), never authorise.
+pub fn jwt_claims(token: &str) -> Option<serde_json::Value> {
     let mut parts = token.split('.');
     let (_, payload, _) = (parts.next()?, parts.next()?, parts.next()?);
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&raw).ok()?;
+    serde_json::from_slice(&raw).ok()
+}
+
+/// The `exp` claim of a JWT, read without verifying (only to schedule the refresh).
+pub fn jwt_exp(token: &str) -> Option<SystemTime> {
+    let v = jwt_claims(token)?;
     let exp = v.get("exp")?.as_f64().filter(|e| *e > 0.0)?;
     Some(SystemTime::UNIX_EPOCH + Duration::from_secs_f64(exp.min(1e11)))
 }

@@ -8,6 +8,7 @@ use secrecy::SecretString;
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::AbortHandle;
 
+use super::scopes::Scopes;
 use super::vault::login::Logins;
 use super::{Command, Slot, State, Token};
 use crate::audit::{timestamp, Audit};
@@ -83,6 +84,20 @@ impl CredCtx {
         m.credential_issued.with_label_values(&[tool]).set(secs(issued_at));
         m.credential_last_success.with_label_values(&[tool]).set(secs(self.clock.now()));
         m.credential_refreshes.with_label_values(&[tool, source, "ok"]).inc();
+        self.expiry_metrics(issued_at, exp);
+        self.scope_excess(scopes.as_deref(), previous.as_ref().and_then(|p| p.scopes.as_deref()), &fp);
+        let event = if previous.is_some() { "credential.refreshed" } else { "credential.issued" };
+        self.audit.emit(
+            event,
+            fields! {"tool" => tool, "source" => source, "credential_id" => &fp,
+            "expires_at" => exp.map(timestamp), "lease_id" => lease},
+        );
+        tracing::info!(tool, source, credential_id = %fp, "{event}");
+    }
+
+    /// The expiry and lifetime gauges of a token issued at `issued_at` (absent without expiry).
+    fn expiry_metrics(&self, issued_at: SystemTime, exp: Option<SystemTime>) {
+        let (m, tool): (_, &str) = (&self.metrics, &self.tool);
         match exp {
             Some(e) => {
                 m.credential_expiration.with_label_values(&[tool]).set(secs(e));
@@ -94,32 +109,27 @@ impl CredCtx {
                 let _ = m.credential_lifetime.remove_label_values(&[tool]);
             }
         }
-        if scopes.is_none() {
-            // Not an OAuth source (any more): no scope to compare.
+    }
+
+    /// The scope-excess gauge of a new token (absent for a source without scopes), and
+    /// `credential.scope_excess` when its excess differs from the previous token's.
+    fn scope_excess(&self, scopes: Option<&Scopes>, before: Option<&Scopes>, fp: &str) {
+        let (m, tool): (_, &str) = (&self.metrics, &self.tool);
+        let Some(s) = scopes else {
             let _ = m.credential_scope_excess.remove_label_values(&[tool]);
+            return;
+        };
+        let excess = s.excess();
+        m.credential_scope_excess.with_label_values(&[tool]).set(excess.len() as i64);
+        // Said once per change (as a set), not at every refresh.
+        if !excess.is_empty() && before.map(Scopes::excess_set) != Some(s.excess_set()) {
+            self.audit.emit(
+                "credential.scope_excess",
+                fields! {"tool" => tool, "source" => self.slot.source, "credential_id" => fp,
+                "requested" => &s.requested, "granted" => &s.granted, "excess" => &excess, "stated_by" => s.stated_by},
+            );
+            tracing::warn!(tool, excess = %excess.join(" "), "the authority granted scopes that were not requested");
         }
-        if let Some(s) = &scopes {
-            let excess = s.excess();
-            m.credential_scope_excess.with_label_values(&[tool]).set(excess.len() as i64);
-            // Said once per change (as a set), not at every refresh.
-            let set = |v: Vec<&str>| v.into_iter().map(str::to_owned).collect::<std::collections::BTreeSet<_>>();
-            let before = previous.as_ref().and_then(|p| p.scopes.as_ref().map(|b| set(b.excess())));
-            if !excess.is_empty() && before != Some(set(excess.clone())) {
-                self.audit.emit(
-                    "credential.scope_excess",
-                    fields! {"tool" => tool, "source" => source, "credential_id" => &fp,
-                    "requested" => &s.requested, "granted" => &s.granted, "excess" => &excess, "stated_by" => s.stated_by},
-                );
-                tracing::warn!(tool, excess = %excess.join(" "), "the authority granted scopes that were not requested");
-            }
-        }
-        let event = if previous.is_some() { "credential.refreshed" } else { "credential.issued" };
-        self.audit.emit(
-            event,
-            fields! {"tool" => tool, "source" => source, "credential_id" => &fp,
-            "expires_at" => exp.map(timestamp), "lease_id" => lease},
-        );
-        tracing::info!(tool, source, credential_id = %fp, "{event}");
     }
 
     /// The current token's lease was renewed: the same secret with a later expiry and its first
@@ -130,10 +140,8 @@ impl CredCtx {
         self.install(token);
         let (m, tool): (_, &str) = (&self.metrics, &self.tool);
         m.credential_renewals.with_label_values(&[tool, "ok"]).inc();
-        if let Some(e) = exp {
-            m.credential_expiration.with_label_values(&[tool]).set(secs(e));
-            let life = e.duration_since(issued_at).unwrap_or_default();
-            m.credential_lifetime.with_label_values(&[tool]).set(life.as_secs_f64());
+        if exp.is_some() {
+            self.expiry_metrics(issued_at, exp);
         }
         self.audit.emit(
             "credential.renewed",

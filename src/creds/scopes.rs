@@ -3,8 +3,6 @@
 //! a JWT access token (read without verifying: it only informs), else — RFC 6749 §5.1 — they
 //! are the ones requested. Scope names are not secrets.
 
-use base64::Engine;
-
 /// Most scopes kept from one answer; more are dropped (an authority cannot flood the status).
 const MAX_SCOPES: usize = 100;
 /// Longest scope name kept.
@@ -36,6 +34,11 @@ impl Scopes {
     pub fn excess(&self) -> Vec<&str> {
         self.granted.iter().filter(|g| !self.requested.contains(g)).map(String::as_str).collect()
     }
+
+    /// The same, as a set (what a change of excess is judged by).
+    pub fn excess_set(&self) -> std::collections::BTreeSet<&str> {
+        self.excess().into_iter().collect()
+    }
 }
 
 /// Space-separated scope-tokens (RFC 6749 §3.3), the valid ones only, without repeats.
@@ -58,10 +61,7 @@ fn keep<'a>(names: impl Iterator<Item = &'a str>) -> Vec<String> {
 
 /// The `scope` (a string, or a list) or `scp` claim of a JWT, unverified.
 fn jwt_claim(token: &str) -> Option<Vec<String>> {
-    let mut parts = token.split('.');
-    let (_, payload, _) = (parts.next()?, parts.next()?, parts.next()?);
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&raw).ok()?;
+    let v = super::authority::jwt_claims(token)?;
     let claim = v.get("scope").or_else(|| v.get("scp"))?;
     match claim {
         serde_json::Value::String(s) => Some(split(s)),
@@ -73,6 +73,7 @@ fn jwt_claim(token: &str) -> Option<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
 
     fn req(s: &[&str]) -> Vec<String> {
         s.iter().map(|x| x.to_string()).collect()

@@ -16,12 +16,12 @@ fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
     let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate().take(n - 1) {
-            width[i] = width[i].max(super::suggest::printable(c).len());
+            width[i] = width[i].max(super::printable(c).len());
         }
     }
     for r in std::iter::once(&header.iter().map(|h| h.to_string()).collect::<Vec<_>>()).chain(rows) {
         let mut line = String::new();
-        for (i, c) in r.iter().map(|c| super::suggest::printable(c)).enumerate() {
+        for (i, c) in r.iter().map(|c| super::printable(c)).enumerate() {
             if i + 1 < n {
                 let _ = write!(line, "{c:<w$}  ", w = width[i]);
             } else {

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::net::IpAddr;
 
-use super::{Inventory, Kind};
+use super::{printable, Inventory, Kind};
 use crate::policy::PathGlob;
 
 /// Folded path -> the methods seen on it.
@@ -137,16 +137,6 @@ fn notes(out: &mut String, h: &Host<'_>, indent: &str) {
             "{indent}# not drafted: {} (a path with `*` or a character outside printable ASCII cannot be written literally)",
             printable(path)
         );
-    }
-}
-
-/// Printable ASCII only (anything else shown as `?`): what goes into a comment or a table cell
-/// can never end the line or carry a terminal escape.
-pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
-    if s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-        std::borrow::Cow::Borrowed(s)
-    } else {
-        std::borrow::Cow::Owned(s.chars().map(|c| if (' '..='~').contains(&c) { c } else { '?' }).collect())
     }
 }
 

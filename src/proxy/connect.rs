@@ -9,7 +9,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use super::record::{audit_request, AgentCreds, Audited, RequestEvent};
+use super::record::{audit_head, audit_request, AgentCreds, Audited, RequestEvent};
 use super::relay::{relay, ConnGuard};
 use super::request::Served;
 use super::target::{Pinned, Target};
@@ -63,9 +63,7 @@ pub async fn handle(
                 let private = policy.private_allowed(None, &target.host, target.port);
                 return tunnel(shared, live, guard, req, target, None, private, event).await;
             }
-            let agent = AgentCreds::capture(req.headers());
-            let a = Audited { method: req.method(), target: &target, tool: None, route: None, agent: &agent };
-            audit_request(shared, live, RequestEvent::Denied(why.code()), a);
+            audit_head(shared, live, RequestEvent::Denied(why.code()), &req, &target, None);
             (None, Err(ProxyError::RouteDenied(msg)))
         }
     }
@@ -139,15 +137,11 @@ async fn intercept(
         Err(e) => {
             shared.metrics.tls_interceptions.with_label_values(&["mint_error"]).inc();
             tracing::error!(host = %target.host, error = %e, "no leaf certificate for an intercepted host");
-            let agent = AgentCreds::capture(req.headers());
-            let a = Audited { method: req.method(), target: &target, tool: None, route: None, agent: &agent };
-            audit_request(shared, live, RequestEvent::Denied("no_certificate"), a);
+            audit_head(shared, live, RequestEvent::Denied("no_certificate"), &req, &target, None);
             return (None, Err(ProxyError::RouteDenied("no certificate can be made for this host")));
         }
     };
-    let agent = AgentCreds::capture(req.headers());
-    let a = Audited { method: req.method(), target: &target, tool: None, route: None, agent: &agent };
-    audit_request(shared, live, RequestEvent::Forwarded(None), a);
+    audit_head(shared, live, RequestEvent::Forwarded(None), &req, &target, None);
     let pinned = Arc::new(Pinned { host: target.host, port: target.port });
     let (shared, guard) = (shared.clone(), guard.clone());
     tokio::spawn(async move {

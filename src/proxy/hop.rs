@@ -55,6 +55,19 @@ fn is_websocket(h: &HeaderMap) -> bool {
         && h.get(UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
 }
 
+/// Send a request upstream and wait (at most `limit`) for the response head; a failure is the
+/// error credproxy answers with.
+pub async fn send(
+    client: &crate::outbound::Client,
+    req: Request<crate::body::UpstreamBody>,
+    limit: Duration,
+) -> Result<Response<Incoming>, crate::error::ProxyError> {
+    match tokio::time::timeout(limit, client.request(req)).await {
+        Err(_) => Err(crate::error::ProxyError::UpstreamTimeout),
+        Ok(r) => r.map_err(|e| crate::outbound::client_error(&e)),
+    }
+}
+
 /// Make an upstream's answer the agent's: relay an accepted upgrade, else drop hop-by-hop
 /// fields; never pass on a `credproxy-error` the upstream set; answer in the agent's version.
 pub fn to_agent(

@@ -133,7 +133,7 @@ fn with_param(query: Option<&str>, param: &str, value: &str) -> String {
 }
 
 /// Percent-decode with `+` as a space, as forms do (a malformed escape stays as it is).
-fn decode(s: &str) -> std::borrow::Cow<'_, [u8]> {
+pub(super) fn decode(s: &str) -> std::borrow::Cow<'_, [u8]> {
     if !s.contains(['%', '+']) {
         return std::borrow::Cow::Borrowed(s.as_bytes());
     }

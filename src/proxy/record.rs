@@ -7,11 +7,12 @@ use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, COOKIE};
 use http::Method;
 use serde_json::{json, Value};
 
+use super::inject::decode;
 use super::target::Target;
 use crate::digest::Keyed;
+use crate::error::ProxyError;
 use crate::fields;
-use crate::policy::path::percent_decode;
-use crate::policy::{AuditRequests, AuditSettings, Mode};
+use crate::policy::{AuditRequests, AuditSettings};
 use crate::state::{Live, Shared};
 
 static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
@@ -105,15 +106,14 @@ impl AgentCreds {
         if !audit.credential_query_params.is_empty() {
             for pair in query.unwrap_or("").split('&') {
                 let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                let k = percent_decode(k.replace('+', " ").as_bytes());
-                if let Some(name) = audit.credential_query_params.iter().find(|n| n.as_bytes() == k) {
+                let k = decode(k);
+                if let Some(name) = audit.credential_query_params.iter().find(|n| n.as_bytes() == &*k) {
                     if list.full() {
                         // No more work for a query stuffed with keys.
                         list.truncated = true;
                         break;
                     }
-                    let value = percent_decode(v.replace('+', " ").as_bytes());
-                    list.add(json!({"in": "query", "name": name, "fingerprint": keyed.fingerprint(&value)}));
+                    list.add(json!({"in": "query", "name": name, "fingerprint": keyed.fingerprint(&decode(v))}));
                 }
             }
         }
@@ -145,6 +145,16 @@ impl Listed {
     }
 }
 
+/// The denial reason of an upstream error that is the address check refusing the connection
+/// (credproxy's own listener, or a private address the route does not allow).
+pub(super) fn refusal(err: &ProxyError) -> Option<&'static str> {
+    match err {
+        ProxyError::LoopDetected => Some("loop_detected"),
+        ProxyError::RouteDenied(_) => Some("private_address"),
+        _ => None,
+    }
+}
+
 /// A request audit event, with what only that kind carries.
 pub(super) enum RequestEvent<'a> {
     /// `request.denied`, with its reason code: audited unless `audit.requests: none`.
@@ -171,14 +181,24 @@ pub(super) struct Audited<'a> {
     pub agent: &'a AgentCreds,
 }
 
+/// Emit an event about a request whose head still holds what the agent sent (refused before
+/// anything was stripped), naming no route.
+pub(super) fn audit_head(
+    shared: &Shared,
+    live: &Live,
+    event: RequestEvent<'_>,
+    req: &http::Request<hyper::body::Incoming>,
+    target: &Target,
+    tool: Option<&str>,
+) {
+    let agent = AgentCreds::capture(req.headers());
+    audit_request(shared, live, event, Audited { method: req.method(), target, tool, route: None, agent: &agent });
+}
+
 /// Emit a request audit event if the policy's `audit.requests` level asks for it.
 pub(super) fn audit_request(shared: &Shared, live: &Live, event: RequestEvent<'_>, a: Audited<'_>) {
     let (method, t) = (a.method, a.target);
-    // Report mode records every request: what it would deny is the point of it.
-    let level = match live.policy.mode {
-        Mode::Report => AuditRequests::All,
-        Mode::Enforce => live.policy.audit.requests,
-    };
+    let level = live.policy.audited_requests();
     let wanted = match event {
         RequestEvent::Denied(_) => level != AuditRequests::None,
         RequestEvent::Forwarded(_) | RequestEvent::WouldDeny(..) => level == AuditRequests::All,

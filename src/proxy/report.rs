@@ -11,12 +11,11 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 use super::hop::{to_agent, Outgoing};
-use super::record::{audit_request, AgentCreds, Audited, RequestEvent};
+use super::record::{audit_request, refusal, AgentCreds, Audited, RequestEvent};
 use super::relay::ConnGuard;
 use super::request::{Served, TOOL_HEADER};
 use super::target::Target;
 use crate::body::{Body, UpstreamBody};
-use crate::error::ProxyError;
 use crate::metrics::Outcome;
 use crate::state::{Live, Shared};
 
@@ -43,25 +42,17 @@ pub(super) async fn forward(
     let limits = &live.policy.limits;
     let private = live.policy.private_allowed(Some(target.scheme), &target.host, target.port);
     let client = live.unlisted_client(&shared.upstreams, (target.scheme, private), websocket, limits.idle_timeout);
-    let sent = tokio::time::timeout(
-        limits.response_header_timeout,
-        client.request(Request::from_parts(parts, UpstreamBody::new(body, None))),
-    )
-    .await;
+    let req = Request::from_parts(parts, UpstreamBody::new(body, None));
+    let sent = super::hop::send(client, req, limits.response_header_timeout).await;
     let a = || Audited { method: &method, target: &target, tool: name, route: None, agent: &agent };
-    let sent = match sent {
-        Err(_) => Err(ProxyError::UpstreamTimeout),
-        Ok(r) => r.map_err(|e| crate::outbound::client_error(&e)),
-    };
     let mut resp: Response<Incoming> = match sent {
         Ok(r) => r,
         Err(err) => {
             // Refused by the address check: a denial. Any other failure is recorded as a
             // would-deny with its error: the request (its body too) may well have gone out.
-            let event = match err {
-                ProxyError::LoopDetected => RequestEvent::Denied("loop_detected"),
-                ProxyError::RouteDenied(_) => RequestEvent::Denied("private_address"),
-                _ => RequestEvent::WouldDeny(reason, Some(err.parts().1)),
+            let event = match refusal(&err) {
+                Some(why) => RequestEvent::Denied(why),
+                None => RequestEvent::WouldDeny(reason, Some(err.parts().1)),
             };
             audit_request(shared, live, event, a());
             return (tool, Err(err));

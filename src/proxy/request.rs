@@ -11,13 +11,13 @@ use secrecy::ExposeSecret;
 
 use super::hop::{to_agent, Outgoing};
 use super::inject::{after_401, is_idempotent, scrub_response, strip_and_inject, upstream_uri};
-use super::record::{audit_request, AgentCreds, Audited, RequestEvent};
+use super::record::{audit_head, audit_request, refusal, AgentCreds, Audited, RequestEvent};
 use super::relay::ConnGuard;
 use super::target::{Pinned, Target};
 use crate::body::{Body, UpstreamBody};
 use crate::error::ProxyError;
 use crate::metrics::Outcome;
-use crate::policy::{Action, Destination, Inject, Mode};
+use crate::policy::{Action, AuditRequests, Destination, Inject, Mode};
 use crate::state::{Live, Shared};
 
 /// Longest request target accepted.
@@ -100,9 +100,7 @@ async fn serve(
             if let (ProxyError::Misdirected, Some(pin)) = (&e, pinned) {
                 // Probing other hosts through a tunnel leaves a record, as a denial does.
                 let t = Target::https(pin.host.clone(), pin.port, req.uri().path().to_string(), None);
-                let agent = AgentCreds::capture(req.headers());
-                let a = Audited { method: req.method(), target: &t, tool: None, route: None, agent: &agent };
-                audit_request(shared, live, RequestEvent::Denied("misdirected"), a);
+                audit_head(shared, live, RequestEvent::Denied("misdirected"), &req, &t, None);
             }
             return (None, Err(e));
         }
@@ -183,9 +181,7 @@ fn deny(
     message: &'static str,
 ) -> Served {
     let name = tool.map(|t| live.policy.tools[t].name.as_str());
-    let agent = AgentCreds::capture(req.headers());
-    let a = Audited { method: req.method(), target, tool: name, route: None, agent: &agent };
-    audit_request(shared, live, RequestEvent::Denied(code), a);
+    audit_head(shared, live, RequestEvent::Denied(code), req, target, name);
     (tool, Err(ProxyError::RouteDenied(message)))
 }
 
@@ -203,8 +199,12 @@ async fn forward(
     let policy = &live.policy;
     let spec = &policy.tools[tool];
     let rt = &live.tools[tool];
-    // Held (without a copy) for the audit event, which names what the agent sent.
-    let agent = AgentCreds::capture(req.headers());
+    // Held (without a copy) for the audit event, which names what the agent sent; nothing to
+    // hold when no request event can be written.
+    let agent = match policy.audited_requests() {
+        AuditRequests::None => AgentCreds::default(),
+        _ => AgentCreds::capture(req.headers()),
+    };
     let Outgoing { mut parts, body, websocket, agent_upgrade, agent_version } = Outgoing::from_agent(req);
     let method = parts.method.clone();
     let credential = rt.slot.as_deref().map(|slot| (slot, &spec.inject));
@@ -229,13 +229,7 @@ async fn forward(
     let upstream_req = Request::from_parts(parts, UpstreamBody::new(body, strip_trailers));
     let client = rt.client(&shared.upstreams, spec, route, websocket, policy.limits.idle_timeout);
     let limit = policy.limits.response_header_timeout;
-    let send = |req| async move {
-        match tokio::time::timeout(limit, client.request(req)).await {
-            Err(_) => Err(ProxyError::UpstreamTimeout),
-            Ok(Err(e)) => Err(crate::outbound::client_error(&e)),
-            Ok(Ok(r)) => Ok(r),
-        }
-    };
+    let send = |req| super::hop::send(client, req, limit);
     let mut result = send(upstream_req).await;
     let mut token = token;
     let unauthorized = matches!(&result, Ok(r) if r.status() == StatusCode::UNAUTHORIZED);
@@ -249,12 +243,7 @@ async fn forward(
     let mut resp = match result {
         Ok(r) => r,
         Err(err) => {
-            let reason = match err {
-                ProxyError::LoopDetected => Some("loop_detected"),
-                ProxyError::RouteDenied(_) => Some("private_address"),
-                _ => None,
-            };
-            if let Some(reason) = reason {
+            if let Some(reason) = refusal(&err) {
                 let a = Audited {
                     method: &method,
                     target: &target,
