@@ -64,7 +64,7 @@ pub fn unix(t: SystemTime) -> Duration {
 pub fn unit_random() -> f64 {
     let mut b = [0u8; 8];
     // The system RNG does not fail on supported platforms; 0.5 (no jitter) if it ever did.
-    if aws_lc_rs::rand::fill(&mut b).is_err() {
+    if getrandom::fill(&mut b).is_err() {
         return 0.5;
     }
     (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64

@@ -35,7 +35,7 @@ impl Keyed {
     /// A random key: fingerprints then match only within this process.
     pub fn random() -> Self {
         let mut key = [0u8; 32];
-        aws_lc_rs::rand::fill(&mut key).expect("the system random source works");
+        getrandom::fill(&mut key).expect("the system random source works");
         Keyed::new(&key)
     }
 

@@ -109,6 +109,7 @@ pub async fn start_with(config_path: PathBuf, overrides: Overrides, clock: Clock
         tokio::spawn(crate::tls::renewals(Arc::downgrade(&tls)));
         let _ = shared.tls.set(tls);
     }
+    seed_rng_in_background();
     let (shutdown, rx) = watch::channel(false);
     let (hard_stop, stop_rx) = watch::channel(false);
     let (connections, open) = crate::proxy::relay::tracker();
@@ -123,6 +124,21 @@ pub async fn start_with(config_path: PathBuf, overrides: Overrides, clock: Clock
         crate::state::announce_mode(crate::policy::Mode::Report);
     }
     Ok(Running { proxy_addr: own[0], admin_addr: own[1], control: control_addr, shared, shutdown, hard_stop, open })
+}
+
+/// aws-lc seeds its random generator from CPU jitter on first use, tens of milliseconds of CPU:
+/// do that once now on a thread of the idle scheduling class, so that neither start nor the
+/// first TLS handshake (on the request path) waits for it.
+fn seed_rng_in_background() {
+    let _ = std::thread::Builder::new().name("rng-seed".into()).spawn(|| {
+        // SAFETY: sched_setscheduler(0, …) changes the calling thread's class and reads `param` only.
+        #[cfg(target_os = "linux")]
+        unsafe {
+            let param = libc::sched_param { sched_priority: 0 };
+            libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
+        }
+        let _ = aws_lc_rs::rand::fill(&mut [0u8; 1]);
+    });
 }
 
 impl Running {
