@@ -4,9 +4,11 @@
 
 mod clients;
 mod guard;
+mod owned;
 
 pub use clients::{Client, ClientCert, ClientOpts, TokenClient, Upstreams};
 pub use guard::{connect_guarded, interface_addresses, is_private, ConnectSettings, Deadline, Guarded};
+pub use owned::Held;
 
 use crate::error::ProxyError;
 
@@ -49,6 +51,21 @@ impl From<&ConnectError> for ProxyError {
 /// What an upstream client error means: a refused address, a TLS failure, a timeout, or an
 /// unreachable upstream (walks the error chain, through `io::Error` wrappers).
 pub fn client_error(e: &hyper_util::client::legacy::Error) -> ProxyError {
+    let fallback = if e.is_connect() { "connect failed" } else { "the upstream closed the connection" };
+    classify(e, fallback)
+}
+
+/// A connector's error, read as [`client_error`] reads it.
+fn connect_error(e: &(dyn std::error::Error + 'static)) -> ProxyError {
+    classify(e, "connect failed")
+}
+
+/// An error on an open upstream connection, read as [`client_error`] reads it.
+fn send_error(e: &hyper::Error) -> ProxyError {
+    classify(e, "the upstream closed the connection")
+}
+
+fn classify(e: &(dyn std::error::Error + 'static), fallback: &str) -> ProxyError {
     let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = src {
         if let Some(c) = s.downcast_ref::<ConnectError>() {
@@ -63,9 +80,5 @@ pub fn client_error(e: &hyper_util::client::legacy::Error) -> ProxyError {
             None => s.source(),
         };
     }
-    ProxyError::UpstreamUnreachable(if e.is_connect() {
-        "connect failed".into()
-    } else {
-        "the upstream closed the connection".into()
-    })
+    ProxyError::UpstreamUnreachable(fallback.into())
 }

@@ -33,7 +33,8 @@ pub fn http1_builder(limits: &Limits) -> http1::Builder {
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .max_headers(limits.max_headers)
-        .keep_alive(true);
+        .keep_alive(true)
+        .writev(false);
     b
 }
 

@@ -15,8 +15,30 @@ use rustls_pki_types::CertificateDer;
 use super::guard::{ConnectSettings, Deadline, Guarded};
 use crate::body::UpstreamBody;
 
-/// A pooled upstream client.
-pub type Client = HyperClient<Deadline<HttpsConnector<Guarded>>, UpstreamBody>;
+/// How upstream connections are opened: resolve, address check, TLS, all under one deadline.
+pub(super) type Connector = Deadline<HttpsConnector<Guarded>>;
+
+/// An upstream client for one tool and its TLS settings: the connector agent connections open
+/// their own connections with ([`super::Held`]), and a pool for upgrades and report mode's
+/// unlisted destinations.
+#[derive(Clone)]
+pub struct Client(pub(super) Arc<ClientInner>);
+
+pub(super) struct ClientInner {
+    pub(super) pooled: HyperClient<Connector, UpstreamBody>,
+    pub(super) connector: Connector,
+    /// Connections agent connections left behind, for the next ones to take.
+    pub(super) parked: Mutex<super::owned::Parked>,
+    /// How long a parked connection waits (the pool's idle timeout).
+    pub(super) idle: Duration,
+}
+
+impl Client {
+    /// Send `req` through the pool.
+    pub fn request(&self, req: http::Request<UpstreamBody>) -> hyper_util::client::legacy::ResponseFuture {
+        self.0.pooled.request(req)
+    }
+}
 /// The client token endpoints are called with.
 pub type TokenClient = HyperClient<Deadline<HttpsConnector<Guarded>>, http_body_util::Full<bytes::Bytes>>;
 
@@ -98,11 +120,13 @@ impl Upstreams {
     }
 
     fn build(&self, ca: &[CertificateDer<'static>], cert: Option<&ClientCert>, opts: ClientOpts) -> Client {
-        HyperClient::builder(TokioExecutor::new())
+        let connector = self.connector(ca, cert, opts);
+        let pooled = HyperClient::builder(TokioExecutor::new())
             .pool_idle_timeout(opts.idle)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
-            .build(self.connector(ca, cert, opts))
+            .build(connector.clone());
+        Client(Arc::new(ClientInner { pooled, connector, parked: Mutex::default(), idle: opts.idle }))
     }
 
     /// A client for token endpoints (trusted configuration: private addresses allowed), with

@@ -56,16 +56,21 @@ fn is_websocket(h: &HeaderMap) -> bool {
 }
 
 /// Send a request upstream and wait (at most `limit`) for the response head; a failure is the
-/// error credproxy answers with.
+/// error credproxy answers with. With `held`, on the upstream connection the agent connection
+/// keeps (opening one if need be); without, through the client's pool (upgrades, report mode).
 pub async fn send(
     client: &crate::outbound::Client,
+    held: Option<&crate::outbound::Held>,
     req: Request<crate::body::UpstreamBody>,
     limit: Duration,
 ) -> Result<Response<Incoming>, crate::error::ProxyError> {
-    match tokio::time::timeout(limit, client.request(req)).await {
-        Err(_) => Err(crate::error::ProxyError::UpstreamTimeout),
-        Ok(r) => r.map_err(|e| crate::outbound::client_error(&e)),
-    }
+    let sent = async {
+        match held {
+            Some(held) => client.send_held(held, req).await,
+            None => client.request(req).await.map_err(|e| crate::outbound::client_error(&e)),
+        }
+    };
+    tokio::time::timeout(limit, sent).await.unwrap_or(Err(crate::error::ProxyError::UpstreamTimeout))
 }
 
 /// Make an upstream's answer the agent's: relay an accepted upgrade, else drop hop-by-hop
@@ -95,16 +100,16 @@ pub fn to_agent(
 
 /// Hop-by-hop fields (RFC 9110 §7.6.1) plus the proxy's own, removed in both directions.
 /// `Trailer` is end-to-end (it announces the trailer fields; hyper sends only those announced).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "transfer-encoding",
-    "upgrade",
-    "http2-settings",
+static HOP_BY_HOP: [HeaderName; 9] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::TE,
+    http::header::TRANSFER_ENCODING,
+    UPGRADE,
+    HeaderName::from_static("http2-settings"),
 ];
 
 /// The comma-separated tokens of every `Connection` field, trimmed.
@@ -114,6 +119,10 @@ pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 
 /// Remove hop-by-hop fields, including every field named in `Connection`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // One look at the names first: most messages carry none, and a removal hashes its name.
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     if headers.contains_key(CONNECTION) {
         let named: Vec<HeaderName> =
             connection_tokens(headers).filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok()).collect();
@@ -121,14 +130,29 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(&name);
         }
     }
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hop_by_hop_fields_go_without_connection_and_the_rest_stays() {
+        let mut h = HeaderMap::new();
+        h.insert("te", "trailers".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
+        let mut h = HeaderMap::new();
+        h.insert("x-kept", "1".parse().unwrap());
+        h.insert("host", "a".parse().unwrap());
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2);
+    }
 
     #[test]
     fn hop_by_hop_removes_connection_named_fields() {

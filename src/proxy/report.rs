@@ -43,7 +43,7 @@ pub(super) async fn forward(
     let private = live.policy.private_allowed(Some(target.scheme), &target.host, target.port);
     let client = live.unlisted_client(&shared.upstreams, (target.scheme, private), websocket, limits.idle_timeout);
     let req = Request::from_parts(parts, UpstreamBody::new(body, None));
-    let sent = super::hop::send(client, req, limits.response_header_timeout).await;
+    let sent = super::hop::send(client, None, req, limits.response_header_timeout).await;
     let a = || Audited { method: &method, target: &target, tool: name, route: None, agent: &agent };
     let mut resp: Response<Incoming> = match sent {
         Ok(r) => r,

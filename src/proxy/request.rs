@@ -17,6 +17,7 @@ use super::target::{Pinned, Target};
 use crate::body::{Body, UpstreamBody};
 use crate::error::ProxyError;
 use crate::metrics::Outcome;
+use crate::outbound::Held;
 use crate::policy::{Action, AuditRequests, Destination, Inject, Mode};
 use crate::state::{Live, Shared};
 
@@ -29,20 +30,27 @@ pub(super) static TOOL_HEADER: http::HeaderName = http::HeaderName::from_static(
 /// CONNECT that opens an intercepted tunnel, whose inner requests are counted one by one).
 pub(super) type Served = (Option<usize>, Result<(Response<Body>, Option<Outcome>), ProxyError>);
 
+/// The agent connection a request came on.
+#[derive(Clone, Copy)]
+pub struct Conn<'a> {
+    /// The agent's address.
+    pub peer: SocketAddr,
+    /// Its hold on the connection limits.
+    pub guard: &'a Arc<ConnGuard>,
+    /// Set inside an intercepted CONNECT: every request goes to its authority.
+    pub pinned: Option<&'a Pinned>,
+    /// The upstream connection it keeps between requests.
+    pub held: &'a Held,
+}
+
 /// Serve one request from an agent; never fails (errors become credproxy's own responses).
-pub async fn handle(
-    shared: Arc<Shared>,
-    peer: SocketAddr,
-    guard: &Arc<ConnGuard>,
-    pinned: Option<&Pinned>,
-    req: Request<Incoming>,
-) -> Response<Body> {
+pub async fn handle(shared: Arc<Shared>, conn: Conn<'_>, req: Request<Incoming>) -> Response<Body> {
     let start = Instant::now();
     let live = shared.live.load_full();
     // After a refused CONNECT the agent may already have sent tunnel bytes (a TLS ClientHello):
     // never read them as the next request.
     let connect = req.method() == Method::CONNECT;
-    let (tool, result) = serve(&shared, &live, peer, guard, pinned, req).await;
+    let (tool, result) = serve(&shared, &live, conn, req).await;
     let rt = tool.map(|i| &live.tools[i]);
     let metrics = rt.map_or(&shared.no_tool, |t| &t.metrics);
     let elapsed = start.elapsed().as_secs_f64();
@@ -64,14 +72,8 @@ pub async fn handle(
     }
 }
 
-async fn serve(
-    shared: &Arc<Shared>,
-    live: &Live,
-    peer: SocketAddr,
-    guard: &Arc<ConnGuard>,
-    pinned: Option<&Pinned>,
-    req: Request<Incoming>,
-) -> Served {
+async fn serve(shared: &Arc<Shared>, live: &Live, conn: Conn<'_>, req: Request<Incoming>) -> Served {
+    let Conn { peer, guard, pinned, .. } = conn;
     let policy = &live.policy;
     // Inside an intercepted tunnel the CONNECT that opened it was authenticated.
     if let (Some(secret), None) = (&policy.listen.proxy_auth, pinned) {
@@ -83,7 +85,8 @@ async fn serve(
         if pinned.is_some() {
             return (None, Err(ProxyError::BadRequest("CONNECT inside an intercepted tunnel")));
         }
-        return super::connect::handle(shared, live, peer, guard, req).await;
+        // Boxed, as the branches below: each request's future is only as large as its common path.
+        return Box::pin(super::connect::handle(shared, live, peer, guard, req)).await;
     }
     // Framing is hyper's: CL+TE is read as chunked, Content-Length dropped and the connection
     // closed after the response; conflicting Content-Lengths get hyper's own 400
@@ -148,7 +151,7 @@ async fn serve(
         return deny(shared, live, &req, &target, t, decision.reason.code(), decision.reason.message());
     };
     // Boxed: the forwarding future is large, and hyper moves the request future into place.
-    let forwarded = Box::pin(forward(shared, live, peer, guard, req, target, tool, route)).await;
+    let forwarded = Box::pin(forward(shared, live, conn, req, target, tool, route)).await;
     (Some(tool), forwarded.map(|(resp, outcome)| (resp, Some(outcome))))
 }
 
@@ -185,12 +188,10 @@ fn deny(
     (tool, Err(ProxyError::RouteDenied(message)))
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn forward(
     shared: &Shared,
     live: &Live,
-    peer: SocketAddr,
-    guard: &Arc<ConnGuard>,
+    conn: Conn<'_>,
     req: Request<Incoming>,
     target: Target,
     tool: usize,
@@ -229,7 +230,9 @@ async fn forward(
     let upstream_req = Request::from_parts(parts, UpstreamBody::new(body, strip_trailers));
     let client = rt.client(&shared.upstreams, spec, route, websocket, policy.limits.idle_timeout);
     let limit = policy.limits.response_header_timeout;
-    let send = |req| super::hop::send(client, req, limit);
+    // An upgrade takes its connection away for good: it goes through the pool.
+    let held = (!websocket).then_some(conn.held);
+    let send = |req| super::hop::send(client, held, req, limit);
     let mut result = send(upstream_req).await;
     let mut token = token;
     let unauthorized = matches!(&result, Ok(r) if r.status() == StatusCode::UNAUTHORIZED);
@@ -256,14 +259,14 @@ async fn forward(
             return Err(err);
         }
     };
-    to_agent(&mut resp, agent_upgrade, agent_version, guard, policy.limits.idle_timeout);
+    to_agent(&mut resp, agent_upgrade, agent_version, conn.guard, policy.limits.idle_timeout);
     if let (Inject::Query { param }, Some(t)) = (&spec.inject, &token) {
         scrub_response(resp.headers_mut(), param, t);
     }
     let credential_id = token.as_ref().map(|t| t.fingerprint.as_str());
     let a = Audited { method: &method, target: &target, tool: Some(&spec.name), route: Some(route), agent: &agent };
     audit_request(shared, live, RequestEvent::Forwarded(credential_id), a);
-    tracing::trace!(%peer, tool = %spec.name, status = resp.status().as_u16(), "forwarded");
+    tracing::trace!(peer = %conn.peer, tool = %spec.name, status = resp.status().as_u16(), "forwarded");
     let outcome = if rt.slot.is_some() { Outcome::Injected } else { Outcome::Passthrough };
     Ok((resp.map(Body::Upstream), outcome))
 }

@@ -14,6 +14,7 @@ use tower_http::sensitive_headers::{SetSensitiveRequestHeadersLayer, SetSensitiv
 use super::relay::ConnGuard;
 use super::target::Pinned;
 use crate::body::Body;
+use crate::outbound::Held;
 use crate::state::Shared;
 
 /// Request headers whose values are marked sensitive before anything can log them.
@@ -37,9 +38,14 @@ pub fn proxy_service(
 ) -> TowerToHyperService<
     impl tower::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible, Future = impl Send> + Clone,
 > {
+    // The upstream connection this agent connection keeps between its requests.
+    let held = Arc::new(Held::default());
     let handler = tower::service_fn(move |req: Request<Incoming>| {
-        let (shared, guard, pinned) = (shared.clone(), guard.clone(), pinned.clone());
-        async move { Ok::<_, Infallible>(super::request::handle(shared, peer, &guard, pinned.as_deref(), req).await) }
+        let (shared, guard, pinned, held) = (shared.clone(), guard.clone(), pinned.clone(), held.clone());
+        async move {
+            let conn = super::request::Conn { peer, guard: &guard, pinned: pinned.as_deref(), held: &held };
+            Ok::<_, Infallible>(super::request::handle(shared, conn, req).await)
+        }
     });
     let svc = ServiceBuilder::new()
         .layer(SetSensitiveRequestHeadersLayer::new(sensitive_request_headers()))

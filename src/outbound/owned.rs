@@ -1,0 +1,296 @@
+//! Upstream connections owned by one agent connection: taken (or opened through the client's
+//! guarded connector) on its first request, kept for its next requests to the same client (tool
+//! and TLS settings) and authority, used by no other agent connection meanwhile, and parked
+//! with the client when the agent connection ends, for the next agent connection to take (until
+//! the idle timeout). Per request: no pool checkout, no lock shared across connections, no
+//! connector or executor clone. Only an unsent request is retried (on a fresh connection, when a
+//! kept one turns out to be closed).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, Weak};
+
+use http::header::{HeaderValue, HOST};
+use http::uri::Authority;
+use http::{Method, Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::client::legacy::connect::Connection;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tower::ServiceExt;
+
+use super::clients::{Client, ClientInner};
+use crate::body::UpstreamBody;
+use crate::error::ProxyError;
+
+/// The upstream connection one agent connection keeps between its requests (at most one);
+/// parked with its client when the agent connection ends.
+#[derive(Default)]
+pub struct Held(Mutex<Option<Owned>>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(owned) = self.0.get_mut().unwrap_or_else(|e| e.into_inner()).take() {
+            park(owned);
+        }
+    }
+}
+
+/// Connections parked with one client, oldest first, and whether a sweeper is closing them as
+/// they reach the idle timeout.
+#[derive(Default)]
+pub(super) struct Parked {
+    conns: VecDeque<ParkedConn>,
+    sweeping: bool,
+}
+
+struct ParkedConn {
+    https: bool,
+    authority: Authority,
+    sender: Sender,
+    since: tokio::time::Instant,
+}
+
+/// Most connections parked per client; the oldest goes first.
+const MAX_PARKED: usize = 64;
+
+/// A kept connection and what it may be used for.
+struct Owned {
+    /// Its client: the tool and TLS settings it was opened with (held, so never confused with
+    /// a later client at the same address).
+    client: Arc<ClientInner>,
+    https: bool,
+    authority: Authority,
+    sender: Sender,
+}
+
+enum Sender {
+    H1(http1::SendRequest<UpstreamBody>),
+    H2(http2::SendRequest<UpstreamBody>),
+}
+
+impl Held {
+    /// The kept connection if it was opened by `client` to `https`://`authority`; any other
+    /// is closed (an agent connection keeps one upstream connection, the one it used last).
+    fn take(&self, client: &Client, https: bool, authority: &Authority) -> Option<Sender> {
+        // Locked only by this agent connection's own requests, one at a time: never contended.
+        let owned = self.0.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+        let same = Arc::ptr_eq(&owned.client, &client.0) && owned.https == https && owned.authority == *authority;
+        same.then_some(owned.sender)
+    }
+
+    fn keep(&self, owned: Owned) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(owned);
+    }
+}
+
+impl Client {
+    /// Send `req` (absolute URI, no `Host`) on the connection `held` keeps for this agent
+    /// connection, opening one when it keeps none for this client and authority. A request a
+    /// kept connection closed before taking is sent once more on a new connection; nothing
+    /// that may have reached the upstream is ever sent twice.
+    pub async fn send_held(
+        &self,
+        held: &Held,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let uri = req.uri().clone();
+        let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
+        let Some(authority) = uri.authority().cloned() else {
+            return Err(ProxyError::BadRequest("no authority in the upstream URI"));
+        };
+        let mut reused = held.take(self, https, &authority).or_else(|| self.unpark(https, &authority));
+        loop {
+            let was_reused = reused.is_some();
+            let mut sender = match reused.take() {
+                Some(s) => s,
+                // Boxed: opening is rare and its future large; the request path's stays small.
+                None => Box::pin(self.open(&uri)).await?,
+            };
+            // A kept connection that closed meanwhile has taken nothing: open another.
+            if let Err(e) = sender.ready().await {
+                if was_reused {
+                    continue;
+                }
+                return Err(super::send_error(&e));
+            }
+            sender.prepare(&mut req, &uri);
+            match sender.try_send(req).await {
+                Ok(resp) => {
+                    held.keep(Owned { client: self.0.clone(), https, authority, sender });
+                    return Ok(resp);
+                }
+                Err(mut e) => match e.take_message() {
+                    // Not written to the connection: safe to send on a new one.
+                    Some(back) if was_reused => {
+                        req = back;
+                        *req.uri_mut() = uri.clone();
+                    }
+                    _ => return Err(super::send_error(e.error())),
+                },
+            }
+        }
+    }
+
+    /// A new connection through the guarded connector (address check, deadline, TLS with ALPN),
+    /// driven by a task of its own until it closes or the agent connection lets it go.
+    async fn open(&self, uri: &Uri) -> Result<Sender, ProxyError> {
+        let io = self.0.connector.clone().oneshot(uri.clone()).await.map_err(|e| super::connect_error(&*e))?;
+        if io.connected().is_negotiated_h2() {
+            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await
+                .map_err(|e| super::send_error(&e))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream h2 connection ended with an error");
+                }
+            });
+            Ok(Sender::H2(sender))
+        } else {
+            let (sender, conn) =
+                http1::Builder::new().writev(false).handshake(io).await.map_err(|e| super::send_error(&e))?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream connection ended with an error");
+                }
+            });
+            Ok(Sender::H1(sender))
+        }
+    }
+}
+
+impl Client {
+    /// The most recently parked connection to `https`://`authority`.
+    fn unpark(&self, https: bool, authority: &Authority) -> Option<Sender> {
+        let mut parked = self.0.parked.lock().unwrap_or_else(|e| e.into_inner());
+        let i = parked.conns.iter().rposition(|p| p.https == https && p.authority == *authority)?;
+        parked.conns.remove(i).map(|p| p.sender)
+    }
+}
+
+/// Park a connection its agent connection no longer needs (if it is open, and a runtime is
+/// there to close it at the idle timeout).
+fn park(owned: Owned) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+    if owned.sender.is_closed() || owned.client.idle.is_zero() {
+        return;
+    }
+    let Owned { client, https, authority, sender } = owned;
+    let mut parked = client.parked.lock().unwrap_or_else(|e| e.into_inner());
+    if parked.conns.len() == MAX_PARKED {
+        parked.conns.pop_front();
+    }
+    parked.conns.push_back(ParkedConn { https, authority, sender, since: tokio::time::Instant::now() });
+    if !parked.sweeping {
+        parked.sweeping = true;
+        runtime.spawn(sweep(Arc::downgrade(&client)));
+    }
+}
+
+/// Close parked connections as they reach the idle timeout; ends when none is left (so an idle
+/// proxy has no timer armed).
+async fn sweep(client: Weak<ClientInner>) {
+    loop {
+        let Some(c) = client.upgrade() else { return };
+        let next = {
+            let mut parked = c.parked.lock().unwrap_or_else(|e| e.into_inner());
+            let now = tokio::time::Instant::now();
+            parked.conns.retain(|p| now.duration_since(p.since) < c.idle && !p.sender.is_closed());
+            match parked.conns.front() {
+                Some(p) => p.since + c.idle,
+                None => {
+                    parked.sweeping = false;
+                    return;
+                }
+            }
+        };
+        drop(c);
+        tokio::time::sleep_until(next).await;
+    }
+}
+
+impl Sender {
+    fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_closed(),
+            Sender::H2(s) => s.is_closed(),
+        }
+    }
+
+    async fn ready(&mut self) -> hyper::Result<()> {
+        match self {
+            Sender::H1(s) => s.ready().await,
+            Sender::H2(s) => s.ready().await,
+        }
+    }
+
+    /// HTTP/1.1 wants a `Host` and an origin-form target; h2 takes the absolute URI as is.
+    fn prepare(&self, req: &mut Request<UpstreamBody>, uri: &Uri) {
+        if let Sender::H1(_) = self {
+            if !req.headers().contains_key(HOST) {
+                req.headers_mut().insert(HOST, host_value(uri));
+            }
+            if req.method() != Method::CONNECT {
+                *req.uri_mut() = origin_form(uri);
+            }
+        }
+    }
+
+    async fn try_send(
+        &mut self,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<UpstreamBody>>> {
+        match self {
+            Sender::H1(s) => s.try_send_request(req).await,
+            Sender::H2(s) => s.try_send_request(req).await,
+        }
+    }
+}
+
+/// `host[:port]`, the port left out when it is the scheme's default.
+fn host_value(uri: &Uri) -> HeaderValue {
+    let authority = uri.authority().map_or("", Authority::as_str);
+    let host = uri.host().unwrap_or_default();
+    let default = match uri.port_u16() {
+        None => true,
+        Some(p) => p == if uri.scheme() == Some(&http::uri::Scheme::HTTPS) { 443 } else { 80 },
+    };
+    // The authority has no user-info (targets are built from host and port), so it is the
+    // field as is unless the port is the default.
+    let text = if default { host } else { authority };
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+fn origin_form(uri: &Uri) -> Uri {
+    match uri.path_and_query() {
+        Some(pq) if pq.as_str() != "/" => {
+            let mut parts = http::uri::Parts::default();
+            parts.path_and_query = Some(pq.clone());
+            Uri::from_parts(parts).unwrap_or_default()
+        }
+        _ => Uri::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_field_drops_default_ports_only() {
+        let v = |u: &str| host_value(&u.parse().unwrap());
+        assert_eq!(v("https://api.example.com/x"), "api.example.com");
+        assert_eq!(v("https://api.example.com:443/x"), "api.example.com");
+        assert_eq!(v("http://api.example.com:80/x"), "api.example.com");
+        assert_eq!(v("http://127.0.0.1:8080/x"), "127.0.0.1:8080");
+        assert_eq!(v("https://[::1]:8443/x"), "[::1]:8443");
+        assert_eq!(v("http://api.example.com:443/x"), "api.example.com:443");
+    }
+
+    #[test]
+    fn origin_form_keeps_path_and_query() {
+        assert_eq!(origin_form(&"http://h:1/a/b?c=d".parse().unwrap()), "/a/b?c=d");
+        assert_eq!(origin_form(&"http://h:1".parse().unwrap()), "/");
+    }
+}

@@ -1,0 +1,132 @@
+//! Upstream connections owned by agent connections: kept between one agent connection's
+//! requests, replaced (never re-sent on) when the upstream closes them, parked for the next
+//! agent connection, and closed at the idle timeout.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const TOKEN: &str = "upstream-conn-token";
+
+/// One request on a kept-alive agent connection; the whole response (head and its
+/// `content-length` body) is read, and returned as text.
+async fn request_on(s: &mut TcpStream, path: &str) -> String {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+    let head = String::from_utf8(read_head(s).await).unwrap();
+    let len: usize = header(&head, "content-length").expect("a content-length").parse().unwrap();
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await.unwrap();
+    head + &String::from_utf8_lossy(&body)
+}
+
+fn policy(up: u16, extra: &str) -> String {
+    format!(
+        "version: 1\n{extra}tools:\n  api:\n    upstream: http://127.0.0.1:{up}\n    credential: {{ source: file, path: \"{{dir}}/token\" }}\n    routes: [{{ scheme: http, host: 127.0.0.1, port: {up}, allow_private: true }}]\n"
+    )
+}
+
+async fn connections_active(p: &Proxy) -> f64 {
+    metric(&p.metrics().await, "credproxy_connections_active").expect("the connections gauge")
+}
+
+#[tokio::test]
+async fn an_agent_connection_keeps_its_upstream_connection_and_the_next_one_takes_it_over() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_file(&dir, "token", TOKEN);
+    let p = Proxy::start_in(dir, &policy(up.port(), "")).await;
+    let mut agent = TcpStream::connect(p.addr).await.unwrap();
+    for i in 0..5 {
+        assert_eq!(status(&request_on(&mut agent, &format!("/api/first/{i}")).await), 200);
+    }
+    drop(agent);
+    // The agent connection has ended (and so let its upstream connection go) once the gauge is 0.
+    eventually(async || connections_active(&p).await == 0.0, "the first agent connection to end").await;
+    let mut agent = TcpStream::connect(p.addr).await.unwrap();
+    for i in 0..3 {
+        assert_eq!(status(&request_on(&mut agent, &format!("/api/second/{i}")).await), 200);
+    }
+    let seen = up.requests();
+    assert_eq!(seen.len(), 8);
+    assert!(seen.iter().all(|s| s.conn == 0), "{:?}", seen.iter().map(|s| s.conn).collect::<Vec<_>>());
+    assert!(seen.iter().all(|s| s.headers["authorization"] == format!("Bearer {TOKEN}")));
+    assert_eq!(seen[0].uri, "/first/0");
+    assert_eq!(seen[7].uri, "/second/2");
+    assert_eq!(up.connection_count(), 1);
+    p.shutdown().await;
+}
+
+/// An upstream that answers each request with `connection: close` and closes; counts the
+/// requests it read and the connections it accepted.
+async fn closing_upstream() -> (u16, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (requests, conns) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (r, c) = (requests.clone(), conns.clone());
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            c.fetch_add(1, Ordering::SeqCst);
+            let r = r.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut b = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut b).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&b[..n]),
+                    }
+                }
+                r.fetch_add(1, Ordering::SeqCst);
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok").await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    (port, requests, conns)
+}
+
+#[tokio::test]
+async fn a_connection_the_upstream_closes_is_replaced_and_nothing_is_sent_twice() {
+    let (port, requests, conns) = closing_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_file(&dir, "token", TOKEN);
+    let p = Proxy::start_in(dir, &policy(port, "")).await;
+    let mut agent = TcpStream::connect(p.addr).await.unwrap();
+    for i in 0..3 {
+        let resp = request_on(&mut agent, &format!("/api/{i}")).await;
+        assert_eq!(status(&resp), 200, "{resp}");
+        assert!(resp.ends_with("ok"), "{resp}");
+        // The upstream's `connection: close` is its hop's: the agent's connection stays open.
+        assert_eq!(header(&resp, "connection"), None, "{resp}");
+    }
+    assert_eq!(requests.load(Ordering::SeqCst), 3);
+    assert_eq!(conns.load(Ordering::SeqCst), 3);
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_parked_connection_is_closed_at_the_idle_timeout() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_file(&dir, "token", TOKEN);
+    let p = Proxy::start_in(dir, &policy(up.port(), "limits: { idle_timeout: 1s }\n")).await;
+    let mut agent = TcpStream::connect(p.addr).await.unwrap();
+    assert_eq!(status(&request_on(&mut agent, "/api/x").await), 200);
+    assert_eq!(up.closed.load(Ordering::SeqCst), 0, "closed while the agent connection holds it");
+    drop(agent);
+    eventually_within(
+        Duration::from_secs(20),
+        async || up.closed.load(Ordering::SeqCst) == 1,
+        "the parked upstream connection to be closed",
+    )
+    .await;
+    assert_eq!(up.connection_count(), 1);
+    p.shutdown().await;
+}
