@@ -23,6 +23,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::body::Body;
 use crate::error::ProxyError;
+use crate::outbound::Held;
 use crate::policy::Limits;
 use crate::state::Shared;
 
@@ -83,14 +84,23 @@ pub async fn accept(listener: TcpListener, a: Accept, mut shutdown: watch::Recei
                 .draining_on(shutdown.clone()),
         );
         tokio::spawn(async move {
-            let svc = stack::proxy_service(shared.clone(), peer, guard.clone(), None);
+            // The upstream connections this agent connection opens are driven by this task.
+            let held = Arc::new(Held::driven());
+            let svc = stack::proxy_service(shared.clone(), peer, guard.clone(), None, Some(held.clone()));
             let conn = http1_builder(&limits).serve_connection(TokioIo::new(stream), svc).with_upgrades();
             tokio::pin!(conn);
             tokio::select! {
+                biased;
+                // The upstream first: a response it reads is then there for the agent's side.
+                () = held.drive() => {}
                 r = conn.as_mut() => if let Err(e) = r { tracing::debug!(%peer, error = %e, "agent connection ended with an error") },
                 _ = shutdown.changed() => {
                     conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+                    tokio::select! {
+                        biased;
+                        () = held.drive() => {}
+                        _ = conn.as_mut() => {}
+                    }
                 }
             }
             drop(guard);

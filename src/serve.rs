@@ -127,15 +127,15 @@ pub async fn start_with(config_path: PathBuf, overrides: Overrides, clock: Clock
 }
 
 /// aws-lc seeds its random generator from CPU jitter on first use, tens of milliseconds of CPU:
-/// do that once now on a thread of the idle scheduling class, so that neither start nor the
-/// first TLS handshake (on the request path) waits for it.
+/// do that once now on a thread at the lowest priority, so that neither start nor (most likely)
+/// the first TLS handshake waits for it. Nice 19 rather than the idle class: a handshake that
+/// does meet the seeding blocks until it ends, and the seeding thread must then get the core.
 fn seed_rng_in_background() {
     let _ = std::thread::Builder::new().name("rng-seed".into()).spawn(|| {
-        // SAFETY: sched_setscheduler(0, …) changes the calling thread's class and reads `param` only.
+        // SAFETY: setpriority(PRIO_PROCESS, 0, …) changes the calling thread's nice value only.
         #[cfg(target_os = "linux")]
         unsafe {
-            let param = libc::sched_param { sched_priority: 0 };
-            libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
+            libc::setpriority(libc::PRIO_PROCESS, 0, 19);
         }
         let _ = aws_lc_rs::rand::fill(&mut [0u8; 1]);
     });

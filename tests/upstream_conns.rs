@@ -116,11 +116,14 @@ async fn a_parked_connection_is_closed_at_the_idle_timeout() {
     let up = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     write_file(&dir, "token", TOKEN);
-    let p = Proxy::start_in(dir, &policy(up.port(), "limits: { idle_timeout: 1s }\n")).await;
+    let p = Proxy::start_in(dir, &policy(up.port(), "limits: { idle_timeout: 3s }\n")).await;
     let mut agent = TcpStream::connect(p.addr).await.unwrap();
     assert_eq!(status(&request_on(&mut agent, "/api/x").await), 200);
-    assert_eq!(up.closed.load(Ordering::SeqCst), 0, "closed while the agent connection holds it");
     drop(agent);
+    eventually(async || connections_active(&p).await == 0.0, "the agent connection to end").await;
+    // Parked, not closed, when its agent connection ended...
+    assert_eq!(up.closed.load(Ordering::SeqCst), 0, "closed with its agent connection");
+    // ...and closed once it has waited the idle timeout.
     eventually_within(
         Duration::from_secs(20),
         async || up.closed.load(Ordering::SeqCst) == 1,
@@ -128,5 +131,106 @@ async fn a_parked_connection_is_closed_at_the_idle_timeout() {
     )
     .await;
     assert_eq!(up.connection_count(), 1);
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn alternating_tools_on_one_agent_connection_never_share_and_still_reuse() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_file(&dir, "token", TOKEN);
+    let policy = format!(
+        "version: 1\ntools:\n  a:\n    upstream: http://127.0.0.1:{0}/a\n    credential: {{ source: file, path: \"{{dir}}/token\" }}\n    routes: [{{ scheme: http, host: 127.0.0.1, port: {0}, allow_private: true, paths: [\"/a/**\"] }}]\n  b:\n    upstream: http://127.0.0.1:{0}/b\n    routes: [{{ scheme: http, host: 127.0.0.1, port: {0}, allow_private: true, paths: [\"/b/**\"] }}]\n",
+        up.port()
+    );
+    let p = Proxy::start_in(dir, &policy).await;
+    let mut agent = TcpStream::connect(p.addr).await.unwrap();
+    for i in 0..4 {
+        for tool in ["a", "b"] {
+            assert_eq!(status(&request_on(&mut agent, &format!("/{tool}/{i}")).await), 200);
+        }
+    }
+    let seen = up.requests();
+    assert_eq!(seen.len(), 8);
+    for conn in 0..up.connection_count() {
+        let tools: std::collections::BTreeSet<&str> =
+            seen.iter().filter(|s| s.conn == conn).map(|s| &s.uri[..2]).collect();
+        assert!(tools.len() <= 1, "connection {conn} carried {tools:?}");
+    }
+    // Only tool a's requests carry its credential; b passes through untouched.
+    assert!(seen.iter().all(|s| s.uri.starts_with("/a/") == s.headers.contains_key("authorization")));
+    // The connection a tool's request leaves is parked and taken again by its next one.
+    assert_eq!(up.connection_count(), 2);
+    p.shutdown().await;
+}
+
+/// An upstream that answers `Bearer t1` with a 401 whose chunked body is far larger than
+/// anything buffered on the way, and any other token with `200 ok`; records each token.
+async fn rejecting_upstream() -> (u16, Arc<std::sync::Mutex<Vec<String>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            let seen = s2.clone();
+            tokio::spawn(async move {
+                loop {
+                    let mut buf = Vec::new();
+                    let mut b = [0u8; 1024];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut b).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&b[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&buf).to_lowercase();
+                    let auth = head.lines().find_map(|l| l.strip_prefix("authorization: ")).unwrap_or("").to_string();
+                    seen.lock().unwrap().push(auth.clone());
+                    let reply = if auth == "bearer t1" {
+                        let chunk = format!("{:x}\r\n{}\r\n", 16384, "x".repeat(16384));
+                        format!(
+                            "HTTP/1.1 401 Unauthorized\r\ntransfer-encoding: chunked\r\n\r\n{}0\r\n\r\n",
+                            chunk.repeat(64)
+                        )
+                    } else {
+                        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_string()
+                    };
+                    if s.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, seen)
+}
+
+#[tokio::test]
+async fn a_retry_after_401_does_not_wait_on_the_unread_401() {
+    let (port, seen) = rejecting_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let helper = write_file(
+        &dir,
+        "helper.sh",
+        &format!(
+            "#!/bin/sh\nf={}/count\nn=$(( $(cat $f 2>/dev/null || echo 0) + 1 ))\necho $n > $f\necho \"{{\\\"token\\\": \\\"t$n\\\", \\\"expires_in\\\": 600}}\"\n",
+            dir.path().display()
+        ),
+    );
+    std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let policy = format!(
+        "version: 1\nlimits: {{ response_header_timeout: 10s }}\ntools:\n  api:\n    upstream: http://127.0.0.1:{port}\n    credential: {{ source: exec, command: [\"{}\"] }}\n    routes: [{{ scheme: http, host: 127.0.0.1, port: {port}, allow_private: true }}]\n",
+        helper.display()
+    );
+    let p = Proxy::start_in(dir, &policy).await;
+    p.wait_ready().await;
+    let mut agent = TcpStream::connect(p.addr).await.unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(8), request_on(&mut agent, "/api/x"))
+        .await
+        .expect("the retry answered before response_header_timeout");
+    assert_eq!(status(&resp), 200, "{resp}");
+    assert_eq!(*seen.lock().unwrap(), ["bearer t1", "bearer t2"]);
     p.shutdown().await;
 }

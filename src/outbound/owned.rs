@@ -7,11 +7,14 @@
 //! kept one turns out to be closed).
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
+use std::task::{Poll, Waker};
 
 use http::header::{HeaderValue, HOST};
 use http::uri::Authority;
-use http::{Method, Request, Response, Uri};
+use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::client::legacy::connect::Connection;
@@ -25,11 +28,35 @@ use crate::error::ProxyError;
 /// The upstream connection one agent connection keeps between its requests (at most one);
 /// parked with its client when the agent connection ends.
 #[derive(Default)]
-pub struct Held(Mutex<Option<Owned>>);
+pub struct Held(Mutex<Slot>);
+
+#[derive(Default)]
+struct Slot {
+    owned: Option<Owned>,
+    /// Set when the agent connection's own task drives the connections it opens.
+    driver: Option<Driver>,
+}
+
+/// An upstream connection's I/O, polled by the agent connection's task ([`Held::drive`])
+/// rather than by a task of its own: no wakeup and task switch between the two hops.
+#[derive(Default)]
+struct Driver {
+    conn: Option<ConnFuture>,
+    waker: Option<Waker>,
+}
+
+type ConnFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 impl Drop for Held {
     fn drop(&mut self) {
-        if let Some(owned) = self.0.get_mut().unwrap_or_else(|e| e.into_inner()).take() {
+        let slot = self.0.get_mut().unwrap_or_else(|e| e.into_inner());
+        // Nobody polls it here any more: a task of its own does, for as long as it stays open.
+        if let Some(conn) = slot.driver.as_mut().and_then(|d| d.conn.take()) {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(conn);
+            }
+        }
+        if let Some(owned) = slot.owned.take() {
             park(owned);
         }
     }
@@ -69,17 +96,67 @@ enum Sender {
 }
 
 impl Held {
+    /// A slot whose connections the agent connection's task drives: it must poll
+    /// [`Held::drive`] alongside its own connection.
+    pub fn driven() -> Held {
+        Held(Mutex::new(Slot { owned: None, driver: Some(Driver::default()) }))
+    }
+
+    /// Poll the upstream connection this agent connection opened; never completes.
+    pub fn drive(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            // Locked by this task only (its requests take and keep the connection between these polls).
+            let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(d) = slot.driver.as_mut() {
+                if !d.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    d.waker = Some(cx.waker().clone());
+                }
+                if d.conn.as_mut().is_some_and(|c| c.as_mut().poll(cx).is_ready()) {
+                    d.conn = None;
+                }
+            }
+            Poll::Pending
+        })
+    }
+
+    /// Have a new connection's I/O driven: by this agent connection's task when it drives
+    /// (any connection it drove before goes to a task of its own), else by a task of its own.
+    fn run(&self, conn: ConnFuture) {
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match slot.driver.as_mut() {
+            Some(d) => {
+                if let Some(old) = d.conn.replace(conn) {
+                    tokio::spawn(old);
+                }
+                if let Some(w) = &d.waker {
+                    w.wake_by_ref();
+                }
+            }
+            None => {
+                tokio::spawn(conn);
+            }
+        }
+    }
+
     /// The kept connection if it was opened by `client` to `https`://`authority`; any other
-    /// is closed (an agent connection keeps one upstream connection, the one it used last).
+    /// is parked with its own client (an agent connection keeps the one it used last), and
+    /// from then on driven by a task of its own.
     fn take(&self, client: &Client, https: bool, authority: &Authority) -> Option<Sender> {
-        // Locked only by this agent connection's own requests, one at a time: never contended.
-        let owned = self.0.lock().unwrap_or_else(|e| e.into_inner()).take()?;
-        let same = Arc::ptr_eq(&owned.client, &client.0) && owned.https == https && owned.authority == *authority;
-        same.then_some(owned.sender)
+        // Locked only by this agent connection's own task: never contended.
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let owned = slot.owned.take()?;
+        if Arc::ptr_eq(&owned.client, &client.0) && owned.https == https && owned.authority == *authority {
+            return Some(owned.sender);
+        }
+        if let Some(conn) = slot.driver.as_mut().and_then(|d| d.conn.take()) {
+            tokio::spawn(conn);
+        }
+        park(owned);
+        None
     }
 
     fn keep(&self, owned: Owned) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(owned);
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).owned = Some(owned);
     }
 }
 
@@ -104,7 +181,7 @@ impl Client {
             let mut sender = match reused.take() {
                 Some(s) => s,
                 // Boxed: opening is rare and its future large; the request path's stays small.
-                None => Box::pin(self.open(&uri)).await?,
+                None => Box::pin(self.open(&uri, held)).await?,
             };
             // A kept connection that closed meanwhile has taken nothing: open another.
             if let Err(e) = sender.ready().await {
@@ -124,6 +201,8 @@ impl Client {
                     Some(back) if was_reused => {
                         req = back;
                         *req.uri_mut() = uri.clone();
+                        // The next connection may speak h2, which takes the authority from the URI.
+                        req.headers_mut().remove(HOST);
                     }
                     _ => return Err(super::send_error(e.error())),
                 },
@@ -133,7 +212,7 @@ impl Client {
 
     /// A new connection through the guarded connector (address check, deadline, TLS with ALPN),
     /// driven by a task of its own until it closes or the agent connection lets it go.
-    async fn open(&self, uri: &Uri) -> Result<Sender, ProxyError> {
+    async fn open(&self, uri: &Uri, held: &Held) -> Result<Sender, ProxyError> {
         let io = self.0.connector.clone().oneshot(uri.clone()).await.map_err(|e| super::connect_error(&*e))?;
         if io.connected().is_negotiated_h2() {
             let (sender, conn) = http2::Builder::new(TokioExecutor::new())
@@ -141,20 +220,20 @@ impl Client {
                 .handshake(io)
                 .await
                 .map_err(|e| super::send_error(&e))?;
-            tokio::spawn(async move {
+            held.run(Box::pin(async move {
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "upstream h2 connection ended with an error");
                 }
-            });
+            }));
             Ok(Sender::H2(sender))
         } else {
             let (sender, conn) =
                 http1::Builder::new().writev(false).handshake(io).await.map_err(|e| super::send_error(&e))?;
-            tokio::spawn(async move {
+            held.run(Box::pin(async move {
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "upstream connection ended with an error");
                 }
-            });
+            }));
             Ok(Sender::H1(sender))
         }
     }
@@ -231,9 +310,8 @@ impl Sender {
             if !req.headers().contains_key(HOST) {
                 req.headers_mut().insert(HOST, host_value(uri));
             }
-            if req.method() != Method::CONNECT {
-                *req.uri_mut() = origin_form(uri);
-            }
+            // Never a CONNECT: the proxy answers those itself.
+            *req.uri_mut() = origin_form(uri);
         }
     }
 
@@ -248,18 +326,16 @@ impl Sender {
     }
 }
 
-/// `host[:port]`, the port left out when it is the scheme's default.
+/// `host[:port]`, the port left out when it is the scheme's default (never any user-info).
 fn host_value(uri: &Uri) -> HeaderValue {
-    let authority = uri.authority().map_or("", Authority::as_str);
     let host = uri.host().unwrap_or_default();
-    let default = match uri.port_u16() {
-        None => true,
-        Some(p) => p == if uri.scheme() == Some(&http::uri::Scheme::HTTPS) { 443 } else { 80 },
+    let default_port = if uri.scheme() == Some(&http::uri::Scheme::HTTPS) { 443 } else { 80 };
+    let value = match uri.port_u16() {
+        Some(p) if p != default_port => HeaderValue::try_from(format!("{host}:{p}")),
+        _ => HeaderValue::from_str(host),
     };
-    // The authority has no user-info (targets are built from host and port), so it is the
-    // field as is unless the port is the default.
-    let text = if default { host } else { authority };
-    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""))
+    // A URI's host is always a valid field value.
+    value.unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 fn origin_form(uri: &Uri) -> Uri {

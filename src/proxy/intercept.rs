@@ -53,7 +53,9 @@ pub fn serve(
         };
         result("ok");
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-        let svc = super::stack::proxy_service(shared.clone(), peer, guard.clone(), Some(pinned));
+        // h2 streams run side by side: they go through the pool, not one kept connection.
+        let held = (!h2).then(Default::default);
+        let svc = super::stack::proxy_service(shared.clone(), peer, guard.clone(), Some(pinned), held);
         // Like a tunnel, an intercepted connection with no byte either way for idle_timeout closes
         // (h2 has no idle timer of its own; HTTP/1.1's is header_read_timeout, the shorter).
         let silence = Silence::new();

@@ -39,8 +39,8 @@ pub struct Conn<'a> {
     pub guard: &'a Arc<ConnGuard>,
     /// Set inside an intercepted CONNECT: every request goes to its authority.
     pub pinned: Option<&'a Pinned>,
-    /// The upstream connection it keeps between requests.
-    pub held: &'a Held,
+    /// The upstream connection it keeps between requests (none: the pool, for h2 agents).
+    pub held: Option<&'a Held>,
 }
 
 /// Serve one request from an agent; never fails (errors become credproxy's own responses).
@@ -231,7 +231,7 @@ async fn forward(
     let client = rt.client(&shared.upstreams, spec, route, websocket, policy.limits.idle_timeout);
     let limit = policy.limits.response_header_timeout;
     // An upgrade takes its connection away for good: it goes through the pool.
-    let held = (!websocket).then_some(conn.held);
+    let held = conn.held.filter(|_| !websocket);
     let send = |req| super::hop::send(client, held, req, limit);
     let mut result = send(upstream_req).await;
     let mut token = token;
@@ -239,6 +239,8 @@ async fn forward(
     if let (true, Some(slot), Some(used)) = (unauthorized, &rt.slot, &token) {
         let again = after_401(slot, &shared.clock, spec, &target, &method, used, retry).await?;
         if let Some((req, new)) = again {
+            // The 401 goes first: its unread body would hold the connection the retry is sent on.
+            drop(result);
             result = send(req).await;
             token = Some(new);
         }

@@ -29,21 +29,21 @@ fn sensitive_request_headers() -> [HeaderName; 5] {
 }
 
 /// sensitive-header marking -> [`super::request::handle`]. `pinned` is set for the requests
-/// inside an intercepted CONNECT: they all go to its authority.
+/// inside an intercepted CONNECT: they all go to its authority. `held` is the upstream
+/// connection the agent connection keeps between its requests (none: the pool).
 pub fn proxy_service(
     shared: Arc<Shared>,
     peer: SocketAddr,
     guard: Arc<ConnGuard>,
     pinned: Option<Arc<Pinned>>,
+    held: Option<Arc<Held>>,
 ) -> TowerToHyperService<
     impl tower::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible, Future = impl Send> + Clone,
 > {
-    // The upstream connection this agent connection keeps between its requests.
-    let held = Arc::new(Held::default());
     let handler = tower::service_fn(move |req: Request<Incoming>| {
         let (shared, guard, pinned, held) = (shared.clone(), guard.clone(), pinned.clone(), held.clone());
         async move {
-            let conn = super::request::Conn { peer, guard: &guard, pinned: pinned.as_deref(), held: &held };
+            let conn = super::request::Conn { peer, guard: &guard, pinned: pinned.as_deref(), held: held.as_deref() };
             Ok::<_, Infallible>(super::request::handle(shared, conn, req).await)
         }
     });
