@@ -90,17 +90,10 @@ pub async fn accept(listener: TcpListener, a: Accept, mut shutdown: watch::Recei
             let conn = http1_builder(&limits).serve_connection(TokioIo::new(stream), svc).with_upgrades();
             tokio::pin!(conn);
             tokio::select! {
-                biased;
-                // The upstream first: a response it reads is then there for the agent's side.
-                () = held.drive() => {}
-                r = conn.as_mut() => if let Err(e) = r { tracing::debug!(%peer, error = %e, "agent connection ended with an error") },
+                r = held.alongside(conn.as_mut()) => if let Err(e) = r { tracing::debug!(%peer, error = %e, "agent connection ended with an error") },
                 _ = shutdown.changed() => {
                     conn.as_mut().graceful_shutdown();
-                    tokio::select! {
-                        biased;
-                        () = held.drive() => {}
-                        _ = conn.as_mut() => {}
-                    }
+                    let _ = held.alongside(conn.as_mut()).await;
                 }
             }
             drop(guard);

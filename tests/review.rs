@@ -291,24 +291,15 @@ async fn upstream_connections_are_never_shared_across_tools() {
     let up = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     write_file(&dir, "token", TOKEN);
-    let policy = format!(
-        "version: 1\ntools:\n  a:\n    upstream: http://127.0.0.1:{0}/a\n    credential: {{ source: file, path: \"{{dir}}/token\" }}\n    routes: [{{ scheme: http, host: 127.0.0.1, port: {0}, allow_private: true, paths: [\"/a/**\"] }}]\n  b:\n    upstream: http://127.0.0.1:{0}/b\n    routes: [{{ scheme: http, host: 127.0.0.1, port: {0}, allow_private: true, paths: [\"/b/**\"] }}]\n",
-        up.port()
-    );
-    let p = Proxy::start_in(dir, &policy).await;
+    let p = Proxy::start_in(dir, &two_tools_policy(up.port())).await;
     for i in 0..6 {
         for tool in ["a", "b"] {
             assert_eq!(status(&get(p.addr, &format!("/{tool}/{i}")).await), 200);
         }
     }
-    let seen = up.requests();
-    assert_eq!(seen.len(), 12);
+    assert_eq!(up.requests().len(), 12);
     // Every upstream connection carried one tool's requests only...
-    for conn in 0..up.connection_count() {
-        let tools: std::collections::BTreeSet<&str> =
-            seen.iter().filter(|s| s.conn == conn).map(|s| &s.uri[..2]).collect();
-        assert!(tools.len() <= 1, "connection {conn} carried {tools:?}");
-    }
+    assert_one_tool_per_connection(&up);
     // ...and connections were pooled, so sharing them was possible.
     assert!(up.connection_count() < 12, "no connection was reused: {}", up.connection_count());
     p.shutdown().await;

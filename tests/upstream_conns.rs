@@ -31,6 +31,13 @@ fn policy(up: u16, extra: &str) -> String {
     )
 }
 
+/// The proxy on `policy`, with the file credential `{dir}/token` in place.
+async fn proxy_with_token(policy: &str) -> Proxy {
+    let dir = tempfile::tempdir().unwrap();
+    write_file(&dir, "token", TOKEN);
+    Proxy::start_in(dir, policy).await
+}
+
 async fn connections_active(p: &Proxy) -> f64 {
     metric(&p.metrics().await, "credproxy_connections_active").expect("the connections gauge")
 }
@@ -38,9 +45,7 @@ async fn connections_active(p: &Proxy) -> f64 {
 #[tokio::test]
 async fn an_agent_connection_keeps_its_upstream_connection_and_the_next_one_takes_it_over() {
     let up = Upstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    write_file(&dir, "token", TOKEN);
-    let p = Proxy::start_in(dir, &policy(up.port(), "")).await;
+    let p = proxy_with_token(&policy(up.port(), "")).await;
     let mut agent = TcpStream::connect(p.addr).await.unwrap();
     for i in 0..5 {
         assert_eq!(status(&request_on(&mut agent, &format!("/api/first/{i}")).await), 200);
@@ -95,9 +100,7 @@ async fn closing_upstream() -> (u16, Arc<AtomicUsize>, Arc<AtomicUsize>) {
 #[tokio::test]
 async fn a_connection_the_upstream_closes_is_replaced_and_nothing_is_sent_twice() {
     let (port, requests, conns) = closing_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    write_file(&dir, "token", TOKEN);
-    let p = Proxy::start_in(dir, &policy(port, "")).await;
+    let p = proxy_with_token(&policy(port, "")).await;
     let mut agent = TcpStream::connect(p.addr).await.unwrap();
     for i in 0..3 {
         let resp = request_on(&mut agent, &format!("/api/{i}")).await;
@@ -114,9 +117,7 @@ async fn a_connection_the_upstream_closes_is_replaced_and_nothing_is_sent_twice(
 #[tokio::test]
 async fn a_parked_connection_is_closed_at_the_idle_timeout() {
     let up = Upstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    write_file(&dir, "token", TOKEN);
-    let p = Proxy::start_in(dir, &policy(up.port(), "limits: { idle_timeout: 3s }\n")).await;
+    let p = proxy_with_token(&policy(up.port(), "limits: { idle_timeout: 3s }\n")).await;
     let mut agent = TcpStream::connect(p.addr).await.unwrap();
     assert_eq!(status(&request_on(&mut agent, "/api/x").await), 200);
     drop(agent);
@@ -137,13 +138,7 @@ async fn a_parked_connection_is_closed_at_the_idle_timeout() {
 #[tokio::test]
 async fn alternating_tools_on_one_agent_connection_never_share_and_still_reuse() {
     let up = Upstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    write_file(&dir, "token", TOKEN);
-    let policy = format!(
-        "version: 1\ntools:\n  a:\n    upstream: http://127.0.0.1:{0}/a\n    credential: {{ source: file, path: \"{{dir}}/token\" }}\n    routes: [{{ scheme: http, host: 127.0.0.1, port: {0}, allow_private: true, paths: [\"/a/**\"] }}]\n  b:\n    upstream: http://127.0.0.1:{0}/b\n    routes: [{{ scheme: http, host: 127.0.0.1, port: {0}, allow_private: true, paths: [\"/b/**\"] }}]\n",
-        up.port()
-    );
-    let p = Proxy::start_in(dir, &policy).await;
+    let p = proxy_with_token(&two_tools_policy(up.port())).await;
     let mut agent = TcpStream::connect(p.addr).await.unwrap();
     for i in 0..4 {
         for tool in ["a", "b"] {
@@ -152,11 +147,7 @@ async fn alternating_tools_on_one_agent_connection_never_share_and_still_reuse()
     }
     let seen = up.requests();
     assert_eq!(seen.len(), 8);
-    for conn in 0..up.connection_count() {
-        let tools: std::collections::BTreeSet<&str> =
-            seen.iter().filter(|s| s.conn == conn).map(|s| &s.uri[..2]).collect();
-        assert!(tools.len() <= 1, "connection {conn} carried {tools:?}");
-    }
+    assert_one_tool_per_connection(&up);
     // Only tool a's requests carry its credential; b passes through untouched.
     assert!(seen.iter().all(|s| s.uri.starts_with("/a/") == s.headers.contains_key("authorization")));
     // The connection a tool's request leaves is parked and taken again by its next one.

@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Poll, Waker};
 
 use http::header::{HeaderValue, HOST};
@@ -37,7 +37,7 @@ struct Slot {
     driver: Option<Driver>,
 }
 
-/// An upstream connection's I/O, polled by the agent connection's task ([`Held::drive`])
+/// An upstream connection's I/O, polled by the agent connection's task ([`Held::alongside`])
 /// rather than by a task of its own: no wakeup and task switch between the two hops.
 #[derive(Default)]
 struct Driver {
@@ -47,15 +47,27 @@ struct Driver {
 
 type ConnFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+impl Slot {
+    /// The connection this agent connection's task was driving goes to a task of its own.
+    fn let_go(&mut self) {
+        if let Some(conn) = self.driver.as_mut().and_then(|d| d.conn.take()) {
+            spawn(conn);
+        }
+    }
+}
+
+/// Drive a connection in a task of its own, for as long as it stays open (dropped, and so
+/// closed, when no runtime is left to run it).
+fn spawn(conn: ConnFuture) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(conn);
+    }
+}
+
 impl Drop for Held {
     fn drop(&mut self) {
         let slot = self.0.get_mut().unwrap_or_else(|e| e.into_inner());
-        // Nobody polls it here any more: a task of its own does, for as long as it stays open.
-        if let Some(conn) = slot.driver.as_mut().and_then(|d| d.conn.take()) {
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(conn);
-            }
-        }
+        slot.let_go();
         if let Some(owned) = slot.owned.take() {
             park(owned);
         }
@@ -71,10 +83,16 @@ pub(super) struct Parked {
 }
 
 struct ParkedConn {
-    https: bool,
-    authority: Authority,
+    dest: Dest,
     sender: Sender,
     since: tokio::time::Instant,
+}
+
+/// Where a connection goes: only a request to the same scheme and authority may use it.
+#[derive(PartialEq)]
+struct Dest {
+    https: bool,
+    authority: Authority,
 }
 
 /// Most connections parked per client; the oldest goes first.
@@ -85,28 +103,44 @@ struct Owned {
     /// Its client: the tool and TLS settings it was opened with (held, so never confused with
     /// a later client at the same address).
     client: Arc<ClientInner>,
-    https: bool,
-    authority: Authority,
+    dest: Dest,
     sender: Sender,
 }
 
 enum Sender {
-    H1(http1::SendRequest<UpstreamBody>),
+    /// With the `Host` value every request on it carries (its authority is fixed).
+    H1(http1::SendRequest<UpstreamBody>, HeaderValue),
     H2(http2::SendRequest<UpstreamBody>),
 }
 
 impl Held {
-    /// A slot whose connections the agent connection's task drives: it must poll
-    /// [`Held::drive`] alongside its own connection.
+    /// A slot whose connections the agent connection's task drives: it must run its own
+    /// connection in [`Held::alongside`].
     pub fn driven() -> Held {
         Held(Mutex::new(Slot { owned: None, driver: Some(Driver::default()) }))
     }
 
+    /// Run `agent` (the agent connection, or its graceful end) while driving the upstream
+    /// connection it opens: the upstream first, so a response it reads is there for the agent's
+    /// side in the same poll.
+    pub async fn alongside<F: Future>(&self, agent: F) -> F::Output {
+        tokio::select! {
+            biased;
+            never = self.drive() => match never {},
+            out = agent => out,
+        }
+    }
+
+    /// Locked only by the agent connection's own task (its requests take and keep the
+    /// connection between the polls of [`Held::drive`]): never contended.
+    fn slot(&self) -> MutexGuard<'_, Slot> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Poll the upstream connection this agent connection opened; never completes.
-    pub fn drive(&self) -> impl Future<Output = ()> + '_ {
+    fn drive(&self) -> impl Future<Output = std::convert::Infallible> + '_ {
         std::future::poll_fn(move |cx| {
-            // Locked by this task only (its requests take and keep the connection between these polls).
-            let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            let mut slot = self.slot();
             if let Some(d) = slot.driver.as_mut() {
                 if !d.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                     d.waker = Some(cx.waker().clone());
@@ -122,41 +156,35 @@ impl Held {
     /// Have a new connection's I/O driven: by this agent connection's task when it drives
     /// (any connection it drove before goes to a task of its own), else by a task of its own.
     fn run(&self, conn: ConnFuture) {
-        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = self.slot();
+        slot.let_go();
         match slot.driver.as_mut() {
             Some(d) => {
-                if let Some(old) = d.conn.replace(conn) {
-                    tokio::spawn(old);
-                }
+                d.conn = Some(conn);
                 if let Some(w) = &d.waker {
                     w.wake_by_ref();
                 }
             }
-            None => {
-                tokio::spawn(conn);
-            }
+            None => spawn(conn),
         }
     }
 
-    /// The kept connection if it was opened by `client` to `https`://`authority`; any other
-    /// is parked with its own client (an agent connection keeps the one it used last), and
-    /// from then on driven by a task of its own.
-    fn take(&self, client: &Client, https: bool, authority: &Authority) -> Option<Sender> {
-        // Locked only by this agent connection's own task: never contended.
-        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+    /// The kept connection if it was opened by `client` to `dest`; any other is parked with
+    /// its own client (an agent connection keeps the one it used last), and from then on driven
+    /// by a task of its own.
+    fn take(&self, client: &Client, dest: &Dest) -> Option<Sender> {
+        let mut slot = self.slot();
         let owned = slot.owned.take()?;
-        if Arc::ptr_eq(&owned.client, &client.0) && owned.https == https && owned.authority == *authority {
+        if Arc::ptr_eq(&owned.client, &client.0) && owned.dest == *dest {
             return Some(owned.sender);
         }
-        if let Some(conn) = slot.driver.as_mut().and_then(|d| d.conn.take()) {
-            tokio::spawn(conn);
-        }
+        slot.let_go();
         park(owned);
         None
     }
 
     fn keep(&self, owned: Owned) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).owned = Some(owned);
+        self.slot().owned = Some(owned);
     }
 }
 
@@ -171,11 +199,11 @@ impl Client {
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
         let uri = req.uri().clone();
-        let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
         let Some(authority) = uri.authority().cloned() else {
             return Err(ProxyError::BadRequest("no authority in the upstream URI"));
         };
-        let mut reused = held.take(self, https, &authority).or_else(|| self.unpark(https, &authority));
+        let dest = Dest { https: uri.scheme() == Some(&http::uri::Scheme::HTTPS), authority };
+        let mut reused = held.take(self, &dest).or_else(|| self.unpark(&dest));
         loop {
             let was_reused = reused.is_some();
             let mut sender = match reused.take() {
@@ -193,7 +221,7 @@ impl Client {
             sender.prepare(&mut req, &uri);
             match sender.try_send(req).await {
                 Ok(resp) => {
-                    held.keep(Owned { client: self.0.clone(), https, authority, sender });
+                    held.keep(Owned { client: self.0.clone(), dest, sender });
                     return Ok(resp);
                 }
                 Err(mut e) => match e.take_message() {
@@ -214,38 +242,39 @@ impl Client {
     /// driven by a task of its own until it closes or the agent connection lets it go.
     async fn open(&self, uri: &Uri, held: &Held) -> Result<Sender, ProxyError> {
         let io = self.0.connector.clone().oneshot(uri.clone()).await.map_err(|e| super::connect_error(&*e))?;
-        if io.connected().is_negotiated_h2() {
+        let h2 = io.connected().is_negotiated_h2();
+        let sender = if h2 {
             let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .handshake(io)
                 .await
                 .map_err(|e| super::send_error(&e))?;
-            held.run(Box::pin(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "upstream h2 connection ended with an error");
-                }
-            }));
-            Ok(Sender::H2(sender))
+            held.run(logged(conn));
+            Sender::H2(sender)
         } else {
             let (sender, conn) =
                 http1::Builder::new().writev(false).handshake(io).await.map_err(|e| super::send_error(&e))?;
-            held.run(Box::pin(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "upstream connection ended with an error");
-                }
-            }));
-            Ok(Sender::H1(sender))
-        }
+            held.run(logged(conn));
+            Sender::H1(sender, host_value(uri))
+        };
+        Ok(sender)
+    }
+
+    /// The most recently parked connection to `dest`.
+    fn unpark(&self, dest: &Dest) -> Option<Sender> {
+        let mut parked = self.0.parked.lock().unwrap_or_else(|e| e.into_inner());
+        let i = parked.conns.iter().rposition(|p| p.dest == *dest)?;
+        parked.conns.remove(i).map(|p| p.sender)
     }
 }
 
-impl Client {
-    /// The most recently parked connection to `https`://`authority`.
-    fn unpark(&self, https: bool, authority: &Authority) -> Option<Sender> {
-        let mut parked = self.0.parked.lock().unwrap_or_else(|e| e.into_inner());
-        let i = parked.conns.iter().rposition(|p| p.https == https && p.authority == *authority)?;
-        parked.conns.remove(i).map(|p| p.sender)
-    }
+/// A connection's I/O, its end logged.
+fn logged(conn: impl Future<Output = hyper::Result<()>> + Send + 'static) -> ConnFuture {
+    Box::pin(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    })
 }
 
 /// Park a connection its agent connection no longer needs (if it is open, and a runtime is
@@ -255,12 +284,12 @@ fn park(owned: Owned) {
     if owned.sender.is_closed() || owned.client.idle.is_zero() {
         return;
     }
-    let Owned { client, https, authority, sender } = owned;
+    let Owned { client, dest, sender } = owned;
     let mut parked = client.parked.lock().unwrap_or_else(|e| e.into_inner());
     if parked.conns.len() == MAX_PARKED {
         parked.conns.pop_front();
     }
-    parked.conns.push_back(ParkedConn { https, authority, sender, since: tokio::time::Instant::now() });
+    parked.conns.push_back(ParkedConn { dest, sender, since: tokio::time::Instant::now() });
     if !parked.sweeping {
         parked.sweeping = true;
         runtime.spawn(sweep(Arc::downgrade(&client)));
@@ -292,24 +321,22 @@ async fn sweep(client: Weak<ClientInner>) {
 impl Sender {
     fn is_closed(&self) -> bool {
         match self {
-            Sender::H1(s) => s.is_closed(),
+            Sender::H1(s, _) => s.is_closed(),
             Sender::H2(s) => s.is_closed(),
         }
     }
 
     async fn ready(&mut self) -> hyper::Result<()> {
         match self {
-            Sender::H1(s) => s.ready().await,
+            Sender::H1(s, _) => s.ready().await,
             Sender::H2(s) => s.ready().await,
         }
     }
 
     /// HTTP/1.1 wants a `Host` and an origin-form target; h2 takes the absolute URI as is.
     fn prepare(&self, req: &mut Request<UpstreamBody>, uri: &Uri) {
-        if let Sender::H1(_) = self {
-            if !req.headers().contains_key(HOST) {
-                req.headers_mut().insert(HOST, host_value(uri));
-            }
+        if let Sender::H1(_, host) = self {
+            req.headers_mut().entry(HOST).or_insert_with(|| host.clone());
             // Never a CONNECT: the proxy answers those itself.
             *req.uri_mut() = origin_form(uri);
         }
@@ -320,7 +347,7 @@ impl Sender {
         req: Request<UpstreamBody>,
     ) -> Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<UpstreamBody>>> {
         match self {
-            Sender::H1(s) => s.try_send_request(req).await,
+            Sender::H1(s, _) => s.try_send_request(req).await,
             Sender::H2(s) => s.try_send_request(req).await,
         }
     }

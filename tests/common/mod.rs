@@ -375,6 +375,24 @@ tools:
     )
 }
 
+/// Tools `a` (credential from `{dir}/token`) and `b` (none) on the upstream at `up`, base URLs
+/// `/a/` and `/b/`, each allowed only its own path prefix.
+pub fn two_tools_policy(up: u16) -> String {
+    format!(
+        "version: 1\ntools:\n  a:\n    upstream: http://127.0.0.1:{up}/a\n    credential: {{ source: file, path: \"{{dir}}/token\" }}\n    routes: [{{ scheme: http, host: 127.0.0.1, port: {up}, allow_private: true, paths: [\"/a/**\"] }}]\n  b:\n    upstream: http://127.0.0.1:{up}/b\n    routes: [{{ scheme: http, host: 127.0.0.1, port: {up}, allow_private: true, paths: [\"/b/**\"] }}]\n"
+    )
+}
+
+/// Every connection of `up` carried one tool's requests only (the path's first segment).
+pub fn assert_one_tool_per_connection(up: &Upstream) {
+    let seen = up.requests();
+    for conn in 0..up.connection_count() {
+        let tools: std::collections::BTreeSet<&str> =
+            seen.iter().filter(|s| s.conn == conn).map(|s| &s.uri[..2]).collect();
+        assert!(tools.len() <= 1, "connection {conn} carried {tools:?}");
+    }
+}
+
 /// The certificates in a PEM text.
 pub fn pem_certs(text: &str) -> Vec<rustls_pki_types::CertificateDer<'static>> {
     use rustls_pki_types::pem::PemObject;
