@@ -249,7 +249,8 @@ async fn revoke_from_the_control_api_and_a_reload_that_removes_the_tool_revoke_i
     assert_eq!(status(&resp), 202, "{resp}");
     eventually(async || bao.lease(&first).await.0 == 400, "the lease revoked at OpenBao").await;
     assert!(!role_exists(pg, &first_user).await, "its database user is dropped");
-    assert_eq!(bao.lease(&superseded).await.0, 400, "the superseded lease is revoked too");
+    // Revoked one after the other: wait for the second as for the first.
+    eventually(async || bao.lease(&superseded).await.0 == 400, "the superseded lease is revoked too").await;
     assert!(!role_exists(pg, &superseded_user).await, "and its user dropped");
     let mut second = String::new();
     eventually(
