@@ -612,3 +612,36 @@ async fn shutdown_drains_an_idle_intercepted_connection_at_once() {
         .unwrap()
         .ok();
 }
+
+/// An intercepted HTTP/1.1 connection keeps one upstream connection for all its requests (its
+/// own task drives it), and the next tunnel takes that connection over once the first has ended.
+#[tokio::test]
+async fn an_intercepted_http1_connection_keeps_its_upstream_connection_for_the_next_tunnel() {
+    let s = setup("").await;
+    let target = format!("{HOST}:{}", s.up.port());
+    let ca = pod_ca(&s.proxy);
+    let active = async || metric(&s.proxy.metrics().await, "credproxy_connections_active");
+    for tunnel in 0..2 {
+        let tls = tunnel_tls(&s.proxy, &target, &ca, HOST, &[b"http/1.1"]).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+        let conn = tokio::spawn(conn);
+        for i in 0..3 {
+            let resp = send.send_request(get(&format!("/v1/t{tunnel}/{i}"), &target)).await.unwrap();
+            let (parts, body) = resp.into_parts();
+            let body = String::from_utf8_lossy(&body.collect().await.unwrap().to_bytes()).into_owned();
+            assert_eq!((parts.status.as_u16(), body.as_str()), (200, format!("ok /v1/t{tunnel}/{i}").as_str()));
+        }
+        drop(send);
+        conn.await.unwrap().unwrap();
+        // The tunnel has ended (and so let its upstream connection go) once the gauge is 0.
+        eventually(async || active().await == Some(0.0), "the tunnel to end").await;
+    }
+    let seen = s.up.requests();
+    let uris: Vec<&str> = seen.iter().map(|r| r.uri.as_str()).collect();
+    assert_eq!(uris, ["/v1/t0/0", "/v1/t0/1", "/v1/t0/2", "/v1/t1/0", "/v1/t1/1", "/v1/t1/2"]);
+    assert!(seen
+        .iter()
+        .all(|r| r.headers.get_all("authorization").iter().collect::<Vec<_>>() == ["Bearer real-token"]));
+    assert!(seen.iter().all(|r| r.conn == 0), "{:?}", seen.iter().map(|r| r.conn).collect::<Vec<_>>());
+    assert_eq!(s.up.connection_count(), 1);
+}

@@ -14,6 +14,7 @@ use rustls::ServerConfig;
 
 use super::relay::{ConnGuard, Silence};
 use super::target::Pinned;
+use crate::outbound::Held;
 use crate::state::Shared;
 
 /// Concurrent h2 streams one intercepted connection may open.
@@ -53,9 +54,10 @@ pub fn serve(
         };
         result("ok");
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-        // h2 streams run side by side: they go through the pool, not one kept connection.
-        let held = (!h2).then(Default::default);
-        let svc = super::stack::proxy_service(shared.clone(), peer, guard.clone(), Some(pinned), held);
+        // h2 streams run side by side: they go through the pool, not one kept connection. An
+        // HTTP/1.1 agent keeps one, driven by this task like a plain agent connection's.
+        let held = (!h2).then(|| Arc::new(Held::driven()));
+        let svc = super::stack::proxy_service(shared.clone(), peer, guard.clone(), Some(pinned), held.clone());
         // Like a tunnel, an intercepted connection with no byte either way for idle_timeout closes
         // (h2 has no idle timer of its own; HTTP/1.1's is header_read_timeout, the shorter).
         let silence = Silence::new();
@@ -65,17 +67,23 @@ pub fn serve(
             ($conn:expr) => {{
                 let conn = $conn;
                 tokio::pin!(conn);
-                tokio::select! {
-                    r = conn.as_mut() => r,
-                    () = guard.draining() => {
-                        conn.as_mut().graceful_shutdown();
-                        tokio::select! { r = conn.as_mut() => r, () = guard.stopped() => Ok(()) }
+                let served = async {
+                    tokio::select! {
+                        r = conn.as_mut() => r,
+                        () = guard.draining() => {
+                            conn.as_mut().graceful_shutdown();
+                            tokio::select! { r = conn.as_mut() => r, () = guard.stopped() => Ok(()) }
+                        }
+                        () = silence.lasting(limits.idle_timeout) => {
+                            tracing::debug!(%peer, "intercepted connection closed after idle_timeout without traffic");
+                            Ok(())
+                        }
+                        () = guard.stopped() => Ok(()),
                     }
-                    () = silence.lasting(limits.idle_timeout) => {
-                        tracing::debug!(%peer, "intercepted connection closed after idle_timeout without traffic");
-                        Ok(())
-                    }
-                    () = guard.stopped() => Ok(()),
+                };
+                match &held {
+                    Some(held) => held.alongside(served).await,
+                    None => served.await,
                 }
             }};
         }
