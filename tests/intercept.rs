@@ -10,6 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use common::*;
 use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::AsyncWriteExt;
@@ -613,35 +614,57 @@ async fn shutdown_drains_an_idle_intercepted_connection_at_once() {
         .ok();
 }
 
-/// An intercepted HTTP/1.1 connection keeps one upstream connection for all its requests (its
-/// own task drives it), and the next tunnel takes that connection over once the first has ended.
+/// An HTTP/1.1 agent inside an intercepted tunnel; its connection's task, and the tunnel's end.
+async fn h1_tunnel(s: &Setup, target: &str) -> (SendRequest<Empty<Bytes>>, tokio::task::JoinHandle<()>) {
+    let tls = tunnel_tls(&s.proxy, target, &pod_ca(&s.proxy), HOST, &[b"http/1.1"]).await.unwrap();
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+    (
+        send,
+        tokio::spawn(async move {
+            conn.await.ok();
+        }),
+    )
+}
+
+/// One request on a tunnel; the upstream's answer must be 200 naming the path.
+async fn h1_on(send: &mut SendRequest<Empty<Bytes>>, path: &str, target: &str) {
+    let resp = send.send_request(get(path, target)).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = String::from_utf8_lossy(&body.collect().await.unwrap().to_bytes()).into_owned();
+    assert_eq!((parts.status.as_u16(), body.as_str()), (200, format!("ok {path}").as_str()));
+}
+
+/// Two intercepted HTTP/1.1 tunnels open side by side each keep an upstream connection of their
+/// own (a shared pool would hand A's idle connection to B), each request with the real token;
+/// when both have ended, a third tunnel takes over a parked one rather than opening another.
 #[tokio::test]
-async fn an_intercepted_http1_connection_keeps_its_upstream_connection_for_the_next_tunnel() {
+async fn intercepted_http1_tunnels_keep_their_own_upstream_connections_and_park_them() {
     let s = setup("").await;
     let target = format!("{HOST}:{}", s.up.port());
-    let ca = pod_ca(&s.proxy);
-    let active = async || metric(&s.proxy.metrics().await, "credproxy_connections_active");
-    for tunnel in 0..2 {
-        let tls = tunnel_tls(&s.proxy, &target, &ca, HOST, &[b"http/1.1"]).await.unwrap();
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
-        let conn = tokio::spawn(conn);
-        for i in 0..3 {
-            let resp = send.send_request(get(&format!("/v1/t{tunnel}/{i}"), &target)).await.unwrap();
-            let (parts, body) = resp.into_parts();
-            let body = String::from_utf8_lossy(&body.collect().await.unwrap().to_bytes()).into_owned();
-            assert_eq!((parts.status.as_u16(), body.as_str()), (200, format!("ok /v1/t{tunnel}/{i}").as_str()));
-        }
-        drop(send);
-        conn.await.unwrap().unwrap();
-        // The tunnel has ended (and so let its upstream connection go) once the gauge is 0.
-        eventually(async || active().await == Some(0.0), "the tunnel to end").await;
+    let (mut a, a_end) = h1_tunnel(&s, &target).await;
+    let (mut b, b_end) = h1_tunnel(&s, &target).await;
+    for path in ["/v1/a/0", "/v1/b/0", "/v1/a/1", "/v1/b/1"] {
+        let send = if path.starts_with("/v1/a") { &mut a } else { &mut b };
+        h1_on(send, path, &target).await;
     }
+    drop((a, b));
+    a_end.await.unwrap();
+    b_end.await.unwrap();
+    // The tunnels have ended (and so parked their upstream connections) once the gauge is 0.
+    let active = async || metric(&s.proxy.metrics().await, "credproxy_connections_active");
+    eventually(async || active().await == Some(0.0), "both tunnels to end").await;
+    let (mut c, c_end) = h1_tunnel(&s, &target).await;
+    h1_on(&mut c, "/v1/c/0", &target).await;
+    drop(c);
+    c_end.await.unwrap();
     let seen = s.up.requests();
-    let uris: Vec<&str> = seen.iter().map(|r| r.uri.as_str()).collect();
-    assert_eq!(uris, ["/v1/t0/0", "/v1/t0/1", "/v1/t0/2", "/v1/t1/0", "/v1/t1/1", "/v1/t1/2"]);
+    let on: Vec<(&str, usize)> = seen.iter().map(|r| (r.uri.as_str(), r.conn)).collect();
+    assert_eq!(&on[..4], [("/v1/a/0", 0), ("/v1/b/0", 1), ("/v1/a/1", 0), ("/v1/b/1", 1)]);
+    assert_eq!(on.len(), 5);
+    assert_eq!(on[4].0, "/v1/c/0");
+    assert!(on[4].1 < 2, "the third tunnel took a parked connection: {on:?}");
     assert!(seen
         .iter()
         .all(|r| r.headers.get_all("authorization").iter().collect::<Vec<_>>() == ["Bearer real-token"]));
-    assert!(seen.iter().all(|r| r.conn == 0), "{:?}", seen.iter().map(|r| r.conn).collect::<Vec<_>>());
-    assert_eq!(s.up.connection_count(), 1);
+    assert_eq!(s.up.connection_count(), 2);
 }

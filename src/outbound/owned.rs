@@ -26,15 +26,14 @@ use crate::body::UpstreamBody;
 use crate::error::ProxyError;
 
 /// The upstream connection one agent connection keeps between its requests (at most one);
-/// parked with its client when the agent connection ends.
-#[derive(Default)]
+/// parked with its client when the agent connection ends. The agent connection's own task
+/// drives the connection it opens, so it must run in [`Held::alongside`].
 pub struct Held(Mutex<Slot>);
 
 #[derive(Default)]
 struct Slot {
     owned: Option<Owned>,
-    /// Set when the agent connection's own task drives the connections it opens.
-    driver: Option<Driver>,
+    driver: Driver,
 }
 
 /// An upstream connection's I/O, polled by the agent connection's task ([`Held::alongside`])
@@ -50,7 +49,7 @@ type ConnFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 impl Slot {
     /// The connection this agent connection's task was driving goes to a task of its own.
     fn let_go(&mut self) {
-        if let Some(conn) = self.driver.as_mut().and_then(|d| d.conn.take()) {
+        if let Some(conn) = self.driver.conn.take() {
             spawn(conn);
         }
     }
@@ -117,7 +116,7 @@ impl Held {
     /// A slot whose connections the agent connection's task drives: it must run its own
     /// connection in [`Held::alongside`].
     pub fn driven() -> Held {
-        Held(Mutex::new(Slot { owned: None, driver: Some(Driver::default()) }))
+        Held(Mutex::new(Slot::default()))
     }
 
     /// Run `agent` (the agent connection, or its graceful end) while driving the upstream
@@ -141,31 +140,26 @@ impl Held {
     fn drive(&self) -> impl Future<Output = std::convert::Infallible> + '_ {
         std::future::poll_fn(move |cx| {
             let mut slot = self.slot();
-            if let Some(d) = slot.driver.as_mut() {
-                if !d.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    d.waker = Some(cx.waker().clone());
-                }
-                if d.conn.as_mut().is_some_and(|c| c.as_mut().poll(cx).is_ready()) {
-                    d.conn = None;
-                }
+            let d = &mut slot.driver;
+            if !d.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                d.waker = Some(cx.waker().clone());
+            }
+            if d.conn.as_mut().is_some_and(|c| c.as_mut().poll(cx).is_ready()) {
+                d.conn = None;
             }
             Poll::Pending
         })
     }
 
-    /// Have a new connection's I/O driven: by this agent connection's task when it drives
-    /// (any connection it drove before goes to a task of its own), else by a task of its own.
+    /// Have a new connection's I/O driven by this agent connection's task (any connection it
+    /// drove before goes to a task of its own).
     fn run(&self, conn: ConnFuture) {
         let mut slot = self.slot();
         slot.let_go();
-        match slot.driver.as_mut() {
-            Some(d) => {
-                d.conn = Some(conn);
-                if let Some(w) = &d.waker {
-                    w.wake_by_ref();
-                }
-            }
-            None => spawn(conn),
+        let d = &mut slot.driver;
+        d.conn = Some(conn);
+        if let Some(w) = &d.waker {
+            w.wake_by_ref();
         }
     }
 
@@ -239,7 +233,7 @@ impl Client {
     }
 
     /// A new connection through the guarded connector (address check, deadline, TLS with ALPN),
-    /// driven by a task of its own until it closes or the agent connection lets it go.
+    /// driven by the agent connection's task until that lets it go (then by a task of its own).
     async fn open(&self, uri: &Uri, held: &Held) -> Result<Sender, ProxyError> {
         let io = self.0.connector.clone().oneshot(uri.clone()).await.map_err(|e| super::connect_error(&*e))?;
         let h2 = io.connected().is_negotiated_h2();
