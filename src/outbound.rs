@@ -1,6 +1,7 @@
 //! Every connection credproxy opens: the guarded connector (resolve, address check, deadline),
 //! rustls client configurations on the system roots plus a tool's CA file, the clients, and the
-//! upstream connections agent connections own. Used by `proxy/` (agents' upstreams) and `creds/` (token endpoints), below both.
+//! upstream connections agent connections own. Used by `proxy/` (agents' upstreams) and
+//! `creds/` (token endpoints), below both.
 
 mod clients;
 mod guard;

@@ -651,8 +651,7 @@ async fn intercepted_http1_tunnels_keep_their_own_upstream_connections_and_park_
     a_end.await.unwrap();
     b_end.await.unwrap();
     // The tunnels have ended (and so parked their upstream connections) once the gauge is 0.
-    let active = async || metric(&s.proxy.metrics().await, "credproxy_connections_active");
-    eventually(async || active().await == Some(0.0), "both tunnels to end").await;
+    eventually(async || s.proxy.connections_active().await == 0.0, "both tunnels to end").await;
     let (mut c, c_end) = h1_tunnel(&s, &target).await;
     h1_on(&mut c, "/v1/c/0", &target).await;
     drop(c);

@@ -38,10 +38,6 @@ async fn proxy_with_token(policy: &str) -> Proxy {
     Proxy::start_in(dir, policy).await
 }
 
-async fn connections_active(p: &Proxy) -> f64 {
-    metric(&p.metrics().await, "credproxy_connections_active").expect("the connections gauge")
-}
-
 #[tokio::test]
 async fn an_agent_connection_keeps_its_upstream_connection_and_the_next_one_takes_it_over() {
     let up = Upstream::start().await;
@@ -52,7 +48,7 @@ async fn an_agent_connection_keeps_its_upstream_connection_and_the_next_one_take
     }
     drop(agent);
     // The agent connection has ended (and so let its upstream connection go) once the gauge is 0.
-    eventually(async || connections_active(&p).await == 0.0, "the first agent connection to end").await;
+    eventually(async || p.connections_active().await == 0.0, "the first agent connection to end").await;
     let mut agent = TcpStream::connect(p.addr).await.unwrap();
     for i in 0..3 {
         assert_eq!(status(&request_on(&mut agent, &format!("/api/second/{i}")).await), 200);
@@ -80,13 +76,8 @@ async fn closing_upstream() -> (u16, Arc<AtomicUsize>, Arc<AtomicUsize>) {
             c.fetch_add(1, Ordering::SeqCst);
             let r = r.clone();
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut b = [0u8; 1024];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut b).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&b[..n]),
-                    }
+                if try_read_head(&mut s).await.is_none() {
+                    return;
                 }
                 r.fetch_add(1, Ordering::SeqCst);
                 let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok").await;
@@ -121,7 +112,7 @@ async fn a_parked_connection_is_closed_at_the_idle_timeout() {
     let mut agent = TcpStream::connect(p.addr).await.unwrap();
     assert_eq!(status(&request_on(&mut agent, "/api/x").await), 200);
     drop(agent);
-    eventually(async || connections_active(&p).await == 0.0, "the agent connection to end").await;
+    eventually(async || p.connections_active().await == 0.0, "the agent connection to end").await;
     // Parked, not closed, when its agent connection ended...
     assert_eq!(up.closed.load(Ordering::SeqCst), 0, "closed with its agent connection");
     // ...and closed once it has waited the idle timeout.
@@ -167,16 +158,8 @@ async fn rejecting_upstream() -> (u16, Arc<std::sync::Mutex<Vec<String>>>) {
             let (mut s, _) = l.accept().await.unwrap();
             let seen = s2.clone();
             tokio::spawn(async move {
-                loop {
-                    let mut buf = Vec::new();
-                    let mut b = [0u8; 1024];
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut b).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&b[..n]),
-                        }
-                    }
-                    let head = String::from_utf8_lossy(&buf).to_lowercase();
+                while let Some(head) = try_read_head(&mut s).await {
+                    let head = String::from_utf8_lossy(&head).to_lowercase();
                     let auth = head.lines().find_map(|l| l.strip_prefix("authorization: ")).unwrap_or("").to_string();
                     seen.lock().unwrap().push(auth.clone());
                     let reply = if auth == "bearer t1" {

@@ -54,10 +54,7 @@ pub fn serve(
         };
         result("ok");
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-        // h2 streams run side by side: they go through the pool, not one kept connection. An
-        // HTTP/1.1 agent keeps one, driven by this task like a plain agent connection's.
-        let held = (!h2).then(|| Arc::new(Held::driven()));
-        let svc = super::stack::proxy_service(shared.clone(), peer, guard.clone(), Some(pinned), held.clone());
+        let service = |held| super::stack::proxy_service(shared.clone(), peer, guard.clone(), Some(pinned), held);
         // Like a tunnel, an intercepted connection with no byte either way for idle_timeout closes
         // (h2 has no idle timer of its own; HTTP/1.1's is header_read_timeout, the shorter).
         let silence = Silence::new();
@@ -67,23 +64,17 @@ pub fn serve(
             ($conn:expr) => {{
                 let conn = $conn;
                 tokio::pin!(conn);
-                let served = async {
-                    tokio::select! {
-                        r = conn.as_mut() => r,
-                        () = guard.draining() => {
-                            conn.as_mut().graceful_shutdown();
-                            tokio::select! { r = conn.as_mut() => r, () = guard.stopped() => Ok(()) }
-                        }
-                        () = silence.lasting(limits.idle_timeout) => {
-                            tracing::debug!(%peer, "intercepted connection closed after idle_timeout without traffic");
-                            Ok(())
-                        }
-                        () = guard.stopped() => Ok(()),
+                tokio::select! {
+                    r = conn.as_mut() => r,
+                    () = guard.draining() => {
+                        conn.as_mut().graceful_shutdown();
+                        tokio::select! { r = conn.as_mut() => r, () = guard.stopped() => Ok(()) }
                     }
-                };
-                match &held {
-                    Some(held) => held.alongside(served).await,
-                    None => served.await,
+                    () = silence.lasting(limits.idle_timeout) => {
+                        tracing::debug!(%peer, "intercepted connection closed after idle_timeout without traffic");
+                        Ok(())
+                    }
+                    () = guard.stopped() => Ok(()),
                 }
             }};
         }
@@ -93,9 +84,14 @@ pub fn serve(
                 .max_header_list_size(limits.max_header_bytes as u32)
                 // One agent connection's share of the upstream: bounded, as its HTTP/1.1 is to one.
                 .max_concurrent_streams(MAX_STREAMS);
-            drive!(b.serve_connection(io, svc))
+            // h2 streams run side by side: they go through the pool, not one kept connection.
+            drive!(b.serve_connection(io, service(None)))
         } else {
-            drive!(super::http1_builder(&limits).serve_connection(io, svc).with_upgrades())
+            // An HTTP/1.1 agent keeps one, driven by this task like a plain agent connection's.
+            let held = Arc::new(Held::driven());
+            let svc = service(Some(held.clone()));
+            held.alongside(async { drive!(super::http1_builder(&limits).serve_connection(io, svc).with_upgrades()) })
+                .await
         };
         if let Err(e) = result {
             tracing::debug!(%peer, error = %e, "intercepted connection ended with an error");

@@ -352,6 +352,11 @@ impl Proxy {
         get(self.admin, "/metrics").await
     }
 
+    /// The `credproxy_connections_active` gauge: agent connections (and their tunnels) open.
+    pub async fn connections_active(&self) -> f64 {
+        metric(&self.metrics().await, "credproxy_connections_active").expect("the connections gauge")
+    }
+
     pub async fn shutdown(mut self) {
         if let Some(r) = self.running.take() {
             r.shutdown(Duration::from_secs(2)).await;
@@ -457,6 +462,20 @@ pub async fn read_head(s: &mut TcpStream) -> Vec<u8> {
         head.push(b[0]);
     }
     head
+}
+
+/// A message head, as [`read_head`] reads it; `None` when the peer closes (or fails) first, as
+/// a test server's keep-alive loop ends.
+pub async fn try_read_head(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut b).await {
+            Ok(1) => head.push(b[0]),
+            _ => return None,
+        }
+    }
+    Some(head)
 }
 
 /// `GET path` with `Connection: close`.
